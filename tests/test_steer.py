@@ -1,0 +1,201 @@
+"""Steering: identity at alpha 0, exact placement, the paper's update rule, batching, cleanup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unlock.capture import capture_activations, position_ids_from_mask
+from unlock.steer import Steering, apply_rule
+
+LAYERS = 4
+WIDTH = 64
+
+
+def _vectors(seed: int = 0, layers: int = LAYERS, width: int = WIDTH) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {layer: torch.randn(width, generator=gen) for layer in range(layers)}
+
+
+def _logits(model, tokenizer, prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))
+    return out.logits, batch["attention_mask"]
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens: int = 6) -> torch.Tensor:
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def _hook_count(model) -> int:
+    """Hooks on every module (transformers registers some of its own, so compare counts)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_alpha_zero_is_bit_identical(llama, tokenizer, prompts):
+    plain, _ = _logits(llama, tokenizer, prompts)
+    plain_tokens = _generate(llama, tokenizer, prompts)
+    for rule in ("norm_preserving", "add"):
+        for positions in ("last", "all"):
+            with Steering(llama, _vectors(), alpha=0.0, rule=rule, positions=positions):
+                steered, _ = _logits(llama, tokenizer, prompts)
+                tokens = _generate(llama, tokenizer, prompts)
+            assert torch.equal(steered, plain)
+            assert torch.equal(tokens, plain_tokens)
+
+
+def test_default_mode_changes_only_last_prompt_position(llama, tokenizer, prompts):
+    plain = capture_activations(llama, tokenizer, prompts, position="all", progress=False)
+    with Steering(llama, _vectors(), alpha=0.5) as steering:
+        steered = capture_activations(llama, tokenizer, prompts, position="all", progress=False)
+    ends = np.cumsum(plain.token_counts) - 1  # row index of each prompt's last token in the flat layout
+    for layer in range(LAYERS):
+        changed = (steered[layer] - plain[layer]).abs().amax(dim=1) > 0
+        assert changed.nonzero().flatten().tolist() == ends.tolist(), f"layer {layer}"
+    assert steering.steered_calls == {"prefill": 1, "decode": 0}
+
+
+def test_default_mode_steers_prefill_only_during_generation(llama, tokenizer, prompts):
+    """Generation under the context equals: steered prefill, then unhooked decoding from its cache."""
+    vectors = _vectors(1)
+    with Steering(llama, vectors, alpha=0.5) as steering:
+        tokens = _generate(llama, tokenizer, prompts, max_new_tokens=6)
+    assert steering.steered_calls == {"prefill": 1, "decode": 0}
+
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        with Steering(llama, vectors, alpha=0.5):
+            out = llama(**batch, position_ids=position_ids_from_mask(mask), use_cache=True)
+        cache, manual = out.past_key_values, [out.logits[:, -1].argmax(-1)]
+        for _ in range(5):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = llama(
+                input_ids=manual[-1][:, None], attention_mask=mask, past_key_values=cache,
+                position_ids=(mask.sum(1, keepdim=True) - 1), use_cache=True,
+            )
+            cache = out.past_key_values
+            manual.append(out.logits[:, -1].argmax(-1))
+    assert torch.equal(tokens, torch.stack(manual, dim=1))
+
+
+def test_added_vector_shows_up_exactly_in_next_layer_input(llama, tokenizer, prompts):
+    layer, alpha = 1, 0.7
+    vector = _vectors(2)[layer]
+    seen: list[torch.Tensor] = []
+    handle = llama.model.layers[layer + 1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    try:
+        _logits(llama, tokenizer, prompts)
+        with Steering(llama, {layer: vector}, alpha=alpha, rule="add", positions="prompt"):
+            _, mask = _logits(llama, tokenizer, prompts)
+    finally:
+        handle.remove()
+    delta = seen[1] - seen[0]
+    expected = alpha * vector * mask[..., None]
+    torch.testing.assert_close(delta, expected, atol=1e-5, rtol=0)
+
+
+def test_norm_preserving_update_matches_float64_reference(llama, tokenizer, prompts):
+    layer, alpha = 2, 0.2
+    vector = _vectors(3)[layer]
+    plain = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
+    with Steering(llama, {layer: vector}, alpha=alpha):
+        steered = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
+    h, r = plain.double().numpy(), vector.double().numpy()
+    norm = np.linalg.norm(h, axis=1, keepdims=True)
+    shifted = h / norm + alpha * r / np.linalg.norm(r)
+    expected = norm * shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
+    np.testing.assert_allclose(steered.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(steered.numpy(), axis=1), norm[:, 0], rtol=1e-5)
+
+
+def test_apply_rule_add_and_dtype():
+    h = torch.randn(3, 8, dtype=torch.bfloat16)
+    v = torch.randn(8)
+    out = apply_rule(h, v, 0.5, "add")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), (h.float() + 0.5 * v).bfloat16().float())
+
+
+def test_generated_mode_leaves_prompt_logits_untouched(llama, tokenizer, prompts):
+    plain, mask = _logits(llama, tokenizer, prompts)
+    plain_tokens = _generate(llama, tokenizer, prompts)
+    with Steering(llama, _vectors(4), alpha=2.0, rule="add", positions="generated") as steering:
+        steered, _ = _logits(llama, tokenizer, prompts)
+        tokens = _generate(llama, tokenizer, prompts)
+    assert torch.equal(steered, plain)
+    assert steering.steered_calls["prefill"] == 0 and steering.steered_calls["decode"] == 5
+    assert torch.equal(tokens[:, 0], plain_tokens[:, 0]), "the first token comes from unsteered prompt logits"
+    assert not torch.equal(tokens, plain_tokens), "later tokens are steered"
+
+
+def test_prompt_boundary_for_loglikelihood_scoring(llama, tokenizer):
+    """One pass over context + continuation: only positions after the boundary see the vector."""
+    texts = ["Question: What is 3 plus 4?\nAnswer: 7", "Hi there 5"]
+    plain, mask = _logits(llama, tokenizer, texts)
+    boundary = torch.tensor([mask.shape[1] - 3, mask.shape[1] - 2])
+    steering = Steering(llama, _vectors(5), alpha=1.0, rule="add", positions="generated")
+    with steering, steering.prompt_boundary(boundary):
+        steered, _ = _logits(llama, tokenizer, texts)
+    for row, last in enumerate(boundary.tolist()):
+        assert torch.equal(steered[row, : last + 1], plain[row, : last + 1])
+        assert not torch.allclose(steered[row, last + 1 :], plain[row, last + 1 :])
+
+
+def test_batched_left_padded_equals_one_by_one(llama, tokenizer, prompts):
+    vectors = _vectors(6)
+    with Steering(llama, vectors, alpha=0.5):
+        batch_logits, mask = _logits(llama, tokenizer, prompts)
+        batch_tokens = _generate(llama, tokenizer, prompts)
+        for row, prompt in enumerate(prompts):
+            single_logits, _ = _logits(llama, tokenizer, [prompt])
+            n = single_logits.shape[1]
+            torch.testing.assert_close(batch_logits[row, -n:], single_logits[0], atol=1e-4, rtol=1e-4)
+            assert torch.equal(batch_tokens[row], _generate(llama, tokenizer, [prompt])[0])
+
+
+def test_hooks_removed_even_after_exception(llama, tokenizer, prompts):
+    plain, _ = _logits(llama, tokenizer, prompts)
+    before = _hook_count(llama)
+    with pytest.raises(RuntimeError, match="boom"):
+        with Steering(llama, _vectors(), alpha=0.5):
+            assert _hook_count(llama) == before + 1 + LAYERS
+            raise RuntimeError("boom")
+    assert _hook_count(llama) == before
+    after, _ = _logits(llama, tokenizer, prompts)
+    assert torch.equal(after, plain)
+
+
+def test_layer_subset_and_single_layer(llama, tokenizer, prompts):
+    plain = capture_activations(llama, tokenizer, prompts, progress=False)
+    with Steering(llama, _vectors(), alpha=0.5, layers=[2]):
+        steered = capture_activations(llama, tokenizer, prompts, progress=False)
+    for layer in (0, 1):
+        assert torch.equal(steered[layer], plain[layer])
+    for layer in (2, 3):
+        assert not torch.allclose(steered[layer], plain[layer])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"alpha": float("nan")}, ValueError, r"alpha nan is out of range: must be a finite number"),
+        ({"alpha": float("inf")}, ValueError, r"alpha inf is out of range"),
+        ({"rule": "multiply"}, ValueError, r"unknown steering rule 'multiply'; allowed: norm_preserving, add"),
+        ({"positions": "first"}, ValueError, r"unknown steering positions 'first'; allowed: last, prompt, generated, all"),
+        ({"vectors": {7: torch.ones(WIDTH)}}, ValueError, r"steering layer 7 is out of range.*\[0, 3\]"),
+        ({"vectors": {0: torch.ones(5)}}, ValueError, r"shape \(5,\), expected \(64,\)"),
+        ({"vectors": {0: torch.zeros(WIDTH)}}, ValueError, r"layer 0 is zero"),
+        ({"vectors": {}}, ValueError, r"no steering vectors given"),
+        ({"layers": [1]}, ValueError, r"steering layers \[1\] have no vector"),
+    ],
+)
+def test_bad_steering_arguments(llama, kwargs, error, message):
+    args = {"vectors": {0: torch.ones(WIDTH)}, "alpha": 0.1, **kwargs}
+    with pytest.raises(error, match=message):
+        Steering(llama, **args)

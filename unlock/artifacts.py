@@ -1,0 +1,178 @@
+"""Save and load UNLOCK artifacts: safetensors for tensors, JSON for metadata, never pickle.
+
+Every file carries its metadata (model ids, layers, rank, position rule, norms, fit quality, library
+versions) as one JSON string in the safetensors header, and is written atomically (temporary file in
+the same directory, then ``os.replace``), so an interrupted run never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from unlock.align import LinearMap
+from unlock.extract import Directions
+
+METADATA_KEY = "unlock"
+FORMAT_VERSION = 1
+_VERSIONED_LIBRARIES = ("torch", "transformers", "safetensors", "unlock-harness")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED_LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it vanishes.
+
+    Readers therefore see the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Atomically write tensors plus JSON metadata (library versions added) to a safetensors file."""
+    full_meta = {"format_version": FORMAT_VERSION, "library_versions": library_versions(), **meta}
+    header = {METADATA_KEY: json.dumps(full_meta, sort_keys=True, default=str)}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=header)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read tensors and metadata back; safetensors cannot execute code, unlike pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no artifact at {path}")
+    tensors = {}
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+        for key in handle.keys():
+            tensors[key] = handle.get_tensor(key)
+    if METADATA_KEY not in header:
+        raise ValueError(f"{path} is not an UNLOCK artifact: its safetensors header has no '{METADATA_KEY}' key")
+    return tensors, json.loads(header[METADATA_KEY])
+
+
+# --- directions ---------------------------------------------------------------------------------
+def save_directions(path: str | os.PathLike, directions: Directions, meta: Mapping[str, Any] | None = None) -> None:
+    tensors = {f"direction.{layer}": vector for layer, vector in directions.vectors.items()}
+    info = {
+        "kind": "directions",
+        "aggregation": directions.aggregation,
+        "n_pairs": directions.n_pairs,
+        "layers": directions.layers,
+        "norms": {str(k): v for k, v in directions.norms().items()},
+        **(meta or {}),
+    }
+    save_tensors(path, tensors, info)
+
+
+def load_directions(path: str | os.PathLike) -> tuple[Directions, dict[str, Any]]:
+    tensors, meta = load_tensors(path)
+    _expect_kind(path, meta, "directions")
+    vectors = {int(key.split(".", 1)[1]): value for key, value in tensors.items()}
+    return Directions(vectors=vectors, aggregation=meta["aggregation"], n_pairs=meta["n_pairs"]), meta
+
+
+# --- maps ---------------------------------------------------------------------------------------
+def save_maps(
+    path: str | os.PathLike,
+    maps: Mapping[int, LinearMap],
+    pairs: Mapping[int, int],
+    quality: Mapping[int, Mapping[str, float]] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Maps keyed by Target layer; ``pairs`` records which Source layer each one reads."""
+    tensors: dict[str, torch.Tensor] = {}
+    per_layer: dict[str, Any] = {}
+    for target_layer, linear_map in maps.items():
+        for part in ("left", "right", "source_mean", "target_mean"):
+            tensors[f"map.{target_layer}.{part}"] = getattr(linear_map, part)
+        per_layer[str(target_layer)] = {
+            "source_layer": int(pairs[target_layer]),
+            "method": linear_map.method,
+            "rank_requested": linear_map.rank_requested,
+            "rank_effective": linear_map.rank_effective,
+            "centred": linear_map.centred,
+            "quality": dict((quality or {}).get(target_layer, {})),
+        }
+    save_tensors(path, tensors, {"kind": "maps", "layers": per_layer, **(meta or {})})
+
+
+def load_maps(path: str | os.PathLike) -> tuple[dict[int, LinearMap], dict[int, int], dict[str, Any]]:
+    tensors, meta = load_tensors(path)
+    _expect_kind(path, meta, "maps")
+    maps, pairs = {}, {}
+    for key, info in meta["layers"].items():
+        layer = int(key)
+        maps[layer] = LinearMap(
+            **{part: tensors[f"map.{layer}.{part}"] for part in ("left", "right", "source_mean", "target_mean")},
+            method=info["method"],
+            rank_requested=info["rank_requested"],
+            rank_effective=info["rank_effective"],
+            centred=info["centred"],
+        )
+        pairs[layer] = info["source_layer"]
+    return maps, pairs, meta
+
+
+# --- steering vectors (what the Target is steered with) -----------------------------------------
+def save_steering_vectors(
+    path: str | os.PathLike, vectors: Mapping[int, torch.Tensor], meta: Mapping[str, Any] | None = None
+) -> None:
+    tensors = {f"vector.{layer}": vector for layer, vector in vectors.items()}
+    info = {
+        "kind": "steering_vectors",
+        "layers": sorted(int(k) for k in vectors),
+        "norms": {str(k): float(v.norm()) for k, v in vectors.items()},
+        **(meta or {}),
+    }
+    save_tensors(path, tensors, info)
+
+
+def load_steering_vectors(path: str | os.PathLike) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    tensors, meta = load_tensors(path)
+    _expect_kind(path, meta, "steering_vectors")
+    return {int(key.split(".", 1)[1]): value for key, value in tensors.items()}, meta
+
+
+def _expect_kind(path: str | os.PathLike, meta: Mapping[str, Any], kind: str) -> None:
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r} artifact, expected {kind!r}")

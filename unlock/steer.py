@@ -1,0 +1,178 @@
+"""Stage 4: steer a Target model by adding mapped directions to its residual stream.
+
+Default (PAPER.md "Exact method" step 6): at every decoder layer j, with that layer's own vector r_j,
+during the prefill pass only, at the last prompt token only, norm-preserving:
+    h <- ||h|| * normalize(h / ||h|| + alpha * r_j / ||r_j||).
+Generated tokens then see the change through the KV cache only.
+
+Hooks only, no patched modeling files; they are removed on exit, also after an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from unlock.capture import last_token_index
+from unlock.models import check_layers, decoder_layers, hidden_size
+
+STEER_RULES = ("norm_preserving", "add")
+STEER_POSITIONS = ("last", "prompt", "generated", "all")
+
+
+def check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha {alpha!r} is out of range: must be a finite number (paper grid 0.05, 0.1, 0.2, 0.5)")
+    return float(alpha)
+
+
+def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
+    """The steering update for every row of ``hidden`` (..., d), computed in float32."""
+    h = hidden.float()
+    v = vector.to(device=h.device, dtype=torch.float32)
+    if rule == "add":
+        return (h + alpha * v).to(hidden.dtype)
+    norm = h.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    shifted = h / norm + alpha * v / v.norm()
+    return (norm * shifted / shifted.norm(dim=-1, keepdim=True)).to(hidden.dtype)
+
+
+class Steering(contextlib.AbstractContextManager):
+    """Context manager that steers ``model`` while active.
+
+    vectors: {layer: (d,) tensor}; layers: the subset to steer (default: every layer with a vector).
+    positions: ``last`` (last prompt token, prefill only; default), ``prompt`` (all prompt tokens,
+    prefill only), ``generated`` (tokens after the prompt: decoding steps, or continuation tokens in
+    scoring), ``all`` (both). The prompt boundary is read per row from the attention mask (left or
+    right padding), or set explicitly with :meth:`prompt_boundary` for loglikelihood scoring, where
+    one forward pass holds context and continuation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vectors: Mapping[int, torch.Tensor],
+        alpha: float,
+        rule: str = "norm_preserving",
+        positions: str = "last",
+        layers: list[int] | None = None,
+    ) -> None:
+        if rule not in STEER_RULES:
+            raise ValueError(f"unknown steering rule {rule!r}; allowed: {', '.join(STEER_RULES)}")
+        if positions not in STEER_POSITIONS:
+            raise ValueError(f"unknown steering positions {positions!r}; allowed: {', '.join(STEER_POSITIONS)}")
+        self.alpha = check_alpha(alpha)
+        self.model = model
+        self.rule = rule
+        self.positions = positions
+        self._blocks = decoder_layers(model)
+        n_layers, width = len(self._blocks), hidden_size(model)
+        if not vectors:
+            raise ValueError("no steering vectors given: pass {layer: vector} for at least one layer")
+        self.vectors = {}
+        for layer, vector in vectors.items():
+            (idx,) = check_layers([int(layer)], n_layers, "steering layer")
+            if vector.shape != (width,):
+                raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)")
+            if not torch.isfinite(vector).all():
+                raise ValueError(f"steering vector for layer {layer} contains NaN or inf")
+            if rule == "norm_preserving" and float(vector.norm()) == 0.0:
+                raise ValueError(f"steering vector for layer {layer} is zero; norm-preserving steering needs a direction")
+            self.vectors[idx] = vector.detach().float()
+        chosen = sorted(self.vectors) if layers is None else check_layers(list(layers), n_layers, "steering layer")
+        missing = [layer for layer in chosen if layer not in self.vectors]
+        if missing:
+            raise ValueError(f"steering layers {missing} have no vector; vectors exist for {sorted(self.vectors)}")
+        self.layers = chosen
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._mask: torch.Tensor | None = None  # (B, T) bool: which positions this forward call steers
+        self._boundary: torch.Tensor | None = None
+        self.steered_calls = {"prefill": 0, "decode": 0}
+
+    # --- phase and position bookkeeping -------------------------------------------------------
+    @contextlib.contextmanager
+    def prompt_boundary(self, last_prompt_index: torch.Tensor) -> Iterator[None]:
+        """Within this block, row b's last prompt token is at ``last_prompt_index[b]`` (absolute index)."""
+        previous, self._boundary = self._boundary, last_prompt_index
+        try:
+            yield
+        finally:
+            self._boundary = previous
+
+    def _positions_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int) -> torch.Tensor | None:
+        batch, length = input_ids.shape[:2]
+        device = input_ids.device
+        if past_len > 0:  # a decoding step: its tokens are generated ones
+            if self.positions in ("generated", "all"):
+                return torch.ones(batch, length, dtype=torch.bool, device=device)
+            return None
+        valid = (
+            torch.ones(batch, length, dtype=torch.bool, device=device)
+            if attention_mask is None
+            else attention_mask[:, -length:].bool()
+        )
+        if self._boundary is not None:
+            last = self._boundary.to(device)
+        else:
+            last = last_token_index(valid.to(torch.int64))
+        index = torch.arange(length, device=device).unsqueeze(0)
+        last = last.unsqueeze(1)
+        if self.positions == "last":
+            mask = index == last
+        elif self.positions == "prompt":
+            mask = valid & (index <= last)
+        elif self.positions == "generated":
+            mask = valid & (index > last)
+        else:
+            mask = valid
+        return mask if bool(mask.any()) else None
+
+    def _pre_forward(self, _module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            input_ids = kwargs["inputs_embeds"]
+        cache = kwargs.get("past_key_values")
+        past_len = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        self._mask = None if self.alpha == 0.0 else self._positions_mask(input_ids, attention_mask, past_len)
+        if self._mask is not None:
+            self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
+
+    def _make_layer_hook(self, layer: int):
+        vector = self.vectors[layer]
+
+        def hook(_module, _inputs, output):
+            if self._mask is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            steered = apply_rule(hidden, vector, self.alpha, self.rule)
+            updated = torch.where(self._mask.unsqueeze(-1), steered, hidden)
+            return (updated, *output[1:]) if isinstance(output, tuple) else updated
+
+        return hook
+
+    # --- context manager -----------------------------------------------------------------------
+    def __enter__(self) -> Steering:
+        if self._handles:
+            raise RuntimeError("this Steering context is already active")
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+            for layer in self.layers:
+                self._handles.append(self._blocks[layer].register_forward_hook(self._make_layer_hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._mask = None
