@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from unlock.align import LinearMap
+from unlock.capture import Activations
 from unlock.extract import Directions
 
 METADATA_KEY = "unlock"
@@ -176,3 +177,27 @@ def load_steering_vectors(path: str | os.PathLike) -> tuple[dict[int, torch.Tens
 def _expect_kind(path: str | os.PathLike, meta: Mapping[str, Any], kind: str) -> None:
     if meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r} artifact, expected {kind!r}")
+
+
+# --- activations (the capture stage's cache) ----------------------------------------------------
+def save_activations(
+    path: str | os.PathLike, activations: Activations, meta: Mapping[str, Any] | None = None, half: bool = False
+) -> None:
+    """Per-layer activations; ``half`` stores float16 (big pairs) and loads back as float32."""
+    store = torch.float16 if half else torch.float32
+    tensors = {f"layer.{layer}": value.to(store) for layer, value in activations.per_layer.items()}
+    info = {
+        "kind": "activations",
+        "position": activations.position,
+        "token_counts": activations.token_counts,
+        "n_forward_passes": activations.n_forward_passes,
+        **(meta or {}),
+    }
+    save_tensors(path, tensors, info)
+
+
+def load_activations(path: str | os.PathLike) -> tuple[Activations, dict[str, Any]]:
+    tensors, meta = load_tensors(path)
+    _expect_kind(path, meta, "activations")
+    per_layer = {int(key.split(".", 1)[1]): value.float() for key, value in tensors.items()}
+    return Activations(per_layer, meta["position"], meta["token_counts"], meta["n_forward_passes"]), meta

@@ -1,0 +1,43 @@
+"""UNLOCK harness entry point: compose a run with Hydra, execute its cached stages, record everything.
+
+    python launch.py                          # the default experiment (packaged real models)
+    python launch.py experiment=tiny          # seconds-long smoke run on random tiny models
+    python launch.py -m rank.value=1,4,16     # a sweep; aggregate CSV + plots land in the sweep dir
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from unlock.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from unlock.harness import failure_record, run, write_record
+    from unlock.track import log_run, print_summary
+
+    output_dir = HydraConfig.get().runtime.output_dir
+    try:
+        record = run(cfg, output_dir)
+    except Exception as error:
+        write_record(output_dir, failure_record(cfg, error))
+        print(f"[unlock] run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        raise
+    if record["status"] == "dry_run":
+        return None
+    path = write_record(output_dir, record)  # on disk before any W&B call, so nothing is lost
+    print_summary(record, path)
+    log_run(cfg, record, output_dir)
+    unlock_acc = record["conditions"].get("unlock", {}).get(cfg.eval.tasks[0], {}).get("acc")
+    return unlock_acc
+
+
+if __name__ == "__main__":
+    main()

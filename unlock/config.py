@@ -1,0 +1,209 @@
+"""Structured configs: the schema every Hydra composition is checked against.
+
+Each config group (source_model, target_model, capability, layer, rank, alpha, eval, logger, paths)
+has a dataclass here; the root ``RunConfig`` is registered in Hydra's ConfigStore as ``run_schema``
+and ``conf/config.yaml`` starts from it, so a misspelt key or a wrong type fails at compose time.
+Range checks that need no model weights live in :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from unlock.align import METHODS
+from unlock.capture import POSITION_RULES
+from unlock.extract import AGGREGATIONS
+from unlock.steer import STEER_POSITIONS, STEER_RULES
+
+MODEL_KINDS = ("hf", "tiny", "gguf_package")
+CONTRASTS = ("prompt", "checkpoint")
+LAYER_MODES = ("all", "list", "single")
+CONDITIONS = ("unsteered", "unlock", "prompting", "native", "random", "reference")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class ModelConfig:
+    """A Hugging Face id or local path (kind=hf), a tiny random model (tiny), or a packaged GGUF."""
+
+    name: str = MISSING  # short label used in tables and W&B
+    kind: str = "hf"
+    path: str | None = None  # HF id or local directory (hf); package name (gguf_package)
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    # tiny models only
+    family: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 4
+    seed: int = 0
+
+
+@dataclass
+class CapabilityConfig:
+    """How the contrast is made and which prompts feed extraction and alignment."""
+
+    name: str = "cot"
+    contrast: str = "prompt"  # prompt: one model, two prompts; checkpoint: base vs post-trained
+    locked_task: str = "unlock_arith"  # lm-eval task whose prompt is the Locked one
+    unlocked_task: str = "unlock_arith_cot"  # ... and the Unlocked (capability) prompt
+    unlocked_model: ModelConfig | None = None  # checkpoint contrast: the post-trained Source
+    prompt_split: str = "train"  # extraction/alignment prompts come from this split only
+    n_prompts: int = 32  # N: paper grid 4..512
+    n_heldout: int = 16  # more train items, disjoint from the N, for held-out fit quality
+    aggregation: str = "mean"
+    position: str = "last"
+    seed: int = 0
+    batch_size: int = 16
+    max_length: int | None = None
+
+
+@dataclass
+class LayerConfig:
+    """Which Target layers are steered; Source layers pair with them linearly in depth unless explicit."""
+
+    mode: str = "all"
+    indices: list[int] = field(default_factory=list)  # mode=list, or mode=single with one index
+    depth: float | None = None  # mode=single by relative depth in [0, 1] instead of an index
+    explicit_pairs: dict[int, int] | None = None  # {target_layer: source_layer}
+
+
+@dataclass
+class RankConfig:
+    value: int = 16  # paper grid 1..512, effective rank = min(rank, N, d_s, d_t)
+    method: str = "unlock"
+    ridge: float = 0.01
+
+
+@dataclass
+class AlphaConfig:
+    value: float = 0.1  # paper grid 0.05, 0.1, 0.2, 0.5
+    rule: str = "norm_preserving"
+    positions: str = "last"
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=lambda: ["unlock_arith"])
+    # The capability-prompt variant of each task, for the prompting baseline.
+    prompt_tasks: dict[str, str] = field(default_factory=lambda: {"unlock_arith": "unlock_arith_cot"})
+    split: str = "test"  # test, or validation (tasks named <task>_val) when choosing hyper-parameters
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 512
+    conditions: list[str] = field(default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"])
+    reference_model: ModelConfig | None = None
+    random_seed: int = 0
+    bootstrap_iters: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "unlock-harness"
+    entity: str | None = None
+    mode: str = "offline"  # used unless WANDB_MODE is set
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    cache_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+    tasks_dir: str = MISSING
+
+
+@dataclass
+class RunConfig:
+    source_model: ModelConfig = MISSING
+    target_model: ModelConfig = MISSING
+    capability: CapabilityConfig = field(default_factory=CapabilityConfig)
+    layer: LayerConfig = field(default_factory=LayerConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
+    alpha: AlphaConfig = field(default_factory=AlphaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    progress: bool = True
+    dry_run: bool = False
+    reference: dict[str, Any] = field(default_factory=dict)  # paper numbers for the report
+
+
+def project_root() -> str:
+    """The repository (or installed package's parent) directory: caches and logs live under it."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def register_configs() -> None:
+    """The schema for conf/config.yaml, and resolvers for locations that depend on the install."""
+    from omegaconf import OmegaConf
+
+    from unlock.tasks import TASKS_DIR
+
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("unlock_root"):
+        OmegaConf.register_new_resolver("unlock_root", project_root)
+        OmegaConf.register_new_resolver("unlock_tasks_dir", lambda: str(TASKS_DIR))
+
+
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def validate(cfg: Any) -> None:
+    """Checks that need no model: names, ranges and consistency. Model-dependent checks run later."""
+    for role in ("source_model", "target_model"):
+        _choice(cfg[role].kind, MODEL_KINDS, f"{role}.kind")
+        _choice(cfg[role].dtype, DTYPES, f"{role}.dtype")
+    cap = cfg.capability
+    _choice(cap.contrast, CONTRASTS, "capability.contrast")
+    _choice(cap.aggregation, AGGREGATIONS, "capability.aggregation")
+    _choice(cap.position, POSITION_RULES, "capability.position")
+    if cap.position == "all":
+        raise ValueError("capability.position 'all' gives unpaired token rows; allowed for extraction: last, mean")
+    if cap.contrast == "checkpoint" and cap.unlocked_model is None:
+        raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
+    if cap.n_prompts < 1:
+        raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range: must be >= 1 (paper grid 4..512)")
+    if cap.aggregation == "pca" and cap.n_prompts < 2:
+        raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range for pca: must be >= 2")
+    if cap.n_heldout < 0:
+        raise ValueError(f"capability.n_heldout {cap.n_heldout} is out of range: must be >= 0")
+    _choice(cfg.layer.mode, LAYER_MODES, "layer.mode")
+    if cfg.layer.mode == "single":
+        has_index, has_depth = len(cfg.layer.indices) == 1, cfg.layer.depth is not None
+        if has_index == has_depth:
+            raise ValueError("layer.mode=single needs exactly one of layer.indices=[i] or layer.depth in [0, 1]")
+        if has_depth and not 0.0 <= cfg.layer.depth <= 1.0:
+            raise ValueError(f"layer.depth {cfg.layer.depth} is out of range: must be in [0, 1]")
+    if cfg.layer.mode == "list" and not cfg.layer.indices:
+        raise ValueError("layer.mode=list needs a non-empty layer.indices")
+    if cfg.rank.value < 1:
+        raise ValueError(f"rank.value {cfg.rank.value} is out of range: must be >= 1 (paper grid 1..512)")
+    _choice(cfg.rank.method, METHODS, "rank.method")
+    if not math.isfinite(cfg.alpha.value):
+        raise ValueError(f"alpha.value {cfg.alpha.value} is out of range: must be finite (paper grid 0.05..0.5)")
+    _choice(cfg.alpha.rule, STEER_RULES, "alpha.rule")
+    _choice(cfg.alpha.positions, STEER_POSITIONS, "alpha.positions")
+    for condition in cfg.eval.conditions:
+        _choice(condition, CONDITIONS, "eval.conditions entry")
+    if "reference" in cfg.eval.conditions and cfg.eval.reference_model is None:
+        raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
+    _choice(cfg.eval.split, ("test", "validation"), "eval.split")
+    if cfg.eval.limit is not None and cfg.eval.limit < 1:
+        raise ValueError(f"eval.limit {cfg.eval.limit} is out of range: must be >= 1 or null")
+    if cfg.eval.max_new_tokens < 1:
+        raise ValueError(f"eval.max_new_tokens {cfg.eval.max_new_tokens} is out of range: must be >= 1")
+    _choice(cfg.logger.name, ("none", "wandb"), "logger.name")

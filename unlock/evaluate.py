@@ -1,0 +1,146 @@
+"""Stage 5: steer the Target and evaluate each condition with lm-eval, side by side.
+
+Conditions: ``unsteered`` (Target, Locked prompt), ``unlock`` (+ mapped Source direction),
+``prompting`` (Target with the capability prompt), ``native`` (+ the Target's own direction, the
+upper reference), ``random`` (+ a random direction of equal norm, the control) and ``reference``
+(another model, e.g. the Target's post-trained sibling, with the capability prompt).
+Each condition's result is a cached artifact, so an alpha sweep re-runs only the steered ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unlock.artifacts import atomic_write_bytes, atomic_write_json
+from unlock.loading import fingerprint, model_identity
+
+STEERED = ("unlock", "native", "random")
+PROMPTED = ("prompting", "reference")
+
+
+def eval_task_name(task: str, split: str) -> str:
+    """Validation runs use the task's ``_val`` variant (same items' validation split)."""
+    return task if split == "test" else f"{task}_val"
+
+
+def summarise(task_results: dict[str, Any], samples: list[dict], stats: dict[str, float]) -> dict[str, Any]:
+    from unlock.harness import wilson_interval
+
+    n = len(samples)
+    metrics = {key.split(",")[0]: value for key, value in task_results.items()
+               if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+    out: dict[str, Any] = {"n": n, **metrics}
+    if "acc" in metrics and n:
+        low, high = wilson_interval(metrics["acc"] * n, n)
+        out["acc_ci95"] = [low, high]
+    generated = stats.get("generated_tokens", 0)
+    if generated:
+        out["gen_tokens"] = generated / n
+        out["entropy"] = stats["entropy_sum"] / generated
+    out["forward_passes"] = stats.get("forward_passes", 0)
+    return out
+
+
+def _sample_rows(samples: list[dict]) -> list[dict]:
+    rows = []
+    for sample in samples:
+        response = sample.get("filtered_resps") or sample.get("resps")
+        while isinstance(response, list) and len(response) == 1:
+            response = response[0]
+        rows.append({
+            "doc_id": sample.get("doc_id"),
+            "target": sample.get("target"),
+            "prompt": (sample.get("arguments") or [[None]])[0][0] if sample.get("arguments") else None,
+            "response": response if isinstance(response, str) else json.dumps(response, default=str),
+            **{k: sample[k] for k in ("acc", "gen_words", "stepwise") if k in sample},
+        })
+    return rows
+
+
+class Evaluator:
+    """One lm-eval model object per loaded model; steering is switched per condition."""
+
+    def __init__(self, cfg: DictConfig, models) -> None:
+        self.cfg, self.models = cfg, models
+        self._lms: dict[str, Any] = {}
+
+    def lm(self, model_cfg: Any):
+        from unlock.lm_eval_model import UnlockLM
+
+        key = fingerprint(model_identity(model_cfg))
+        loaded = self.models.get(model_cfg)
+        if key not in self._lms or self._lms[key].model is not loaded.model:
+            self._lms = {key: UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
+                                       batch_size=self.cfg.eval.batch_size, device=str(model_cfg.device))}
+        return self._lms[key]
+
+    def evaluate(self, model_cfg: Any, task: str, steering: tuple[dict, str] | None) -> dict[str, Any]:
+        import lm_eval
+
+        from unlock.prompts import task_manager
+
+        lm = self.lm(model_cfg)
+        alpha = self.cfg.alpha
+        if steering is None:
+            lm.set_steering(None)
+        else:
+            lm.set_steering(steering[0], alpha.value, alpha.rule, alpha.positions)
+        lm.reset_stats()
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], task_manager=task_manager(self.cfg.paths.tasks_dir, [task]),
+            limit=self.cfg.eval.limit, gen_kwargs={"max_gen_toks": int(self.cfg.eval.max_new_tokens)},
+            log_samples=True, bootstrap_iters=int(self.cfg.eval.bootstrap_iters),
+            random_seed=self.cfg.eval.random_seed, verbosity="ERROR",
+        )
+        samples = results["samples"][task]
+        return {"metrics": summarise(results["results"][task], samples, lm.stats), "samples": _sample_rows(samples)}
+
+
+def evaluate_conditions(cfg: DictConfig, stages, models, steering_sets: dict, output_dir: Path) -> dict[str, Any]:
+    """{condition: {task: metrics}} for every configured condition; per-sample outputs go to output_dir."""
+    evaluator = Evaluator(cfg, models)
+    ev = cfg.eval
+    out: dict[str, Any] = {}
+    for condition in ev.conditions:
+        if condition in STEERED and condition not in steering_sets:
+            out[condition] = {"skipped": "no Target-Unlocked activations for a native direction "
+                                         "(checkpoint contrast needs eval.reference_model)"}
+            continue
+        model_cfg = ev.reference_model if condition == "reference" else cfg.target_model
+        steering = steering_sets.get(condition) if condition in STEERED else None
+        if steering is not None and cfg.alpha.value == 0.0:
+            steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
+        out[condition] = {}
+        for task in ev.tasks:
+            base = ev.prompt_tasks.get(task) if condition in PROMPTED else task
+            if base is None:
+                raise ValueError(f"eval.prompt_tasks has no capability-prompt variant for task {task!r}")
+            name = eval_task_name(base, ev.split)
+            spec = {
+                "model": model_identity(model_cfg), "task": name, "limit": ev.limit,
+                "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
+                "steering": None if steering is None else {
+                    "vectors": steering[1], "alpha": cfg.alpha.value, "rule": cfg.alpha.rule,
+                    "positions": cfg.alpha.positions,
+                },
+            }
+            result, _ = stages.cache.get_or_compute(
+                "eval", spec, ".json",
+                compute=lambda m=model_cfg, n=name, s=steering: _computed(evaluator.evaluate(m, n, s)),
+                save=atomic_write_json,
+                load=lambda path: json.loads(Path(path).read_text()),
+            )
+            out[condition][task] = {**result["metrics"], "lm_eval_task": name}
+            rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
+            atomic_write_bytes(output_dir / "samples" / f"{condition}__{task}.jsonl", rows.encode())
+    return out
+
+
+def _computed(result: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    return result, int(result["metrics"].get("forward_passes", 0))

@@ -1,0 +1,151 @@
+"""A steering-aware lm-eval model: HFLM with UNLOCK's Steering around every forward pass.
+
+Registered as ``unlock``, so both the harness and the CLI use it:
+    lm_eval --model unlock --model_args pretrained=DIR,steer=vectors.safetensors,alpha=0.1 --tasks ...
+Generation requests are steered through the prefill pass (last prompt token by default). For
+loglikelihood requests, one pass holds context and continuation; the prompt boundary of each row is
+recovered from the request's context length, so "last prompt token" means the last context token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from unlock.artifacts import load_steering_vectors
+from unlock.steer import Steering
+
+
+def parse_layers(spec: str | list[int] | None) -> list[int] | None:
+    """'all' or None -> every layer with a vector; '3', '0-5' or '1;4;7' (CLI-safe separators) -> indices."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return None
+    if isinstance(spec, (list, tuple)):
+        return [int(x) for x in spec]
+    layers: list[int] = []
+    for part in re.split(r"[;|\s]+", str(spec).strip()):
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span:
+            layers.extend(range(int(span[1]), int(span[2]) + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            layers.append(int(part))
+        else:
+            raise ValueError(f"layers {spec!r} is not understood; use 'all', '3', '0-5' or '1;4;7'")
+    return layers
+
+
+@register_model("unlock")
+class UnlockLM(HFLM):
+    """HFLM whose forward passes run under a configurable :class:`Steering` (none by default)."""
+
+    def __init__(
+        self,
+        pretrained: Any,
+        steer: str | None = None,
+        alpha: float = 0.1,
+        rule: str = "norm_preserving",
+        positions: str = "last",
+        layers: str | list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trust_remote_code", False)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self._steering: Steering | None = None
+        self._boundaries: dict[tuple[int, ...], int] = {}
+        self.reset_stats()
+        if steer:
+            vectors, _ = load_steering_vectors(steer)
+            self.set_steering(vectors, float(alpha), rule=rule, positions=positions, layers=parse_layers(layers))
+
+    # --- steering control ----------------------------------------------------------------------
+    def set_steering(
+        self,
+        vectors: Mapping[int, torch.Tensor] | None,
+        alpha: float = 0.0,
+        rule: str = "norm_preserving",
+        positions: str = "last",
+        layers: list[int] | None = None,
+    ) -> None:
+        """Steer every following request with these vectors (None: no steering)."""
+        self._steering = None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers)
+
+    def reset_stats(self) -> None:
+        """Counters a condition reports: forward passes and next-token entropy of generated tokens."""
+        self.stats = {"forward_passes": 0, "entropy_sum": 0.0, "generated_tokens": 0}
+
+    def _steered(self):
+        import contextlib
+
+        return self._steering if self._steering is not None else contextlib.nullcontext()
+
+    # --- loglikelihood -------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        limit = self.max_length + 1
+        for _, context_enc, continuation_enc in requests:
+            tokens = (context_enc + continuation_enc)[-limit:][:-1]
+            dropped = max(0, len(context_enc) + len(continuation_enc) - limit)
+            self._boundaries.setdefault(tuple(tokens), max(len(context_enc) - 1 - dropped, 0))
+        try:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        finally:
+            self._boundaries.clear()
+
+    def _row_boundaries(self, inps: torch.Tensor) -> torch.Tensor | None:
+        pad = self.tokenizer.pad_token_id or 0
+        found = []
+        for row in inps.tolist():
+            end = len(row)
+            while True:
+                boundary = self._boundaries.get(tuple(row[:end]))
+                if boundary is not None or end == 0 or row[end - 1] not in (0, pad):
+                    break
+                end -= 1  # strip right padding one token at a time (a real token may equal pad)
+            if boundary is None:
+                return None
+            found.append(boundary)
+        return torch.tensor(found, device=inps.device)
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        self.stats["forward_passes"] += 1
+        if self._steering is None:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        boundary = self._row_boundaries(inps) if self._boundaries else None
+        if boundary is None:
+            with self._steering:  # a call outside loglikelihood requests: read positions from the input
+                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        with self._steering, self._steering.prompt_boundary(boundary):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    # --- generation ----------------------------------------------------------------------------
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
+        entropies: list[torch.Tensor] = []
+
+        def record_entropy(_module, _args, output):
+            logits = output.logits[:, -1].float()
+            entropies.append(-(logits.log_softmax(-1) * logits.softmax(-1)).sum(-1).cpu())
+
+        handle = self.model.register_forward_hook(record_entropy)
+        try:
+            with self._steered():
+                out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            handle.remove()
+        self.stats["forward_passes"] += len(entropies)
+        generated = out[:, context.shape[1] :]
+        if entropies and generated.numel():
+            per_step = torch.stack(entropies, dim=1)[:, : generated.shape[1]]
+            ends = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
+            stopped = torch.zeros_like(generated, dtype=torch.bool)
+            for token in ends:
+                stopped |= generated == token
+            # A row is live up to and including its first end token.
+            live = (stopped.long().cumsum(dim=1) - stopped.long()) == 0
+            live = live[:, : per_step.shape[1]]
+            self.stats["entropy_sum"] += float(per_step[live].sum())
+            self.stats["generated_tokens"] += int(live.sum())
+        return out

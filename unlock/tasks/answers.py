@@ -1,0 +1,81 @@
+"""Answer extraction and equivalence as the paper scores them.
+
+The model is asked to end with "The final answer is ...". The answer is read from that phrase, else
+from a LaTeX \\boxed{...}, else the last number in the text; it is compared by mathematical
+equivalence (3, 3.0, 6/2 and "$3" are equal), not by string match.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_FINAL_ANSWER = re.compile(r"final answer is[:\s]*\$?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+_STEP = re.compile(r"(?im)^\s*(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b)|\bstep by step\b|\bso\b.*=")
+
+
+def _boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    begin = i
+    while i < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[begin : i - 1] if depth == 0 else None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final-answer phrase, else a boxed answer, else the last number; None if there is none."""
+    phrase = _FINAL_ANSWER.findall(text)
+    if phrase:
+        candidate = phrase[-1].strip()
+        boxed = _boxed(candidate)
+        return (boxed if boxed is not None else candidate).strip().rstrip(".")
+    boxed = _boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].strip() if numbers else None
+
+
+def to_number(text: str) -> Fraction | None:
+    """Parse '1,234', '$3.50', '-7', '6/2', '\\frac{3}{4}' into an exact Fraction."""
+    cleaned = text.strip().replace("$", "").replace(",", "").replace("\\!", "").replace(" ", "")
+    cleaned = re.sub(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}", r"(\1)/(\2)", cleaned)
+    cleaned = cleaned.replace("(", "").replace(")", "").rstrip(".")
+    cleaned = re.sub(r"(?:\\%|%)$", "", cleaned)
+    match = re.fullmatch(r"(-?\d*\.?\d+)(?:/(-?\d*\.?\d+))?", cleaned)
+    if not match:
+        # A number followed by units or words ("12 apples"): take the leading number.
+        lead = re.match(r"(-?\d+(?:\.\d+)?(?:/\d+)?)\b", cleaned) or re.match(r"(-?\d+(?:\.\d+)?)", text.replace(",", "").strip())
+        if not lead:
+            return None
+        return to_number(lead.group(1))
+    try:
+        value = Fraction(match.group(1))
+        if match.group(2) is not None:
+            value /= Fraction(match.group(2))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value
+
+
+def is_equivalent(predicted: str | None, reference: str) -> bool:
+    """Mathematical equivalence for numbers, normalised string equality otherwise."""
+    if predicted is None:
+        return False
+    a, b = to_number(predicted), to_number(reference)
+    if a is not None and b is not None:
+        return a == b
+    normalise = lambda s: re.sub(r"[\s$.]", "", s).lower()  # noqa: E731
+    return normalise(predicted) == normalise(reference)
+
+
+def reasons_in_steps(text: str) -> bool:
+    """Whether a generation works through intermediate steps before its answer (a CoT marker)."""
+    before = re.split(r"(?i)final answer is", text)[0]
+    lines = [line for line in before.splitlines() if line.strip()]
+    return bool(_STEP.search(before)) or len(lines) >= 2 or len(_NUMBER.findall(before)) >= 3

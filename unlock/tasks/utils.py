@@ -1,0 +1,35 @@
+"""Hooks the shipped lm-eval task YAMLs call (`!function utils.*`).
+
+Data paths are resolved from this file, so the tasks work from any working directory (Hydra changes it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from unlock.tasks.answers import extract_answer, is_equivalent, reasons_in_steps
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SPLITS = ("train", "validation", "test")
+
+
+def load_splits(name: str, **_metadata):
+    """A DatasetDict of the shipped JSONL splits named ``{name}_{split}.jsonl``."""
+    import datasets
+
+    files = {split: str(DATA_DIR / f"{name}_{split}.jsonl") for split in SPLITS}
+    missing = [path for path in files.values() if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing task data {missing}; regenerate with `python -m unlock.tasks.make_data`")
+    return datasets.load_dataset("json", data_files=files)
+
+
+def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
+    """Accuracy by mathematical equivalence, plus behaviour metrics that show whether CoT moved."""
+    text = results[0]
+    return {
+        "acc": float(is_equivalent(extract_answer(text), doc["answer"])),
+        "gen_words": float(len(text.split())),
+        "stepwise": float(reasons_in_steps(text)),
+        "has_final_phrase": float("final answer is" in text.lower()),
+    }

@@ -1,0 +1,322 @@
+"""Stage 6: record and show results: a printed table per run, W&B runs, and sweep aggregates.
+
+Results JSON is always on disk before W&B is touched; ``logger=none`` never imports wandb. At the end
+of a multirun, :class:`AggregateCallback` reads every job's ``results.json`` (never only job status),
+writes ``aggregate.csv`` plus PNG plots in the sweep directory, and logs them to W&B when enabled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from unlock.artifacts import atomic_path, atomic_write_bytes
+
+SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
+SWEEP_AXES = ("rank", "alpha", "n_prompts", "aggregation", "method", "layers", "layer_mode", "rule")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _acc_cell(metrics: dict[str, Any]) -> str:
+    if "acc" not in metrics:
+        return "-"
+    ci = metrics.get("acc_ci95")
+    return f"{metrics['acc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{metrics['acc']:.3f}"
+
+
+def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
+    """One screen: conditions side by side, stage cache hits, fit quality."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout, width=140)
+    settings = record.get("settings", {})
+    title = (f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): "
+             + ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("n_prompts", "rank_effective", "alpha", "aggregation", "method")))
+    table = Table(title=title)
+    for column in ("condition", "task", "acc [95% CI]", "n", "gen tokens", "gen words", "stepwise", "entropy"):
+        table.add_column(column, justify="left" if column in ("condition", "task") else "right")
+    for condition, per_task in record.get("conditions", {}).items():
+        if "skipped" in per_task:
+            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", "", "", "", "", "")
+            continue
+        for task, metrics in per_task.items():
+            table.add_row(condition, task, _acc_cell(metrics), _fmt(metrics.get("n")), _fmt(metrics.get("gen_tokens"), 1),
+                          _fmt(metrics.get("gen_words"), 1), _fmt(metrics.get("stepwise"), 2), _fmt(metrics.get("entropy"), 2))
+    console.print(table)
+    stages = record.get("stages", {})
+    console.print("stages: " + "; ".join(
+        f"{name} {s['hits']} hit / {s['misses']} computed, {s['forward_passes']} forward passes, {s['seconds']:.1f}s"
+        for name, s in stages.items()))
+    quality = record.get("fit_quality_mean", {})
+    if quality:
+        console.print("map fit (mean over layers): " + ", ".join(f"{k}={v:.3f}" for k, v in quality.items()))
+    if path is not None:
+        console.print(f"results: {path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# W&B
+# --------------------------------------------------------------------------------------------------
+def _wandb_mode(cfg_mode: str) -> str:
+    return os.environ.get("WANDB_MODE", cfg_mode)
+
+
+def _sweep_group(output_dir: Path) -> str | None:
+    """Jobs of one multirun share a W&B group: the sweep directory's name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return Path(hydra_cfg.sweep.dir).name
+    except Exception:
+        pass
+    return None
+
+
+def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for condition, per_task in record.get("conditions", {}).items():
+        for task, metrics in per_task.items():
+            if not isinstance(metrics, dict):
+                continue
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"{condition}/{task}/{name}"] = value
+    for name, value in record.get("fit_quality_mean", {}).items():
+        out[f"fit/{name}"] = value
+    return out
+
+
+def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
+    """One W&B run per Hydra job; a W&B failure is reported and never loses the on-disk results."""
+    if cfg.logger.name != "wandb":
+        return
+    try:
+        import wandb
+
+        run = wandb.init(
+            project=cfg.logger.project, entity=cfg.logger.entity, config=record.get("config"),
+            group=_sweep_group(Path(output_dir)), tags=list(cfg.logger.tags), dir=str(output_dir),
+            mode=_wandb_mode(cfg.logger.mode), name=Path(output_dir).name, reinit="finish_previous",
+        )
+        run.log(flat_metrics(record))
+        run.summary.update({**record.get("settings", {}), "status": record.get("status")})
+        quality = record.get("fit_quality", {})
+        if quality:
+            columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
+            table = wandb.Table(columns=columns)
+            for layer, q in sorted(quality.items(), key=lambda kv: int(kv[0])):
+                table.add_data(int(layer), record["plan"]["pairs"][str(layer)] if str(layer) in record["plan"]["pairs"]
+                               else record["plan"]["pairs"].get(int(layer)), *[q[c] for c in columns[2:]])
+            run.log({"fit_quality": table})
+        run.finish()
+    except Exception as error:  # results are already on disk
+        print(f"[unlock] W&B logging failed ({type(error).__name__}: {error}); results.json is intact", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweep aggregation
+# --------------------------------------------------------------------------------------------------
+def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per (job, condition, task); failed and unfinished jobs get a row with their error."""
+    rows: list[dict[str, Any]] = []
+    job_dirs = sorted({p.parent for p in sweep_dir.glob("*/.hydra")} | {p.parent for p in sweep_dir.glob("*/results.json")},
+                      key=lambda p: (len(p.name), p.name))
+    for job_dir in job_dirs:
+        path = job_dir / "results.json"
+        base = {"job": job_dir.name}
+        overrides = job_dir / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            base["overrides"] = " ".join(line.strip("- \n") for line in overrides.read_text().splitlines() if line.strip())
+        if not path.is_file():
+            rows.append({**base, "status": "failed", "error": "no results.json (job died or never ran)"})
+            continue
+        record = json.loads(path.read_text())
+        if record.get("status") != "ok":
+            rows.append({**base, "status": record.get("status", "failed"), "error": record.get("error", "")})
+            continue
+        settings = record.get("settings", {})
+        fit = record.get("fit_quality_mean", {})
+        for condition, per_task in record["conditions"].items():
+            for task, metrics in per_task.items():
+                if not isinstance(metrics, dict):
+                    continue
+                ci = metrics.get("acc_ci95") or [None, None]
+                rows.append({
+                    **base, "status": "ok", **settings, "condition": condition, "task": task,
+                    **{m: metrics.get(m) for m in ("n", *SHOWN_METRICS)},
+                    "acc_ci_low": ci[0], "acc_ci_high": ci[1], "fit_r2": fit.get("r2"), "fit_rel_error": fit.get("rel_error"),
+                })
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def _varying(rows: list[dict[str, Any]], axis: str) -> bool:
+    return len({row.get(axis) for row in rows if row.get(axis) is not None}) > 1
+
+
+def _save_figure(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Accuracy and generation length against each swept axis, a rank x N heatmap, lengths per condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [row for row in rows if row.get("status") == "ok" and row.get("task")]
+    if not ok:
+        return []
+    task = ok[0]["task"]
+    ok = [row for row in ok if row["task"] == task]
+    steered = [row for row in ok if row["condition"] == "unlock"]
+    baseline = [row["acc"] for row in ok if row["condition"] == "unsteered" and row.get("acc") is not None]
+    paths: list[Path] = []
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    for axis in ("rank", "alpha", "n_prompts", "layers"):
+        if not _varying(steered, axis):
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for condition in ("unlock", "random", "native"):
+            subset = [row for row in ok if row["condition"] == condition]
+            xs = sorted({row[axis] for row in subset}, key=lambda v: (isinstance(v, str), v))
+            if not xs:
+                continue
+            numeric = all(isinstance(x, (int, float)) for x in xs)
+            positions = xs if numeric else [str(x) for x in xs]
+            for ax, metric in zip(axes, ("acc", "gen_tokens")):
+                ys = [mean(row.get(metric) for row in subset if row[axis] == x) for x in xs]
+                ax.plot(positions, ys, marker="o", label=condition)
+                if numeric and axis in ("rank", "n_prompts") and min(xs) > 0:
+                    ax.set_xscale("log", base=2)
+        if baseline:
+            axes[0].axhline(mean(baseline), color="grey", linestyle="--", label="unsteered")
+        axes[0].set(title=f"{task}: accuracy vs {axis}", xlabel=axis, ylabel="accuracy")
+        axes[1].set(title=f"{task}: generation length vs {axis}", xlabel=axis, ylabel="generated tokens")
+        axes[0].legend(fontsize=8)
+        path = out_dir / f"acc_vs_{axis}.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        paths.append(path)
+
+    if _varying(steered, "rank") and _varying(steered, "n_prompts"):
+        ranks = sorted({row["rank"] for row in steered})
+        ns = sorted({row["n_prompts"] for row in steered})
+        grid = [[mean(row["acc"] for row in steered if row["rank"] == r and row["n_prompts"] == n) for r in ranks] for n in ns]
+        fig, ax = plt.subplots(figsize=(1.2 * len(ranks) + 2, 0.8 * len(ns) + 2))
+        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
+        ax.set_yticks(range(len(ns)), [str(n) for n in ns])
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                ax.text(j, i, _fmt(value, 2), ha="center", va="center", color="white", fontsize=8)
+        ax.set(xlabel="rank", ylabel="N prompts", title=f"{task}: UNLOCK accuracy, rank x N")
+        fig.colorbar(image, ax=ax)
+        path = out_dir / "rank_x_n_heatmap.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        paths.append(path)
+
+    conditions = list(dict.fromkeys(row["condition"] for row in ok))
+    lengths = [mean(row.get("gen_tokens") for row in ok if row["condition"] == c) for c in conditions]
+    if any(not math.isnan(v) for v in lengths):
+        fig, ax = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
+        ax.bar(conditions, lengths, color="tab:blue")
+        ax.set(title=f"{task}: mean generation length per condition", ylabel="generated tokens")
+        path = out_dir / "gen_length_by_condition.png"
+        _save_figure(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def print_sweep_table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    axes = [axis for axis in SWEEP_AXES if _varying(rows, axis)]
+    table = Table(title=f"sweep: {len({r['job'] for r in rows})} jobs")
+    for column in ("job", *axes, "condition", "task", "acc", "gen tokens", "status"):
+        table.add_column(column)
+    for row in rows:
+        if row.get("status") != "ok":
+            table.add_row(row["job"], *["" for _ in axes], "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}")
+            continue
+        if row["condition"] not in ("unsteered", "unlock", "random"):
+            continue
+        table.add_row(row["job"], *[_fmt(row.get(a)) for a in axes], row["condition"], row["task"],
+                      _fmt(row.get("acc")), _fmt(row.get("gen_tokens"), 1), "ok")
+    Console(file=sys.stdout, width=160).print(table)
+
+
+def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> dict[str, Any]:
+    sweep_dir = Path(sweep_dir)
+    rows = collect_rows(sweep_dir)
+    write_csv(sweep_dir / "aggregate.csv", rows)
+    plots = make_plots(rows, sweep_dir)
+    failed = [row for row in rows if row.get("status") != "ok"]
+    summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
+               "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots]}
+    from unlock.artifacts import atomic_write_json
+
+    atomic_write_json(sweep_dir / "aggregate.json", summary)
+    print_sweep_table(rows)
+    print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
+    if logger_cfg is not None and logger_cfg.name == "wandb":
+        try:
+            import wandb
+
+            run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=sweep_dir.name,
+                             job_type="aggregate", name=f"{sweep_dir.name}-aggregate", dir=str(sweep_dir),
+                             mode=_wandb_mode(logger_cfg.mode), reinit="finish_previous")
+            columns = sorted({k for row in rows for k in row})
+            run.log({"aggregate": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
+                     **{p.stem: wandb.Image(str(p)) for p in plots}})
+            run.finish()
+        except Exception as error:
+            print(f"[unlock] W&B aggregate logging failed ({type(error).__name__}: {error}); CSV and plots are on disk",
+                  file=sys.stderr)
+    return summary
+
+
+class AggregateCallback(Callback):
+    """Hydra callback: aggregate a multirun's results once every job has finished."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        aggregate(config.hydra.sweep.dir, config.get("logger"))
