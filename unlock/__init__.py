@@ -1,23 +1,29 @@
 """UNLOCK: carry a capability direction from a Source model to a Target model through a low-rank map.
 
 Stages, one module each: capture (activations) -> extract (direction) -> align (map) -> steer.
+Names below are imported lazily so that `import unlock` (done at start-up by the lm-eval CLI
+plugin) costs nothing until a name is used.
 """
 
-from unlock.align import LinearMap, fit_map, fit_quality, pair_layers, pair_layers_linear
-from unlock.capture import Activations, capture_activations
-from unlock.extract import Directions, direction_from_pairs, extract_directions
-from unlock.steer import Steering
+from importlib import import_module
 
-__all__ = [
-    "Activations",
-    "Directions",
-    "LinearMap",
-    "Steering",
-    "capture_activations",
-    "direction_from_pairs",
-    "extract_directions",
-    "fit_map",
-    "fit_quality",
-    "pair_layers",
-    "pair_layers_linear",
-]
+_EXPORTS = {
+    "Activations": "unlock.capture",
+    "capture_activations": "unlock.capture",
+    "Directions": "unlock.extract",
+    "direction_from_pairs": "unlock.extract",
+    "extract_directions": "unlock.extract",
+    "LinearMap": "unlock.align",
+    "fit_map": "unlock.align",
+    "fit_quality": "unlock.align",
+    "pair_layers": "unlock.align",
+    "pair_layers_linear": "unlock.align",
+    "Steering": "unlock.steer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'unlock' has no attribute {name!r}")

@@ -9,8 +9,10 @@ Each condition's result is a cached artifact, so an alpha sweep re-runs only the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,18 @@ from unlock.loading import fingerprint, model_identity
 
 STEERED = ("unlock", "native", "random")
 PROMPTED = ("prompting", "reference")
+
+
+@lru_cache(maxsize=8)
+def tasks_fingerprint(tasks_dir: str) -> str:
+    """Hash of the local task files (YAML, scoring code, data): editing any of them invalidates
+    cached evaluations, since the prompt, the items or the metric may have changed."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tasks_dir).rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".yaml", ".jsonl"):
+            digest.update(path.relative_to(tasks_dir).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def eval_task_name(task: str, split: str) -> str:
@@ -123,7 +137,8 @@ def evaluate_conditions(cfg: DictConfig, stages, models, steering_sets: dict, ou
                 raise ValueError(f"eval.prompt_tasks has no capability-prompt variant for task {task!r}")
             name = eval_task_name(base, ev.split)
             spec = {
-                "model": model_identity(model_cfg), "task": name, "limit": ev.limit,
+                "model": model_identity(model_cfg), "task": name, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+                "limit": ev.limit,
                 "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
                 "steering": None if steering is None else {
                     "vectors": steering[1], "alpha": cfg.alpha.value, "rule": cfg.alpha.rule,

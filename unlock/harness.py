@@ -56,7 +56,7 @@ def target_layer_selection(layer_cfg: Any, n_target: int) -> list[int] | None:
     if layer_cfg.mode == "all":
         return None
     if layer_cfg.mode == "single" and layer_cfg.depth is not None:
-        return [int(round(layer_cfg.depth * (n_target - 1)))]
+        return [math.floor(layer_cfg.depth * (n_target - 1) + 0.5)]  # round half up, not to even
     return [int(i) for i in layer_cfg.indices]
 
 
@@ -315,7 +315,7 @@ def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
         "n_prompts": cfg.capability.n_prompts, "aggregation": cfg.capability.aggregation,
         "rank": cfg.rank.value, "rank_effective": plan.rank_effective, "method": cfg.rank.method,
         "alpha": cfg.alpha.value, "rule": cfg.alpha.rule, "positions": cfg.alpha.positions,
-        "layer_mode": cfg.layer.mode, "n_steered_layers": len(plan.pairs),
+        "layer_mode": cfg.layer.mode, "n_steered_layers": len(plan.pairs), "split": cfg.eval.split,
         "layers": ",".join(str(j) for j in sorted(plan.pairs)),
     }
 

@@ -55,7 +55,7 @@ def model_identity(model_cfg: Any) -> dict[str, Any]:
     return identity
 
 
-def read_shape(model_cfg: Any, cache_dir: str | None = None) -> ModelShape:
+def read_shape(model_cfg: Any) -> ModelShape:
     """Depth and width from the model's config alone (no weights), for checks before loading."""
     cfg = _as_dict(model_cfg)
     if cfg["kind"] == "tiny":

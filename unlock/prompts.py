@@ -44,11 +44,9 @@ def task_manager(tasks_dir: str, names: list[str] | tuple[str, ...] = ()):
 
 
 def load_task(name: str, tasks_dir: str):
-    from lm_eval.tasks import get_task_dict
-
     manager = task_manager(tasks_dir, [name])
     try:
-        return get_task_dict([name], manager)[name]
+        return manager.load([name])["tasks"][name]
     except Exception as error:  # hub tasks need a network
         raise RuntimeError(f"could not load lm-eval task {name!r} ({type(error).__name__}: {error}); "
                            "hub tasks need network access, the shipped unlock_* tasks do not") from error

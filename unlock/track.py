@@ -154,7 +154,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         if record.get("status") != "ok":
             rows.append({**base, "status": record.get("status", "failed"), "error": record.get("error", "")})
             continue
-        settings = record.get("settings", {})
+        settings = {"split": record.get("config", {}).get("eval", {}).get("split"), **record.get("settings", {})}
         fit = record.get("fit_quality_mean", {})
         for condition, per_task in record["conditions"].items():
             for task, metrics in per_task.items():
@@ -285,6 +285,20 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
     Console(file=sys.stdout, width=160).print(table)
 
 
+SELECTION_KEYS = ("acc", "stepwise", "gen_words")
+
+
+def select_best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The UNLOCK point with the best validation accuracy; ties (common when accuracy is near zero)
+    go to the larger share of step-wise generations, then to longer generations: the CoT signal."""
+    candidates = [row for row in rows if row.get("status") == "ok" and row.get("condition") == "unlock"
+                  and row.get("split") == "validation"]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in SELECTION_KEYS))
+    return {k: best.get(k) for k in ("job", *SWEEP_AXES, *SELECTION_KEYS, "overrides")}
+
+
 def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
@@ -292,12 +306,15 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> di
     plots = make_plots(rows, sweep_dir)
     failed = [row for row in rows if row.get("status") != "ok"]
     summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
-               "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots]}
+               "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots],
+               "selected_on_validation": select_best(rows)}
     from unlock.artifacts import atomic_write_json
 
     atomic_write_json(sweep_dir / "aggregate.json", summary)
     print_sweep_table(rows)
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
+    if summary["selected_on_validation"]:
+        print(f"selected on validation (acc, then stepwise, then words): {summary['selected_on_validation']}")
     if logger_cfg is not None and logger_cfg.name == "wandb":
         try:
             import wandb
@@ -320,3 +337,10 @@ class AggregateCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         aggregate(config.hydra.sweep.dir, config.get("logger"))
+
+
+if __name__ == "__main__":
+    # Re-aggregate a sweep directory by hand (e.g. after resubmitting failed jobs).
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m unlock.track SWEEP_DIR")
+    aggregate(sys.argv[1])

@@ -12,7 +12,8 @@ from fractions import Fraction
 
 _FINAL_ANSWER = re.compile(r"final answer is[:\s]*\$?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
-_STEP = re.compile(r"(?im)^\s*(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b)|\bstep by step\b|\bso\b.*=")
+_STEP_MARKER = re.compile(r"(?i)^(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b|so\b|now\b|finally\b)")
+_ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d")
 
 
 def _boxed(text: str) -> str | None:
@@ -75,7 +76,13 @@ def is_equivalent(predicted: str | None, reference: str) -> bool:
 
 
 def reasons_in_steps(text: str) -> bool:
-    """Whether a generation works through intermediate steps before its answer (a CoT marker)."""
+    """Whether a generation works through intermediate steps before its answer (a CoT marker).
+
+    Needs at least two distinct lines of three or more words before the final-answer phrase, and a
+    step marker (Step 1, "1. ", First/Then/So...) or an arithmetic expression among them. Echo
+    loops ("Answer:\nAnswer:...") and bare numbers or enumerations do not count.
+    """
     before = re.split(r"(?i)final answer is", text)[0]
-    lines = [line for line in before.splitlines() if line.strip()]
-    return bool(_STEP.search(before)) or len(lines) >= 2 or len(_NUMBER.findall(before)) >= 3
+    lines = list(dict.fromkeys(line.strip() for line in before.splitlines()))
+    content = [line for line in lines if len(line.split()) >= 3]
+    return len(content) >= 2 and any(_STEP_MARKER.match(line) or _ARITHMETIC.search(line) for line in content)

@@ -1,0 +1,163 @@
+"""The harness end to end on tiny models: one run, a W&B sweep with cache reuse, bad configs, lm_eval CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, compose_run, launch, results
+from unlock.harness import make_plan, run
+
+TINY = ["experiment=tiny", "eval.limit=3", "eval.max_new_tokens=8"]
+CONDITIONS = {"unsteered", "unlock", "prompting", "native", "random"}
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    first = launch(TINY, tmp)
+    second = launch(TINY, tmp)
+    runs = sorted((tmp / "logs" / "runs").iterdir())
+    assert len(runs) == 2
+    return tmp, runs, first, second
+
+
+def test_single_run_writes_results_for_every_condition(single_run):
+    _, runs, first, _ = single_run
+    record = results(runs[0])
+    assert record["status"] == "ok"
+    assert set(record["conditions"]) == CONDITIONS
+    for condition, per_task in record["conditions"].items():
+        metrics = per_task["unlock_arith"]
+        assert metrics["n"] == 3 and 0.0 <= metrics["acc"] <= 1.0
+        low, high = metrics["acc_ci95"]
+        assert 0.0 <= low <= metrics["acc"] <= high <= 1.0
+        assert metrics["gen_tokens"] > 0 and metrics["entropy"] > 0
+        assert (runs[0] / "samples" / f"{condition}__unlock_arith.jsonl").is_file()
+    assert record["settings"]["rank_effective"] == 4 and record["settings"]["n_steered_layers"] == 6
+    assert set(record["fit_quality"]) == {str(j) for j in range(6)}
+    assert (runs[0] / "steering_vectors.safetensors").is_file() and (runs[0] / "lm_eval_steered.pt").is_file()
+    assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
+
+
+def test_rerun_of_finished_run_does_no_forward_pass_and_loads_no_model(single_run):
+    _, runs, _, _ = single_run
+    first, second = results(runs[0]), results(runs[1])
+    assert all(stage["misses"] == 0 and stage["forward_passes"] == 0 for stage in second["stages"].values())
+    assert second["model_load_seconds"] == {}
+    assert first["stages"]["capture"]["forward_passes"] > 0
+    assert second["conditions"] == first["conditions"]
+
+
+def test_steered_prompt_changes_only_steered_conditions(single_run):
+    _, runs, _, _ = single_run
+    samples = {c: [json.loads(line) for line in (runs[0] / "samples" / f"{c}__unlock_arith.jsonl").open()]
+               for c in CONDITIONS}
+    prompts = {c: [row["prompt"] for row in rows] for c, rows in samples.items()}
+    assert prompts["unsteered"] == prompts["unlock"] == prompts["random"] == prompts["native"]
+    assert all(p.rstrip().endswith("Answer:") for p in prompts["unsteered"])
+    assert all("Let's think step by step." in p for p in prompts["prompting"])
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = launch(["-m", *TINY, "logger=wandb", "alpha.value=0.1,0.5", "rank.value=2,4"], tmp)
+    (sweep_dir,) = list((tmp / "logs" / "multiruns").iterdir())
+    return sweep_dir, proc
+
+
+def test_sweep_writes_every_point_wandb_runs_and_aggregate(sweep):
+    sweep_dir, proc = sweep
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(jobs) == 4
+    for job in jobs:
+        assert results(job)["status"] == "ok"
+        assert list((job / "wandb").glob("offline-run-*")), f"no offline W&B run in {job}"
+    csv = (sweep_dir / "aggregate.csv").read_text().splitlines()
+    assert csv[0].startswith("job,") and len(csv) == 1 + 4 * len(CONDITIONS)
+    assert {p.name for p in sweep_dir.glob("*.png")} >= {"acc_vs_alpha.png", "acc_vs_rank.png", "gen_length_by_condition.png"}
+    assert list((sweep_dir / "wandb").glob("offline-run-*")), "aggregate W&B run"
+    assert "sweep: 4 jobs" in proc.stdout
+
+
+def test_alpha_sweep_reuses_capture_extract_and_align(sweep):
+    sweep_dir, _ = sweep
+    by_setting = {}
+    for job in (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()):
+        record = results(job)
+        by_setting[(record["settings"]["rank"], record["settings"]["alpha"])] = (int(job.name), record)
+    for rank in (2, 4):
+        first, second = sorted([by_setting[(rank, 0.1)], by_setting[(rank, 0.5)]], key=lambda jr: jr[0])
+        stages = second[1]["stages"]
+        for stage in ("capture", "extract", "align"):
+            assert stages[stage]["misses"] == 0 and stages[stage]["hits"] > 0, (rank, stage, stages)
+        assert stages["capture"]["forward_passes"] == 0
+        # Unsteered and prompting baselines do not depend on alpha either.
+        assert stages["eval"]["hits"] >= 2
+
+
+def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
+    import unlock.loading
+
+    def no_weights(*_args, **_kwargs):
+        raise AssertionError("model weights were loaded before the config was checked")
+
+    monkeypatch.setattr(unlock.loading, "load_model", no_weights)
+    monkeypatch.setattr("unlock.harness.load_model", no_weights)
+    cases = [
+        (["layer=list", "layer.indices=[9]"], r"Target layer 9 is out of range.*\[0, 5\]"),
+        (["rank.value=100"], r"rank.value 100 is out of range for these models: must be <= min\(d_s, d_t\) = min\(64, 48\) = 48"),
+        (["alpha.rule=mystery"], r"alpha.rule 'mystery' is not allowed; allowed: norm_preserving, add"),
+        (["capability.n_prompts=0"], r"capability.n_prompts 0 is out of range"),
+        (["capability.n_prompts=300"], r"n_prompts \+ capability.n_heldout = 304 is out of range.*200 items"),
+        (["eval.conditions=[unsteered,reference]"], r"'reference' but eval.reference_model is not set"),
+    ]
+    for overrides, message in cases:
+        cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
+        with pytest.raises(ValueError, match=message):
+            run(cfg, tmp_path / "out")
+
+
+def test_failed_run_leaves_a_failure_record(tmp_path):
+    proc = launch([*TINY, "layer=list", "layer.indices=[42]"], tmp_path, check=False)
+    assert proc.returncode != 0
+    (job,) = list((tmp_path / "logs" / "runs").iterdir())
+    record = results(job)
+    assert record["status"] == "failed" and "Target layer 42 is out of range" in record["error"]
+
+
+def test_layer_selection_and_pairing_in_plan():
+    cfg = compose_run([*TINY, "layer=middle"])
+    assert make_plan(cfg).pairs == {3: 1}  # depth 0.5 of 6 layers: 2.5 rounds up to 3; Source floor(3*3/5) = 1
+    cfg = compose_run([*TINY, "layer=list", "layer.indices=[0,5]"])
+    assert make_plan(cfg).pairs == {0: 0, 5: 3}
+
+
+def test_lm_eval_cli_with_unlock_model(tmp_path):
+    """`lm_eval --model unlock` on a saved tiny model and a shipped task, steering from an artifact."""
+    from unlock.artifacts import save_steering_vectors
+    from unlock.tiny import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    save_steering_vectors(tmp_path / "v.safetensors", {layer: torch.randn(64) for layer in range(4)})
+    lm_eval_cli = Path(sys.executable).parent / "lm_eval"
+    outputs = {}
+    for name, steer in (("plain", ""), ("steered", f",steer={tmp_path / 'v.safetensors'},alpha=2.0,rule=add,positions=all")):
+        proc = subprocess.run(
+            [str(lm_eval_cli), "--model", "unlock", "--model_args", f"pretrained={model_dir}{steer}",
+             "--tasks", "unlock_mc", "--include_path", str(ROOT / "unlock" / "tasks"), "--limit", "4",
+             "--batch_size", "2", "--output_path", str(tmp_path / name), "--log_samples"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (samples,) = list((tmp_path / name).rglob("samples_unlock_mc_*.jsonl"))
+        outputs[name] = [json.loads(line)["resps"] for line in samples.open()]
+    assert outputs["plain"] != outputs["steered"], "steering must change loglikelihoods"
