@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test sweep clean
+.PHONY: install run test sweep slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,15 @@ run: $(STAMP)
 sweep: $(STAMP)
 	$(PY) launch.py -m --config-dir sweeps +sweep=$(SWEEP) $(ARGS)
 
-test: $(STAMP)
+# The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
+test: $(STAMP) slurm-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+slurm-up:
+	scripts/local_slurm.sh up
+
+slurm-down:
+	scripts/local_slurm.sh down
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

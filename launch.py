@@ -11,6 +11,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from unlock.config import register_configs
@@ -23,12 +24,17 @@ def main(cfg: DictConfig) -> float | None:
     from unlock.harness import failure_record, run, write_record
     from unlock.track import log_run, print_summary
 
-    output_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir
     try:
         record = run(cfg, output_dir)
     except Exception as error:
         write_record(output_dir, failure_record(cfg, error))
         print(f"[unlock] run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # The other points of the sweep go on; the aggregate lists this one as failed and the
+            # sweep exits non-zero once every point has run.
+            return None
         raise
     if record["status"] == "dry_run":
         return None
@@ -41,3 +47,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    from unlock.track import FAILED_SWEEP_POINTS
+
+    sys.exit(1 if FAILED_SWEEP_POINTS else 0)

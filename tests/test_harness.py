@@ -161,3 +161,14 @@ def test_lm_eval_cli_with_unlock_model(tmp_path):
         (samples,) = list((tmp_path / name).rglob("samples_unlock_mc_*.jsonl"))
         outputs[name] = [json.loads(line)["resps"] for line in samples.open()]
     assert outputs["plain"] != outputs["steered"], "steering must change loglikelihoods"
+
+
+def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_path):
+    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.conditions=[unsteered,reference]",
+                       "eval.reference_model={name:tiny-ref,kind:tiny,family:llama,hidden_size:48,num_layers:6,seed:5}"])
+    record = run(cfg, tmp_path / "out")
+    assert set(record["conditions"]) == {"unsteered", "reference"}
+    assert record["conditions"]["reference"]["unlock_arith"]["lm_eval_task"] == "unlock_arith_cot"
+    assert record["conditions"]["unsteered"]["unlock_arith"]["lm_eval_task"] == "unlock_arith"
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples" / "reference__unlock_arith.jsonl").open()]
+    assert all("Let's think step by step." in row["prompt"] for row in rows)

@@ -175,7 +175,8 @@ class Stages:
         def compute():
             held = (heldout[0][0], heldout[1][0]) if heldout else None
             maps, quality = fit_maps(
-                source_locked[0], target_locked[0], pairs, rank.value, rank.method, centre, rank.ridge, held
+                source_locked[0], target_locked[0], pairs, rank.value, rank.method, centre, rank.ridge, held,
+                progress=self.progress,
             )
             return (maps, pairs, quality), 0
 

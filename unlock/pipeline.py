@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from unlock.align import LinearMap, fit_map, fit_quality
 from unlock.capture import Activations
@@ -35,6 +36,7 @@ def fit_maps(
     centre: bool = False,
     ridge: float = 1e-2,
     held_out: tuple[Activations, Activations] | None = None,
+    progress: bool = False,
 ) -> tuple[dict[int, LinearMap], dict[int, dict[str, float]]]:
     """One map per (Target layer, Source layer) pair, fit on Locked activations of the same prompts.
 
@@ -47,7 +49,7 @@ def fit_maps(
         )
     maps: dict[int, LinearMap] = {}
     quality: dict[int, dict[str, float]] = {}
-    for target_layer, source_layer in pairs.items():
+    for target_layer, source_layer in tqdm(pairs.items(), desc="align", disable=not progress, leave=False):
         fitted = fit_map(source_locked[source_layer], target_locked[target_layer], rank, method, centre, ridge)
         maps[target_layer] = fitted
         quality[target_layer] = {"train_" + k: v for k, v in fit_quality(

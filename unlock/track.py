@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from unlock.artifacts import atomic_path, atomic_write_bytes
 
+FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
 SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
 SWEEP_AXES = ("rank", "alpha", "n_prompts", "aggregation", "method", "layers", "layer_mode", "rule")
 
@@ -336,7 +337,13 @@ class AggregateCallback(Callback):
     """Hydra callback: aggregate a multirun's results once every job has finished."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        aggregate(config.hydra.sweep.dir, config.get("logger"))
+        summary = aggregate(config.hydra.sweep.dir, config.get("logger"))
+        if summary["failed"]:
+            failed = "; ".join(f"job {f['job']}: {f['error']}" for f in summary["failed"])
+            print(f"[unlock] {len(summary['failed'])} of {summary['jobs']} sweep points failed ({failed}); "
+                  f"the others are in {summary['csv']}", file=sys.stderr)
+            # Hydra turns exceptions in callbacks into warnings; launch.py exits non-zero on this.
+            FAILED_SWEEP_POINTS.extend(summary["failed"])
 
 
 if __name__ == "__main__":

