@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,22 @@ def eval_task_name(task: str, split: str) -> str:
     return task if split == "test" else f"{task}_val"
 
 
-def summarise(task_results: dict[str, Any], samples: list[dict], stats: dict[str, float]) -> dict[str, Any]:
-    from unlock.harness import wilson_interval
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion; sensible at 0 and 1 and for small n."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
+
+def summarise(task_results: dict[str, Any], samples: list[dict], stats: dict[str, float],
+              response_tokens: list[int]) -> dict[str, Any]:
+    """Metrics of one condition on one task. ``gen_tokens`` is the length of the kept response (cut at
+    the task's stop sequences), the paper's generation length; ``entropy`` is the mean next-token
+    entropy over every token generated before EOS or the token limit."""
     n = len(samples)
     metrics = {key.split(",")[0]: value for key, value in task_results.items()
                if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
@@ -52,9 +66,10 @@ def summarise(task_results: dict[str, Any], samples: list[dict], stats: dict[str
     if "acc" in metrics and n:
         low, high = wilson_interval(metrics["acc"] * n, n)
         out["acc_ci95"] = [low, high]
+    if response_tokens:
+        out["gen_tokens"] = sum(response_tokens) / len(response_tokens)
     generated = stats.get("generated_tokens", 0)
     if generated:
-        out["gen_tokens"] = generated / n
         out["entropy"] = stats["entropy_sum"] / generated
     out["forward_passes"] = stats.get("forward_passes", 0)
     return out
@@ -113,7 +128,10 @@ class Evaluator:
             random_seed=self.cfg.eval.random_seed, verbosity="ERROR",
         )
         samples = results["samples"][task]
-        return {"metrics": summarise(results["results"][task], samples, lm.stats), "samples": _sample_rows(samples)}
+        rows = _sample_rows(samples)
+        lengths = [len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"])
+                   for row in rows if lm.stats["generated_tokens"]]
+        return {"metrics": summarise(results["results"][task], samples, lm.stats, lengths), "samples": rows}
 
 
 def evaluate_conditions(cfg: DictConfig, stages, models, steering_sets: dict, output_dir: Path) -> dict[str, Any]:

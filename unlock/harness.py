@@ -296,7 +296,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "target": target.name,
         "capability": cap.name,
         "settings": settings_summary(cfg, plan),
-        "plan": asdict(plan),
+        "plan": {**asdict(plan), "pairs": {str(j): l for j, l in plan.pairs.items()}},
         "fit_quality": {str(k): v for k, v in quality.items()},
         "fit_quality_mean": mean_quality(quality),
         "vector_norms": {str(k): float(v.norm()) for k, v in unlock_vectors.items()},
@@ -365,14 +365,3 @@ def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
     path = Path(output_dir) / "results.json"
     atomic_write_json(path, record)
     return path
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion; sensible at 0 and 1 and for small n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

@@ -126,8 +126,7 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
             columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
             table = wandb.Table(columns=columns)
             for layer, q in sorted(quality.items(), key=lambda kv: int(kv[0])):
-                table.add_data(int(layer), record["plan"]["pairs"][str(layer)] if str(layer) in record["plan"]["pairs"]
-                               else record["plan"]["pairs"].get(int(layer)), *[q[c] for c in columns[2:]])
+                table.add_data(int(layer), record["plan"]["pairs"][str(layer)], *[q[c] for c in columns[2:]])
             run.log({"fit_quality": table})
         run.finish()
     except Exception as error:  # results are already on disk

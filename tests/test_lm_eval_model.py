@@ -1,0 +1,69 @@
+"""The `unlock` lm-eval model steers loglikelihood requests at the last context token, per row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from unlock.evaluate import wilson_interval
+from unlock.lm_eval_model import UnlockLM, parse_layers
+from unlock.steer import Steering
+
+PAIRS = [("Question: What is 3 plus 4?\nAnswer:", " 7"), ("Hi", " there 12"), ("Q: 6 times 9? A:", " 54")]
+
+
+@pytest.fixture(scope="module")
+def lm(llama, tokenizer):
+    return UnlockLM(pretrained=llama, tokenizer=tokenizer, batch_size=2)
+
+
+def _requests():
+    return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(PAIRS)]
+
+
+def _manual_loglikelihood(lm, model, vectors, alpha, context, continuation) -> float:
+    context_enc, continuation_enc = lm._encode_pair(context, continuation)
+    tokens = torch.tensor([context_enc + continuation_enc[:-1]])
+    with torch.no_grad(), Steering(model, vectors, alpha) as steering, \
+            steering.prompt_boundary(torch.tensor([len(context_enc) - 1])):
+        logprobs = model(tokens).logits.log_softmax(-1)[0]
+    positions = range(len(context_enc) - 1, len(context_enc) - 1 + len(continuation_enc))
+    return float(sum(logprobs[p, t] for p, t in zip(positions, continuation_enc)))
+
+
+def test_loglikelihood_matches_steering_at_last_context_token(lm, llama):
+    gen = torch.Generator().manual_seed(0)
+    vectors = {layer: torch.randn(64, generator=gen) for layer in range(4)}
+    lm.set_steering(None)
+    plain = [ll for ll, _ in lm.loglikelihood(_requests())]
+    lm.set_steering(vectors, alpha=0.5)
+    steered = [ll for ll, _ in lm.loglikelihood(_requests())]
+    lm.set_steering(None)
+    for (context, continuation), got, base in zip(PAIRS, steered, plain):
+        assert got == pytest.approx(_manual_loglikelihood(lm, llama, vectors, 0.5, context, continuation), abs=1e-4)
+        assert got != pytest.approx(base, abs=1e-4)
+
+
+def test_alpha_zero_scores_like_the_plain_model(lm):
+    lm.set_steering(None)
+    plain = lm.loglikelihood(_requests())
+    lm.set_steering({0: torch.ones(64)}, alpha=0.0)
+    assert lm.loglikelihood(_requests()) == plain
+    lm.set_steering(None)
+
+
+@pytest.mark.parametrize(("spec", "layers"), [("all", None), (None, None), ("3", [3]), ("0-2", [0, 1, 2]), ("1;4;7", [1, 4, 7])])
+def test_parse_layers(spec, layers):
+    assert parse_layers(spec) == layers
+
+
+def test_parse_layers_rejects_garbage():
+    with pytest.raises(ValueError, match=r"layers 'a-b' is not understood"):
+        parse_layers("a-b")
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(20, 40)
+    assert (round(low, 3), round(high, 3)) == (0.352, 0.648)
+    assert wilson_interval(0, 40)[0] == 0.0 and wilson_interval(40, 40)[1] == 1.0
