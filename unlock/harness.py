@@ -213,7 +213,7 @@ def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.
 # The run
 # --------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run one composed config end to end and return (and write) its results record."""
+    """Run one composed config end to end and return its results record (launch.py writes it)."""
     from unlock.evaluate import evaluate_conditions
 
     output_dir = Path(output_dir)
