@@ -13,16 +13,19 @@ from tests.helpers import CONF, compose_run
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+# Optional model slots are selected with their package (the defaults list places them there).
+PACKAGED = {"unlocked_model": "capability.unlocked_model", "reference_model": "eval.reference_model"}
 
 
 def test_every_group_has_options():
     assert {"source_model", "target_model", "capability", "layer", "rank", "alpha", "eval", "logger",
-            "paths", "experiment"} <= set(GROUPS)
+            "paths", "experiment", "unlocked_model", "reference_model"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes(group, option):
-    cfg = compose_run([f"{group}={option}"])
+    key = f"{group}@{PACKAGED[group]}" if group in PACKAGED else group
+    cfg = compose_run([f"{key}={option}"])
     # Typed by the structured schema: values keep their declared types.
     assert isinstance(cfg.rank.value, int) and isinstance(cfg.alpha.value, float)
     assert OmegaConf.to_container(cfg, resolve=False)
@@ -52,3 +55,10 @@ def test_unknown_group_option_names_the_choices():
         compose_run(["rank=gigantic"])
     message = str(info.value)
     assert "gigantic" in message and "default" in message and "ridge" in message
+
+
+def test_optional_models_land_in_their_slots():
+    cfg = compose_run(["reference_model@eval.reference_model=tiny_llama", "capability=post_training",
+                       "unlocked_model@capability.unlocked_model=tiny_qwen2"])
+    assert cfg.eval.reference_model.name == "tiny-llama" and cfg.capability.unlocked_model.name == "tiny-qwen2"
+    assert compose_run([]).eval.reference_model is None

@@ -165,10 +165,29 @@ def test_lm_eval_cli_with_unlock_model(tmp_path):
 
 def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_path):
     cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.conditions=[unsteered,reference]",
-                       "eval.reference_model={name:tiny-ref,kind:tiny,family:llama,hidden_size:48,num_layers:6,seed:5}"])
+                       "reference_model@eval.reference_model=tiny_llama", "eval.reference_model.seed=5"])
     record = run(cfg, tmp_path / "out")
     assert set(record["conditions"]) == {"unsteered", "reference"}
     assert record["conditions"]["reference"]["unlock_arith"]["lm_eval_task"] == "unlock_arith_cot"
     assert record["conditions"]["unsteered"]["unlock_arith"]["lm_eval_task"] == "unlock_arith"
     rows = [json.loads(line) for line in (tmp_path / "out" / "samples" / "reference__unlock_arith.jsonl").open()]
     assert all("Let's think step by step." in row["prompt"] for row in rows)
+
+
+def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
+    """Contrast (b): Locked = base Source, Unlocked = another checkpoint of the same shape, same prompt."""
+    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "capability=post_training", "capability.n_prompts=8",
+                       "capability.n_heldout=4", "unlocked_model@capability.unlocked_model=tiny_llama",
+                       "capability.unlocked_model.seed=7", "eval.conditions=[unsteered,unlock,native]"])
+    record = run(cfg, tmp_path / "out")
+    assert record["conditions"]["unlock"]["unlock_arith"]["lm_eval_task"] == "unlock_arith"
+    assert "skipped" in record["conditions"]["native"], "native needs a post-trained Target (reference model)"
+    keys = [json.loads(p.read_text())["spec"] for p in (tmp_path / "capture").glob("*.key.json")]
+    assert {k["model"]["seed"] for k in keys if k["model"]["family"] == "llama"} == {0, 7}
+
+
+def test_unlocked_model_of_another_shape_is_rejected(tmp_path):
+    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "capability=post_training",
+                       "unlocked_model@capability.unlocked_model=tiny_qwen2"])
+    with pytest.raises(ValueError, match=r"unlocked_model has 6 layers x 48 wide, but the Source has 4 x 64"):
+        make_plan(cfg)

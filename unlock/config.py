@@ -119,7 +119,6 @@ class PathsConfig:
     root_dir: str = "."
     cache_dir: str = MISSING
     log_dir: str = MISSING
-    output_dir: str = MISSING
     tasks_dir: str = MISSING
 
 
