@@ -12,14 +12,16 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from tests.helpers import CONF, compose_run
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
-OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+# Options in sub-folders (experiment=paper/...) count; files starting with "_" are shared includes.
+OPTIONS = [(group, f.relative_to(CONF / group).with_suffix("").as_posix()) for group in GROUPS
+           for f in sorted((CONF / group).rglob("*.yaml")) if not f.name.startswith("_")]
 # Optional model slots are selected with their package (the defaults list places them there).
 PACKAGED = {"unlocked_model": "capability.unlocked_model", "reference_model": "eval.reference_model"}
 
 
 def test_every_group_has_options():
     assert {"source_model", "target_model", "capability", "layer", "rank", "alpha", "eval", "logger",
-            "paths", "experiment", "unlocked_model", "reference_model"} <= set(GROUPS)
+            "paths", "experiment", "unlocked_model", "reference_model", "benchmark"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -180,7 +180,9 @@ def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
                        "capability.n_heldout=4", "unlocked_model@capability.unlocked_model=tiny_llama",
                        "capability.unlocked_model.seed=7", "eval.conditions=[unsteered,unlock,native]"])
     record = run(cfg, tmp_path / "out")
-    assert record["conditions"]["unlock"]["unlock_arith"]["lm_eval_task"] == "unlock_arith"
+    # The Target is evaluated with the same step-by-step prompt the Source variants were captured with.
+    assert cfg.capability.locked_task == cfg.capability.unlocked_task == "unlock_arith_cot"
+    assert record["conditions"]["unlock"]["unlock_arith_cot"]["lm_eval_task"] == "unlock_arith_cot"
     assert "skipped" in record["conditions"]["native"], "native needs a post-trained Target (reference model)"
     keys = [json.loads(p.read_text())["spec"] for p in (tmp_path / "capture").glob("*.key.json")]
     assert {k["model"]["seed"] for k in keys if k["model"]["family"] == "llama"} == {0, 7}

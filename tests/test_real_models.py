@@ -17,6 +17,7 @@ from unlock.capture import capture_activations
 from unlock.config import project_root
 from unlock.gguf_models import package_shape
 from unlock.loading import load_model
+from unlock.memory import model_size
 from unlock.models import hidden_size, num_layers
 from unlock.pipeline import transfer
 from unlock.steer import Steering
@@ -55,6 +56,11 @@ def test_packaged_model_matches_its_declared_shape(package, family, request):
     assert type(loaded.model).__name__ == family
     assert (num_layers(loaded.model), hidden_size(loaded.model)) == (shape.n_layers, shape.hidden_size)
     assert loaded.tokenizer.padding_side == "left" and loaded.tokenizer.pad_token is not None
+    # The dry-run memory plan's figures for the package are those of the loaded model.
+    config = loaded.model.config
+    kv_dim = config.num_key_value_heads * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    assert model_size({"kind": "gguf_package", "path": package}) == (
+        sum(p.numel() for p in loaded.model.parameters()), kv_dim, shape.n_layers, config.max_position_embeddings)
 
 
 def test_unlock_pipeline_on_real_models(smollm2, gemma):

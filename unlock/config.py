@@ -26,6 +26,7 @@ CONTRASTS = ("prompt", "checkpoint")
 LAYER_MODES = ("all", "list", "single")
 CONDITIONS = ("unsteered", "unlock", "prompting", "native", "random", "reference")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+ACTIVATION_STORAGE = ("float32", "float16")
 
 
 @dataclass
@@ -64,6 +65,23 @@ class CapabilityConfig:
     seed: int = 0
     batch_size: int = 16
     max_length: int | None = None
+    # On-disk precision of captured activations: float16 halves the cache for big pairs (a 14B pair
+    # at N=512 stores ~1 GB per capture in float32); tensors come back as float32 either way.
+    activation_storage: str = "float32"
+
+
+@dataclass
+class BenchmarkConfig:
+    """One benchmark in the paper's prompt format: its direct (Locked) and step-by-step task variants.
+
+    Capabilities and eval read their task names from here, so ``benchmark=gsm8k`` switches the
+    extraction prompts, the evaluated task and the prompting baseline together."""
+
+    name: str = "arith"
+    direct_task: str = "unlock_arith"
+    cot_task: str = "unlock_arith_cot"
+    max_new_tokens: int = 512  # paper: 512 for CoT tasks, 4096 for math-reasoning tasks
+    needs_network: bool = False
 
 
 @dataclass
@@ -93,8 +111,9 @@ class AlphaConfig:
 @dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["unlock_arith"])
-    # The capability-prompt variant of each task, for the prompting baseline.
-    prompt_tasks: dict[str, str] = field(default_factory=lambda: {"unlock_arith": "unlock_arith_cot"})
+    # The capability-prompt variant of each task, for the prompting baseline (the capability's
+    # Unlocked task is used for its Locked one without being listed here).
+    prompt_tasks: dict[str, str] = field(default_factory=dict)
     split: str = "test"  # test, or validation (tasks named <task>_val) when choosing hyper-parameters
     limit: int | None = None
     batch_size: int = 16
@@ -115,6 +134,25 @@ class LoggerConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What one job of this setup needs; the SLURM launcher requests it (env vars still override)."""
+
+    gpus_per_node: int = 1
+    gpu_mem_gb: int = 80  # memory of one GPU, for the dry-run memory plan
+    cpus_per_task: int = 8
+    mem_gb: int = 64
+    timeout_min: int = 240
+
+
+@dataclass
+class PaperConfig:
+    """Which setup of the paper this run reproduces (a key of unlock/paper_numbers.yaml), for `make report`."""
+
+    setup: str | None = None
+    numbers: dict[str, Any] = field(default_factory=dict)  # filled from the data file, for display
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     cache_dir: str = MISSING
@@ -126,6 +164,7 @@ class PathsConfig:
 class RunConfig:
     source_model: ModelConfig = MISSING
     target_model: ModelConfig = MISSING
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     capability: CapabilityConfig = field(default_factory=CapabilityConfig)
     layer: LayerConfig = field(default_factory=LayerConfig)
     rank: RankConfig = field(default_factory=RankConfig)
@@ -133,10 +172,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
     seed: int = 0
     progress: bool = True
     dry_run: bool = False
-    reference: dict[str, Any] = field(default_factory=dict)  # paper numbers for the report
 
 
 def project_root() -> str:
@@ -152,13 +192,28 @@ def register_configs() -> None:
 
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("unlock_root"):
+        from unlock.report import paper_numbers
+
         OmegaConf.register_new_resolver("unlock_root", project_root)
         OmegaConf.register_new_resolver("unlock_tasks_dir", lambda: str(TASKS_DIR))
+        OmegaConf.register_new_resolver("unlock_paper", paper_numbers)
 
 
 def _choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ValueError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def prompt_task(cfg: Any, task: str) -> str:
+    """The capability-prompt variant of ``task`` (prompting and reference conditions): listed in
+    eval.prompt_tasks, or the capability's Unlocked task when ``task`` is its Locked one."""
+    variant = cfg.eval.prompt_tasks.get(task)
+    if variant is None and task == cfg.capability.locked_task:
+        variant = cfg.capability.unlocked_task
+    if variant is None:
+        raise ValueError(f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
+                         f"listed: {dict(cfg.eval.prompt_tasks)}")
+    return variant
 
 
 def validate(cfg: Any) -> None:
@@ -170,6 +225,7 @@ def validate(cfg: Any) -> None:
     _choice(cap.contrast, CONTRASTS, "capability.contrast")
     _choice(cap.aggregation, AGGREGATIONS, "capability.aggregation")
     _choice(cap.position, POSITION_RULES, "capability.position")
+    _choice(cap.activation_storage, ACTIVATION_STORAGE, "capability.activation_storage")
     if cap.position == "all":
         raise ValueError("capability.position 'all' gives unpaired token rows; allowed for extraction: last, mean")
     if cap.contrast == "checkpoint" and cap.unlocked_model is None:
@@ -198,6 +254,9 @@ def validate(cfg: Any) -> None:
     _choice(cfg.alpha.positions, STEER_POSITIONS, "alpha.positions")
     for condition in cfg.eval.conditions:
         _choice(condition, CONDITIONS, "eval.conditions entry")
+    if any(condition in ("prompting", "reference") for condition in cfg.eval.conditions):
+        for task in cfg.eval.tasks:
+            prompt_task(cfg, task)
     if "reference" in cfg.eval.conditions and cfg.eval.reference_model is None:
         raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
     _choice(cfg.eval.split, ("test", "validation"), "eval.split")
@@ -206,3 +265,7 @@ def validate(cfg: Any) -> None:
     if cfg.eval.max_new_tokens < 1:
         raise ValueError(f"eval.max_new_tokens {cfg.eval.max_new_tokens} is out of range: must be >= 1")
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
+    for key in ("gpus_per_node", "gpu_mem_gb", "cpus_per_task", "mem_gb", "timeout_min"):
+        if cfg.resources[key] < (0 if key == "gpus_per_node" else 1):
+            raise ValueError(f"resources.{key} {cfg.resources[key]} is out of range: must be >= "
+                             f"{0 if key == 'gpus_per_node' else 1}")

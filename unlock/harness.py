@@ -136,6 +136,9 @@ class Stages:
             "max_length": cap.max_length,
             "layers": "all",
         }
+        half = cap.activation_storage == "float16"
+        if half:  # float32 storage keeps the keys it always had
+            spec["storage"] = cap.activation_storage
 
         def compute() -> tuple[Activations, int]:
             loaded = self.models.get(model_cfg)
@@ -147,7 +150,7 @@ class Stages:
 
         return self.cache.get_or_compute(
             "capture", spec, ".safetensors", compute,
-            save=lambda path, acts: save_activations(path, acts, {"model": model_cfg.name, "label": label}),
+            save=lambda path, acts: save_activations(path, acts, {"model": model_cfg.name, "label": label}, half=half),
             load=lambda path: load_activations(path)[0],
         )
 
@@ -221,8 +224,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     plan = make_plan(cfg)
     if cfg.dry_run:
-        record = {"status": "dry_run", "plan": asdict(plan)}
-        print_plan(cfg, plan)
+        from unlock.memory import memory_plan
+
+        record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_plan(cfg, plan)}
+        print_plan(cfg, plan, record["memory"])
         return record
 
     cap = cfg.capability
@@ -313,6 +318,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
 def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     return {
+        "benchmark": cfg.benchmark.name,
         "n_prompts": cfg.capability.n_prompts, "aggregation": cfg.capability.aggregation,
         "rank": cfg.rank.value, "rank_effective": plan.rank_effective, "method": cfg.rank.method,
         "alpha": cfg.alpha.value, "rule": cfg.alpha.rule, "positions": cfg.alpha.positions,
@@ -353,12 +359,29 @@ def failure_record(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
     }
 
 
-def print_plan(cfg: DictConfig, plan: Plan) -> None:
-    print(f"Source {cfg.source_model.name}: {plan.source_layers} layers x {plan.source_width}")
-    print(f"Target {cfg.target_model.name}: {plan.target_layers} layers x {plan.target_width}")
-    print(f"rank {cfg.rank.value} (effective {plan.rank_effective}), alpha {cfg.alpha.value}, "
-          f"N {cfg.capability.n_prompts}, {cfg.capability.aggregation}")
-    print("pairs (target <- source): " + ", ".join(f"{j}<-{l}" for j, l in plan.pairs.items()))
+def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
+    """What a run would do, checked against the model configs: the dry-run output."""
+    from unlock.memory import format_memory_plan
+
+    cap, ev = cfg.capability, cfg.eval
+    lines = [
+        f"Source {cfg.source_model.name}: {plan.source_layers} layers x {plan.source_width}",
+        f"Target {cfg.target_model.name}: {plan.target_layers} layers x {plan.target_width}",
+        f"contrast {cap.contrast}: Locked {cap.locked_task} vs Unlocked "
+        f"{cap.unlocked_model.name if cap.contrast == 'checkpoint' else cap.unlocked_task}, "
+        f"N {cap.n_prompts} ({cap.prompt_split} split), {cap.aggregation}",
+        f"rank {cfg.rank.value} (effective {plan.rank_effective}, {cfg.rank.method}), alpha {cfg.alpha.value} "
+        f"({cfg.alpha.rule}, {cfg.alpha.positions})",
+        "pairs (target <- source): " + ", ".join(f"{j}<-{l}" for j, l in plan.pairs.items()),
+        f"evaluate {list(ev.tasks)} ({ev.split} split, limit {ev.limit}, {ev.max_new_tokens} new tokens, "
+        f"batch {ev.batch_size}): {', '.join(ev.conditions)}",
+        *format_memory_plan(memory),
+    ]
+    if cfg.benchmark.needs_network:
+        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network)")
+    if cfg.paper.setup:
+        lines.append(f"paper {cfg.paper.setup} / {cfg.benchmark.name}: {dict(cfg.paper.numbers)}")
+    print("\n".join(lines))
 
 
 def write_record(output_dir: Path, record: dict[str, Any]) -> Path:

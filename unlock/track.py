@@ -23,7 +23,7 @@ from unlock.artifacts import atomic_path, atomic_write_bytes
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
 SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
-SWEEP_AXES = ("rank", "alpha", "n_prompts", "aggregation", "method", "layers", "layer_mode", "rule")
+SWEEP_AXES = ("benchmark", "rank", "alpha", "n_prompts", "aggregation", "method", "layers", "layer_mode", "rule")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

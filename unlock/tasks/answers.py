@@ -16,7 +16,8 @@ _STEP_MARKER = re.compile(r"(?i)^(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b|s
 _ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d")
 
 
-def _boxed(text: str) -> str | None:
+def boxed_answer(text: str) -> str | None:
+    """The content of the last \\boxed{...} (nested braces kept), or None."""
     start = text.rfind("\\boxed{")
     if start < 0:
         return None
@@ -33,9 +34,9 @@ def extract_answer(text: str) -> str | None:
     phrase = _FINAL_ANSWER.findall(text)
     if phrase:
         candidate = phrase[-1].strip()
-        boxed = _boxed(candidate)
+        boxed = boxed_answer(candidate)
         return (boxed if boxed is not None else candidate).strip().rstrip(".")
-    boxed = _boxed(text)
+    boxed = boxed_answer(text)
     if boxed is not None:
         return boxed.strip()
     numbers = _NUMBER.findall(text)
