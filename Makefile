@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test sweep slurm-up slurm-down clean
+.PHONY: install run test sweep report bench slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ run: $(STAMP)
 # A sweep file from sweeps/sweep/, e.g. `make sweep SWEEP=alpha ARGS=experiment=tiny`.
 sweep: $(STAMP)
 	$(PY) launch.py -m --config-dir sweeps +sweep=$(SWEEP) $(ARGS)
+
+# Paper vs this harness for every paper preset with results under logs/ (writes logs/paper_report.md).
+report: $(STAMP)
+	$(PY) -m unlock.report $(ARGS)
+
+# Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny".
+bench: $(STAMP)
+	$(PY) -m unlock.bench $(ARGS)
 
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
 test: $(STAMP) slurm-up

