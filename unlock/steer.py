@@ -90,6 +90,7 @@ class Steering(contextlib.AbstractContextManager):
         self.layers = chosen
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._mask: torch.Tensor | None = None  # (B, T) bool: which positions this forward call steers
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
 
@@ -139,16 +140,27 @@ class Steering(contextlib.AbstractContextManager):
         past_len = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         self._mask = None if self.alpha == 0.0 else self._positions_mask(input_ids, attention_mask, past_len)
+        # (rows, cols) of the steered positions, found once per forward pass and shared by every layer.
+        self._index = None if self._mask is None else self._mask.nonzero(as_tuple=True)
         if self._mask is not None:
             self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
 
     def _make_layer_hook(self, layer: int):
-        vector = self.vectors[layer]
+        vectors_on: dict[torch.device, torch.Tensor] = {}  # one host-to-device copy per device, not per call
 
         def hook(_module, _inputs, output):
             if self._mask is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
+            vector = vectors_on.get(hidden.device)
+            if vector is None:
+                vector = vectors_on.setdefault(hidden.device, self.vectors[layer].to(hidden.device))
+            if not torch.is_grad_enabled():
+                # Inference: rewrite only the steered rows in place (the last prompt token by default)
+                # instead of computing the rule over every position and selecting.
+                rows, cols = self._index
+                hidden[rows, cols] = apply_rule(hidden[rows, cols], vector, self.alpha, self.rule)
+                return None
             steered = apply_rule(hidden, vector, self.alpha, self.rule)
             updated = torch.where(self._mask.unsqueeze(-1), steered, hidden)
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
@@ -176,3 +188,4 @@ class Steering(contextlib.AbstractContextManager):
             handle.remove()
         self._handles.clear()
         self._mask = None
+        self._index = None
