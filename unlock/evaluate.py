@@ -33,7 +33,7 @@ def tasks_fingerprint(tasks_dir: str) -> str:
     cached evaluations, since the prompt, the items or the metric may have changed."""
     digest = hashlib.sha256()
     for path in sorted(Path(tasks_dir).rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".yaml", ".jsonl"):
+        if path.is_file() and (path.suffix in (".py", ".yaml", ".jsonl") or path.name.endswith("_yaml")):
             digest.update(path.relative_to(tasks_dir).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
