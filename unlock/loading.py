@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,16 +65,27 @@ def read_shape(model_cfg: Any) -> ModelShape:
         from unlock.gguf_models import package_shape
 
         return package_shape(cfg["path"])
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(
-        cfg["path"], revision=cfg.get("revision"), trust_remote_code=cfg.get("trust_remote_code", False),
-        gguf_file=cfg.get("gguf_file"),
-    )
-    text = getattr(config, "text_config", None) or config
+    text = text_config(hub_config(cfg))
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
     width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
     return ModelShape(n_layers=int(layers), hidden_size=int(width))
+
+
+def hub_config(cfg: dict[str, Any]):
+    """The transformers config of an ``hf`` model (config.json only; read once per process)."""
+    return _hub_config(cfg["path"], cfg.get("revision"), cfg.get("gguf_file"), bool(cfg.get("trust_remote_code", False)))
+
+
+@lru_cache(maxsize=32)
+def _hub_config(path: str, revision: str | None, gguf_file: str | None, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+
+
+def text_config(config: Any) -> Any:
+    """The language-model part of a config (multimodal configs nest it as text_config)."""
+    return getattr(config, "text_config", None) or config
 
 
 def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:

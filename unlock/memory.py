@@ -38,19 +38,20 @@ def model_size(model_cfg: Any) -> tuple[int, int, int, int | None]:
         spec = _check_package(cfg["path"])
         return spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"]
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    from unlock.loading import hub_config, text_config
 
     if cfg["kind"] == "tiny":
         from unlock.tiny import tiny_config
 
         config = tiny_config(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"])
     else:
-        config = AutoConfig.from_pretrained(cfg["path"], revision=cfg.get("revision"), gguf_file=cfg.get("gguf_file"),
-                                            trust_remote_code=cfg.get("trust_remote_code", False))
+        config = hub_config(cfg)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.get("trust_remote_code", False))
     n_params = sum(p.numel() for p in model.parameters())
-    text = getattr(config, "text_config", None) or config
+    text = text_config(config)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
     width = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
     head_dim = getattr(text, "head_dim", None) or width // heads
