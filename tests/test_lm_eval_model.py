@@ -67,3 +67,21 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(20, 40)
     assert (round(low, 3), round(high, 3)) == (0.352, 0.648)
     assert wilson_interval(0, 40)[0] == 0.0 and wilson_interval(40, 40)[1] == 1.0
+
+
+def test_generation_entropy_matches_a_full_pass(lm, llama, tokenizer):
+    """The per-token entropy the `unlock` model reports equals the entropy of a fresh full pass."""
+    lm.set_steering(None)
+    lm.reset_stats()
+    context = torch.tensor([tokenizer("Question: What is 3 plus 4?\nAnswer:").input_ids])
+    out = lm._model_generate(context, max_length=context.shape[1] + 6, stop=["\n\n"], do_sample=False)
+    generated = out[0, context.shape[1]:].tolist()
+    ends = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
+    live = next((i + 1 for i, t in enumerate(generated) if t in ends), len(generated))
+    with torch.no_grad():
+        logp = llama(out).logits[0].float().log_softmax(-1)
+    steps = logp[context.shape[1] - 1: context.shape[1] - 1 + live]
+    expected = float(-(steps.exp() * steps).sum(-1).sum())
+    assert lm.stats["generated_tokens"] == live > 0
+    assert lm.stats["entropy_sum"] == pytest.approx(expected, rel=1e-4)
+    assert lm.stats["forward_passes"] == len(generated)

@@ -199,3 +199,24 @@ def test_bad_steering_arguments(llama, kwargs, error, message):
     args = {"vectors": {0: torch.ones(WIDTH)}, "alpha": 0.1, **kwargs}
     with pytest.raises(error, match=message):
         Steering(llama, **args)
+
+
+@pytest.mark.parametrize("rule", ["norm_preserving", "add"])
+@pytest.mark.parametrize("positions", ["last", "prompt", "all"])
+def test_inference_fast_path_matches_differentiable_path(llama, tokenizer, prompts, rule, positions):
+    """Under no_grad the hook rewrites steered rows in place; with grad it selects with torch.where.
+    Both must give the same logits, and the differentiable path must carry a gradient to the input."""
+    batch = tokenizer(prompts[:3], return_tensors="pt", padding=True)
+    kwargs = dict(position_ids=position_ids_from_mask(batch["attention_mask"]))
+    steering = Steering(llama, _vectors(), 0.3, rule=rule, positions=positions)
+    with torch.no_grad(), steering:
+        fast = llama(**batch, **kwargs).logits
+    embeds = llama.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+    with torch.enable_grad(), steering:
+        slow = llama(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **kwargs).logits
+    plain, _ = _logits(llama, tokenizer, prompts[:3])
+    valid = batch["attention_mask"].bool()
+    assert torch.allclose(fast[valid], slow.detach()[valid], atol=1e-5)
+    assert not torch.allclose(fast[valid], plain[valid], atol=1e-4)
+    slow[valid].sum().backward()
+    assert embeds.grad is not None and torch.isfinite(embeds.grad).all()

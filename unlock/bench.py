@@ -1,10 +1,12 @@
 """What the harness costs beyond the model itself: `make bench` (python -m unlock.bench).
 
 Each measure runs A and B in one process on the same inputs, interleaved (A, B, A, B, ...) after a
-warm-up, and reports the per-repeat ratio A/B as min / median / max beside its target:
+warm-up, and reports the per-repeat ratio A/B as min / median / max beside its target. A repeat times
+a block of calls lasting at least --min-time seconds, so millisecond calls are not timer noise:
 
   steer_generate   steered / unsteered batched greedy generation (batch 8)          target <= 1.03
   steer_score      steered / unsteered batched scoring forward pass (batch 8)       target <= 1.03
+  noise_floor_a_a  unsteered scoring / itself: what this machine can resolve        (information)
   capture_layer    capture of layer L (early exit) / full pass with hidden states   target <= 1.1 (L+1)/n
   eval_throughput  `unlock` lm-eval model at alpha 0 / lm-eval's `hf`, same task    target <= 1.05
   model_load       cached safetensors load / first load of the packaged GGUF        target <= 0.1
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
+import math
 import os
 import platform
 import statistics
@@ -37,22 +41,48 @@ MODELS = {
 }
 
 
-def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    """Per-repeat time(a) / time(b), a and b interleaved so drift hits both alike."""
+def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warmup: int = 1,
+                  min_time: float = 0.25) -> list[float]:
+    """Per-repeat time(a) / time(b), a and b interleaved (A B, B A, ...) so drift hits both alike.
+
+    Like ``timeit.autorange``, one repeat times as many calls as it takes for the faster of the two to
+    run ``min_time`` seconds: a single millisecond call (a tiny model) is mostly timer and scheduler
+    noise on a shared machine. Garbage collection is paused while timing, as timeit does.
+    """
     for _ in range(warmup):
         a(), b()
+    start = time.perf_counter(); a(); ta = time.perf_counter() - start  # noqa: E702
+    start = time.perf_counter(); b(); tb = time.perf_counter() - start  # noqa: E702
+    calls = max(1, math.ceil(min_time / max(min(ta, tb), 1e-9)))
+
+    def timed(fn: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - start
+
     ratios = []
-    for _ in range(repeats):
-        start = time.perf_counter(); a(); ta = time.perf_counter() - start  # noqa: E702
-        start = time.perf_counter(); b(); tb = time.perf_counter() - start  # noqa: E702
-        ratios.append(ta / tb)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(repeats):
+            if i % 2 == 0:
+                ta = timed(a); tb = timed(b)  # noqa: E702
+            else:  # ABBA order: whatever the first slot of a pair costs falls on both alike
+                tb = timed(b); ta = timed(a)  # noqa: E702
+            ratios.append(ta / tb)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return ratios
 
 
-def row(model: str, measure: str, ratios: list[float], target: float, note: str = "") -> dict[str, Any]:
+def row(model: str, measure: str, ratios: list[float], target: float | None, note: str = "") -> dict[str, Any]:
+    """One table row; ``target=None`` marks an information row (no verdict)."""
     median = statistics.median(ratios)
     return {"model": model, "measure": measure, "min": min(ratios), "median": median, "max": max(ratios),
-            "target": target, "meets": median <= target, "repeats": len(ratios), "note": note}
+            "target": target, "meets": None if target is None else median <= target, "repeats": len(ratios),
+            "note": note}
 
 
 def prompts(n: int = 8) -> list[str]:
@@ -70,7 +100,7 @@ def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
     return {j: torch.randn(hidden_size(model), generator=gen) for j in range(len(decoder_layers(model)))}
 
 
-def bench_steering(label: str, loaded, repeats: int, new_tokens: int) -> list[dict[str, Any]]:
+def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: float = 0.25) -> list[dict[str, Any]]:
     from unlock.steer import Steering
 
     model, tok = loaded.model, loaded.tokenizer
@@ -78,24 +108,31 @@ def bench_steering(label: str, loaded, repeats: int, new_tokens: int) -> list[di
     vectors = random_vectors(model)
     pad = tok.pad_token_id
 
+    # Built once, as the `unlock` lm-eval model does for a whole evaluation; the timed calls enter it.
+    steering = Steering(model, vectors, 0.1)
+
     def generate(steer: bool):
         def call():
-            with torch.inference_mode(), (Steering(model, vectors, 0.1) if steer else _null()):
+            with torch.inference_mode(), (steering if steer else _null()):
                 model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         return call
 
     def score(steer: bool):
         def call():
-            with torch.inference_mode(), (Steering(model, vectors, 0.1) if steer else _null()):
+            with torch.inference_mode(), (steering if steer else _null()):
                 model(**batch)
         return call
 
-    return [row(label, "steer_generate", paired_ratios(generate(True), generate(False), repeats), 1.03,
+    return [row(label, "steer_generate", paired_ratios(generate(True), generate(False), repeats, min_time=min_time), 1.03,
                 f"batch 8, {new_tokens} new tokens, every layer"),
-            row(label, "steer_score", paired_ratios(score(True), score(False), repeats), 1.03, "batch 8, every layer")]
+            row(label, "steer_score", paired_ratios(score(True), score(False), repeats, min_time=min_time), 1.03, "batch 8, every layer"),
+            # A/A: the same unsteered call against itself. Its spread is what this machine can resolve;
+            # a ratio inside it is not a measured cost.
+            row(label, "noise_floor_a_a", paired_ratios(score(False), score(False), repeats, min_time=min_time), None,
+                "unsteered scoring vs itself: the timing noise on this machine")]
 
 
-def bench_capture(label: str, loaded, repeats: int) -> dict[str, Any]:
+def bench_capture(label: str, loaded, repeats: int, min_time: float = 0.25) -> dict[str, Any]:
     from unlock.capture import capture_activations
     from unlock.models import decoder_layers
 
@@ -113,10 +150,10 @@ def bench_capture(label: str, loaded, repeats: int) -> dict[str, Any]:
             model(**tok(texts, return_tensors="pt", padding=True), output_hidden_states=True)
 
     target = 1.1 * (layer + 1) / n_layers
-    return row(label, "capture_layer", paired_ratios(early, full, repeats), target, f"layer {layer} of {n_layers}, batch 8")
+    return row(label, "capture_layer", paired_ratios(early, full, repeats, min_time=min_time), target, f"layer {layer} of {n_layers}, batch 8")
 
 
-def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int) -> dict[str, Any]:
+def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int, min_time: float = 0.25) -> dict[str, Any]:
     import logging
 
     import lm_eval
@@ -137,7 +174,7 @@ def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int) ->
                                                gen_kwargs={"max_gen_toks": new_tokens}, verbosity="ERROR",
                                                bootstrap_iters=0)
 
-    return row(label, "eval_throughput", paired_ratios(run(ours), run(theirs), repeats), 1.05,
+    return row(label, "eval_throughput", paired_ratios(run(ours), run(theirs), repeats, min_time=min_time), 1.05,
                f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8")
 
 
@@ -174,6 +211,8 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
             record = run(cfg, out)
             return time.perf_counter() - start, record
 
+    with tempfile.TemporaryDirectory() as cache:
+        one(cache, 1, 0.05)  # warm-up: imports, task index and first-call costs are paid once per process
     rows, passes = [], {}
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
@@ -182,19 +221,21 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
             sweep = time.perf_counter() - sweep_start
         for stage in ("capture", "extract", "align", "vectors", "eval"):
             passes[stage] = (sum(rec["stages"][stage]["misses"] for rec in records),
-                             sum(rec["stages"][stage]["forward_passes"] for rec in records))
-        cold_times = []
+                             sum(rec["stages"][stage]["forward_passes"] for rec in records),
+                             sum(rec["stages"][stage]["misses"] for rec in records[1:]))
+        cold_times, eval_only_times = [], []
         for r, a in grid:
             with tempfile.TemporaryDirectory() as cache:
                 cold_times.append(one(cache, r, a)[0])
-        with tempfile.TemporaryDirectory() as cache:
-            cold, _ = one(cache, 4, 0.05)
-            eval_only, _ = one(cache, 4, 0.5)  # capture, extract and align hit; evaluation runs
-        rows.append((sweep / (cold + 8 * eval_only), sweep / sum(cold_times)))
-    note = ("computed per stage over the 9 points (misses, forward passes): "
-            + ", ".join(f"{s} {m}/{p}" for s, (m, p) in passes.items()))
+                if r == grid[-1][0]:  # capture, extract and align hit; only the evaluation runs
+                    eval_only_times.append(one(cache, r, a + 0.5)[0])
+        # medians of 9 cold and 3 evaluation-only runs, so one slow run does not swing the reference
+        reference = statistics.median(cold_times) + 8 * statistics.median(eval_only_times)
+        rows.append((sweep / reference, sweep / sum(cold_times)))
+    note = ("per stage over the 9 points, misses/forward passes (misses after the first point): "
+            + ", ".join(f"{s} {m}/{p} ({later})" for s, (m, p, later) in passes.items()))
     return [row("tiny", "sweep_reuse", [r[0] for r in rows], 1.2, note),
-            row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], 1.0, "information: the saving of the cache")]
+            row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], None, "the saving of the cache")]
 
 
 class _null:
@@ -209,9 +250,10 @@ def render(rows: list[dict[str, Any]]) -> str:
     head = f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  {'':4} n  note"
     lines = [head, "-" * len(head)]
     for r in rows:
-        verdict = "ok" if r["meets"] else "MISS"
+        verdict = "info" if r["meets"] is None else "ok" if r["meets"] else "MISS"
+        target = "-" if r["target"] is None else f"{r['target']:.3f}"
         lines.append(f"{r['model']:<22} {r['measure']:<22} {r['min']:7.3f} {r['median']:7.3f} {r['max']:7.3f} "
-                     f"{r['target']:7.3f}  {verdict:<4} {r['repeats']}  {r['note']}")
+                     f"{target:>7}  {verdict:<4} {r['repeats']}  {r['note']}")
     return "\n".join(lines)
 
 
@@ -227,17 +269,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11, help="timed A/B pairs per measure (>= 5)")
+    parser.add_argument("--min-time", type=float, default=0.25,
+                        help="seconds each timed block runs at least (short calls are repeated within it)")
     parser.add_argument("--load-repeats", type=int, default=2, help="GGUF conversions take 30-90 s each here")
-    parser.add_argument("--sweep-repeats", type=int, default=2)
+    parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--eval-limit", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", default="", help="comma list of measures to skip (e.g. model_load,sweep_reuse)")
     parser.add_argument("--out", type=Path, help="CSV path (default: logs/bench/bench_<time>.csv)")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.load_repeats < 1 or args.sweep_repeats < 1:
-        raise SystemExit("bench: --repeats, --load-repeats and --sweep-repeats must be >= 1")
+    if args.repeats < 5:
+        raise SystemExit(f"bench: --repeats {args.repeats} is out of range: must be >= 5 (a median of fewer pairs is noise)")
+    if args.load_repeats < 1 or args.sweep_repeats < 1:
+        raise SystemExit("bench: --load-repeats and --sweep-repeats must be >= 1")
+    if not args.min_time > 0:
+        raise SystemExit(f"bench: --min-time {args.min_time} is out of range: must be > 0 seconds")
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -253,11 +301,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(bench_model_load(model_cfg["name"], model_cfg, args.load_repeats))
         loaded = load_model(model_cfg, os.environ.get("UNLOCK_CACHE", cache))
         if "steer" not in skip:
-            rows += bench_steering(model_cfg["name"], loaded, args.repeats, args.new_tokens)
+            rows += bench_steering(model_cfg["name"], loaded, args.repeats, args.new_tokens, args.min_time)
         if "capture_layer" not in skip:
-            rows.append(bench_capture(model_cfg["name"], loaded, args.repeats))
+            rows.append(bench_capture(model_cfg["name"], loaded, args.repeats, args.min_time))
         if "eval_throughput" not in skip:
-            rows.append(bench_eval(model_cfg["name"], loaded, args.repeats, args.eval_limit, args.new_tokens))
+            rows.append(bench_eval(model_cfg["name"], loaded, args.repeats, args.eval_limit, args.new_tokens, args.min_time))
         print(render(rows), flush=True)
     if "sweep_reuse" not in skip:
         print("[bench] sweep reuse (tiny) ...", flush=True)

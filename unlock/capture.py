@@ -140,20 +140,24 @@ def capture_activations(
     desc = progress if isinstance(progress, str) else "capture"
     try:
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            batch = tokenizer(
+            # numpy tensors wrapped zero-copy: transformers' list-to-torch conversion costs as much
+            # as a small model's block on CPU.
+            encoded = tokenizer(
                 list(prompts[start : start + batch_size]),
-                return_tensors="pt",
+                return_tensors="np",
                 padding=True,
                 truncation=max_length is not None,
                 max_length=max_length,
-            ).to(device)
-            current_mask[:] = [batch["attention_mask"]]
-            token_counts.extend(batch["attention_mask"].sum(dim=1).tolist())
+            )
+            input_ids = torch.from_numpy(encoded["input_ids"]).to(device=device, dtype=torch.long)
+            attention_mask = torch.from_numpy(encoded["attention_mask"]).to(device=device, dtype=torch.long)
+            current_mask[:] = [attention_mask]
+            token_counts.extend(attention_mask.sum(dim=1).tolist())
             try:
                 model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    position_ids=position_ids_from_mask(batch["attention_mask"]),
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask),
                     use_cache=False,
                 )
             except _StopForward:

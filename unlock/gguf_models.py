@@ -37,7 +37,8 @@ PACKAGES: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_package(package: str) -> dict[str, str]:
+def package_spec(package: str) -> dict[str, str]:
+    """What this project knows about a packaged GGUF model; a clear error for unknown packages."""
     if package not in PACKAGES:
         raise ValueError(f"unknown GGUF model package {package!r}; allowed: {', '.join(PACKAGES)}")
     return PACKAGES[package]
@@ -45,7 +46,7 @@ def _check_package(package: str) -> dict[str, str]:
 
 def gguf_path(package: str, cache_dir: str | os.PathLike) -> Path:
     """The GGUF file on local disk (assembled from chunk packages where needed; no network)."""
-    spec = _check_package(package)
+    spec = package_spec(package)
     try:
         if "file" in spec:
             path = Path(str(importlib_metadata.distribution(package).locate_file(spec["file"])))
@@ -124,5 +125,5 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
 def package_shape(package: str) -> ModelShape:
     """Depth and width of a packaged model without reading its weights (parsing a GGUF header with
     the gguf library takes 5-25 s here because it indexes every tensor)."""
-    spec = _check_package(package)
+    spec = package_spec(package)
     return ModelShape(n_layers=spec["n_layers"], hidden_size=spec["hidden_size"])

@@ -126,8 +126,9 @@ class UnlockLM(HFLM):
         entropies: list[torch.Tensor] = []
 
         def record_entropy(_module, _args, output):
-            logits = output.logits[:, -1].float()
-            entropies.append(-(logits.log_softmax(-1) * logits.softmax(-1)).sum(-1).cpu())
+            # One log-softmax per step, left on the device: a per-step .cpu() would sync the GPU.
+            logp = output.logits[:, -1].float().log_softmax(-1)
+            entropies.append(-(logp.exp() * logp).sum(-1))
 
         handle = self.model.register_forward_hook(record_entropy)
         try:
@@ -138,8 +139,9 @@ class UnlockLM(HFLM):
         self.stats["forward_passes"] += len(entropies)
         generated = out[:, context.shape[1] :]
         if entropies and generated.numel():
-            per_step = torch.stack(entropies, dim=1)[:, : generated.shape[1]]
+            per_step = torch.stack(entropies, dim=1)[:, : generated.shape[1]].cpu()
             ends = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
+            generated = generated.cpu()
             stopped = torch.zeros_like(generated, dtype=torch.bool)
             for token in ends:
                 stopped |= generated == token

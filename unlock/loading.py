@@ -32,7 +32,8 @@ class LoadedModel:
     load_seconds: float
 
 
-def _as_dict(model_cfg: Any) -> dict[str, Any]:
+def model_cfg_dict(model_cfg: Any) -> dict[str, Any]:
+    """A model config (DictConfig, dataclass or mapping) as a plain, resolved dict."""
     from omegaconf import DictConfig, OmegaConf
 
     if isinstance(model_cfg, DictConfig):
@@ -46,7 +47,7 @@ def _as_dict(model_cfg: Any) -> dict[str, Any]:
 
 def model_identity(model_cfg: Any) -> dict[str, Any]:
     """The fields that determine a model's weights (its cache identity); device and label excluded."""
-    cfg = _as_dict(model_cfg)
+    cfg = model_cfg_dict(model_cfg)
     if cfg["kind"] == "tiny":
         keys = ("kind", "family", "hidden_size", "num_layers", "seed")
     else:
@@ -58,7 +59,7 @@ def model_identity(model_cfg: Any) -> dict[str, Any]:
 
 def read_shape(model_cfg: Any) -> ModelShape:
     """Depth and width from the model's config alone (no weights), for checks before loading."""
-    cfg = _as_dict(model_cfg)
+    cfg = model_cfg_dict(model_cfg)
     if cfg["kind"] == "tiny":
         return ModelShape(n_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"])
     if cfg["kind"] == "gguf_package":
@@ -90,7 +91,7 @@ def text_config(config: Any) -> Any:
 
 def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
     """Weights and tokenizer, in eval mode, on the configured device and dtype."""
-    cfg = _as_dict(model_cfg)
+    cfg = model_cfg_dict(model_cfg)
     start = time.perf_counter()
     dtype = _DTYPES.get(cfg.get("dtype", "float32"), "auto")
     if cfg["kind"] == "tiny":

@@ -29,13 +29,13 @@ class ModelFootprint:
 def model_size(model_cfg: Any) -> tuple[int, int, int, int | None]:
     """(parameters, per-layer KV width = kv heads x head dim, layers, context length) from the config
     only: the model is built on the meta device, so nothing is allocated or downloaded beyond config.json."""
-    from unlock.loading import _as_dict
+    from unlock.loading import model_cfg_dict
 
-    cfg = _as_dict(model_cfg)
+    cfg = model_cfg_dict(model_cfg)
     if cfg["kind"] == "gguf_package":
-        from unlock.gguf_models import _check_package
+        from unlock.gguf_models import package_spec
 
-        spec = _check_package(cfg["path"])
+        spec = package_spec(cfg["path"])
         return spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"]
     import torch
     from transformers import AutoModelForCausalLM

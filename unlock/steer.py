@@ -41,6 +41,19 @@ def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: s
     return (norm * shifted / shifted.norm(dim=-1, keepdim=True)).to(hidden.dtype)
 
 
+def _apply_shift_(rows: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.Tensor:
+    """:func:`apply_rule` with the shift precomputed, for inference: fewer, in-place ops on a copy.
+
+    ``rows`` must be a fresh tensor (advanced indexing returns one); it may be overwritten.
+    """
+    h = rows.float()
+    if rule == "add":
+        return h.add_(shift).to(rows.dtype)
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
+    shifted = h.div_(norm).add_(shift)
+    return shifted.mul_(norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)).to(rows.dtype)
+
+
 class Steering(contextlib.AbstractContextManager):
     """Context manager that steers ``model`` while active.
 
@@ -78,19 +91,27 @@ class Steering(contextlib.AbstractContextManager):
             (idx,) = check_layers([int(layer)], n_layers, "steering layer")
             if vector.shape != (width,):
                 raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)")
-            if not torch.isfinite(vector).all():
-                raise ValueError(f"steering vector for layer {layer} contains NaN or inf")
-            if rule == "norm_preserving" and float(vector.norm()) == 0.0:
-                raise ValueError(f"steering vector for layer {layer} is zero; norm-preserving steering needs a direction")
             self.vectors[idx] = vector.detach().float()
+        # One pass over all vectors (not one small op per layer): finiteness, norms, and the shift each
+        # hook adds, alpha * r_j / ||r_j|| (norm-preserving) or alpha * r_j (add), computed once here.
+        stacked = torch.stack(list(self.vectors.values()))
+        finite = torch.isfinite(stacked).all(dim=1).tolist()
+        norms = torch.linalg.vector_norm(stacked, dim=1)
+        for (idx, ok), norm in zip(zip(self.vectors, finite), norms.tolist()):
+            if not ok:
+                raise ValueError(f"steering vector for layer {idx} contains NaN or inf")
+            if rule == "norm_preserving" and norm == 0.0:
+                raise ValueError(f"steering vector for layer {idx} is zero; norm-preserving steering needs a direction")
+        scale = self.alpha / norms.unsqueeze(1) if rule == "norm_preserving" else torch.full_like(norms, self.alpha).unsqueeze(1)
+        self._shifts = dict(zip(self.vectors, (stacked * scale).unbind(0)))
         chosen = sorted(self.vectors) if layers is None else check_layers(list(layers), n_layers, "steering layer")
         missing = [layer for layer in chosen if layer not in self.vectors]
         if missing:
             raise ValueError(f"steering layers {missing} have no vector; vectors exist for {sorted(self.vectors)}")
         self.layers = chosen
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._mask: torch.Tensor | None = None  # (B, T) bool: which positions this forward call steers
-        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, cols) steered this forward call
+        self._shape: tuple[int, int] = (0, 0)
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
 
@@ -104,33 +125,39 @@ class Steering(contextlib.AbstractContextManager):
         finally:
             self._boundary = previous
 
-    def _positions_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int) -> torch.Tensor | None:
+    def _steered_index(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, cols) of the positions this forward call steers, or None."""
         batch, length = input_ids.shape[:2]
         device = input_ids.device
         if past_len > 0:  # a decoding step: its tokens are generated ones
             if self.positions in ("generated", "all"):
-                return torch.ones(batch, length, dtype=torch.bool, device=device)
+                return torch.ones(batch, length, dtype=torch.bool, device=device).nonzero(as_tuple=True)
             return None
+        if self._boundary is not None:
+            last = self._boundary.to(device)
+        elif attention_mask is None:
+            last = torch.full((batch,), length - 1, dtype=torch.long, device=device)
+        else:
+            last = last_token_index(attention_mask[:, -length:])
+        if self.positions == "last":  # one position per row: no mask, no host sync
+            return torch.arange(batch, device=device), last
         valid = (
             torch.ones(batch, length, dtype=torch.bool, device=device)
             if attention_mask is None
             else attention_mask[:, -length:].bool()
         )
-        if self._boundary is not None:
-            last = self._boundary.to(device)
-        else:
-            last = last_token_index(valid.to(torch.int64))
         index = torch.arange(length, device=device).unsqueeze(0)
         last = last.unsqueeze(1)
-        if self.positions == "last":
-            mask = index == last
-        elif self.positions == "prompt":
+        if self.positions == "prompt":
             mask = valid & (index <= last)
         elif self.positions == "generated":
             mask = valid & (index > last)
         else:
             mask = valid
-        return mask if bool(mask.any()) else None
+        rows, cols = mask.nonzero(as_tuple=True)
+        return (rows, cols) if rows.numel() else None
 
     def _pre_forward(self, _module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -139,30 +166,32 @@ class Steering(contextlib.AbstractContextManager):
         cache = kwargs.get("past_key_values")
         past_len = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        self._mask = None if self.alpha == 0.0 else self._positions_mask(input_ids, attention_mask, past_len)
-        # (rows, cols) of the steered positions, found once per forward pass and shared by every layer.
-        self._index = None if self._mask is None else self._mask.nonzero(as_tuple=True)
-        if self._mask is not None:
+        # Found once per forward pass and shared by every layer's hook.
+        self._index = None if self.alpha == 0.0 else self._steered_index(input_ids, attention_mask, past_len)
+        self._shape = tuple(input_ids.shape[:2])
+        if self._index is not None:
             self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
 
     def _make_layer_hook(self, layer: int):
-        vectors_on: dict[torch.device, torch.Tensor] = {}  # one host-to-device copy per device, not per call
+        shifts_on: dict[torch.device, torch.Tensor] = {}  # one host-to-device copy per device, not per call
 
         def hook(_module, _inputs, output):
-            if self._mask is None:
+            if self._index is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            vector = vectors_on.get(hidden.device)
-            if vector is None:
-                vector = vectors_on.setdefault(hidden.device, self.vectors[layer].to(hidden.device))
+            rows, cols = self._index
             if not torch.is_grad_enabled():
                 # Inference: rewrite only the steered rows in place (the last prompt token by default)
                 # instead of computing the rule over every position and selecting.
-                rows, cols = self._index
-                hidden[rows, cols] = apply_rule(hidden[rows, cols], vector, self.alpha, self.rule)
+                shift = shifts_on.get(hidden.device)
+                if shift is None:
+                    shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
+                hidden[rows, cols] = _apply_shift_(hidden[rows, cols], shift, self.rule)
                 return None
-            steered = apply_rule(hidden, vector, self.alpha, self.rule)
-            updated = torch.where(self._mask.unsqueeze(-1), steered, hidden)
+            mask = torch.zeros(self._shape, dtype=torch.bool, device=hidden.device)
+            mask[rows, cols] = True
+            steered = apply_rule(hidden, self.vectors[layer], self.alpha, self.rule)
+            updated = torch.where(mask.unsqueeze(-1), steered, hidden)
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return hook
@@ -187,5 +216,4 @@ class Steering(contextlib.AbstractContextManager):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._mask = None
         self._index = None
