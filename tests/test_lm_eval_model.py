@@ -73,8 +73,12 @@ def test_generation_entropy_matches_a_full_pass(lm, llama, tokenizer):
     """The per-token entropy the `unlock` model reports equals the entropy of a fresh full pass."""
     lm.set_steering(None)
     lm.reset_stats()
+    lm.track_entropy = True
     context = torch.tensor([tokenizer("Question: What is 3 plus 4?\nAnswer:").input_ids])
-    out = lm._model_generate(context, max_length=context.shape[1] + 6, stop=["\n\n"], do_sample=False)
+    try:
+        out = lm._model_generate(context, max_length=context.shape[1] + 6, stop=["\n\n"], do_sample=False)
+    finally:
+        lm.track_entropy = False
     generated = out[0, context.shape[1]:].tolist()
     ends = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     live = next((i + 1 for i, t in enumerate(generated) if t in ends), len(generated))
@@ -85,3 +89,15 @@ def test_generation_entropy_matches_a_full_pass(lm, llama, tokenizer):
     assert lm.stats["generated_tokens"] == live > 0
     assert lm.stats["entropy_sum"] == pytest.approx(expected, rel=1e-4)
     assert lm.stats["forward_passes"] == len(generated)
+
+
+def test_entropy_is_off_by_default_but_forward_passes_count(lm, tokenizer):
+    """CLI runs skip the per-step softmax; the harness turns it on (`track_entropy=True`)."""
+    assert lm.track_entropy is False
+    lm.set_steering(None)
+    lm.reset_stats()
+    context = torch.tensor([tokenizer("Hi there").input_ids])
+    out = lm._model_generate(context, max_length=context.shape[1] + 4, stop=["\n\n"], do_sample=False)
+    assert lm.stats["generated_tokens"] == 0 and lm.stats["entropy_sum"] == 0.0
+    assert lm.stats["forward_passes"] == out.shape[1] - context.shape[1] > 0
+    assert UnlockLM(pretrained=lm.model, tokenizer=tokenizer, track_entropy="true").track_entropy is True

@@ -165,7 +165,8 @@ def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int, mi
 
     manager = task_manager(str(TASKS_DIR), ["unlock_arith"])
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    ours = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8)
+    # As the harness runs it (entropy tracked each decoding step): the dearer of the two modes.
+    ours = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8, track_entropy=True)
     ours.set_steering(None)
     theirs = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8)
 
@@ -175,7 +176,7 @@ def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int, mi
                                                bootstrap_iters=0)
 
     return row(label, "eval_throughput", paired_ratios(run(ours), run(theirs), repeats, min_time=min_time), 1.05,
-               f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8")
+               f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8, entropy tracked")
 
 
 def bench_model_load(label: str, model_cfg: dict, repeats: int) -> dict[str, Any]:

@@ -106,7 +106,8 @@ class Evaluator:
         loaded = self.models.get(model_cfg)
         if key not in self._lms or self._lms[key].model is not loaded.model:
             self._lms = {key: UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
-                                       batch_size=self.cfg.eval.batch_size, device=str(model_cfg.device))}
+                                       batch_size=self.cfg.eval.batch_size, device=str(model_cfg.device),
+                                       track_entropy=True)}
         return self._lms[key]
 
     def evaluate(self, model_cfg: Any, task: str, steering: tuple[dict, str] | None) -> dict[str, Any]:

@@ -51,10 +51,14 @@ class UnlockLM(HFLM):
         rule: str = "norm_preserving",
         positions: str = "last",
         layers: str | list[int] | None = None,
+        track_entropy: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("trust_remote_code", False)
         super().__init__(pretrained=pretrained, **kwargs)
+        # The harness reads next-token entropy per condition; a softmax over the vocabulary per
+        # decoding step (~2% of a step for Gemma's 262k vocabulary on CPU) that CLI runs do not need.
+        self.track_entropy = track_entropy if isinstance(track_entropy, bool) else str(track_entropy).lower() == "true"
         self._steering: Steering | None = None
         self._boundaries: dict[tuple[int, ...], int] = {}
         self.reset_stats()
@@ -75,7 +79,7 @@ class UnlockLM(HFLM):
         self._steering = None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers)
 
     def reset_stats(self) -> None:
-        """Counters a condition reports: forward passes and next-token entropy of generated tokens."""
+        """Counters a condition reports: forward passes and (with track_entropy) next-token entropy."""
         self.stats = {"forward_passes": 0, "entropy_sum": 0.0, "generated_tokens": 0}
 
     def _steered(self):
@@ -125,18 +129,22 @@ class UnlockLM(HFLM):
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
         entropies: list[torch.Tensor] = []
 
-        def record_entropy(_module, _args, output):
-            # One log-softmax per step, left on the device: a per-step .cpu() would sync the GPU.
-            logp = output.logits[:, -1].float().log_softmax(-1)
-            entropies.append(-(logp.exp() * logp).sum(-1))
+        steps = [0]
 
-        handle = self.model.register_forward_hook(record_entropy)
+        def record_step(_module, _args, output):
+            steps[0] += 1
+            if self.track_entropy:
+                # One log-softmax per step, left on the device: a per-step .cpu() would sync the GPU.
+                logp = output.logits[:, -1].float().log_softmax(-1)
+                entropies.append(-(logp.exp() * logp).sum(-1))
+
+        handle = self.model.register_forward_hook(record_step)
         try:
             with self._steered():
                 out = super()._model_generate(context, max_length, stop, **generation_kwargs)
         finally:
             handle.remove()
-        self.stats["forward_passes"] += len(entropies)
+        self.stats["forward_passes"] += steps[0]
         generated = out[:, context.shape[1] :]
         if entropies and generated.numel():
             per_step = torch.stack(entropies, dim=1)[:, : generated.shape[1]].cpu()
