@@ -30,28 +30,29 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
-    """The steering update for every row of ``hidden`` (..., d), computed in float32."""
+def steering_shift(vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
+    """What the rule adds, float32: alpha * r / ||r|| (norm-preserving, to the unit hidden state) or
+    alpha * r (add). Works on one vector (d,) or a stack (L, d)."""
+    v = vector.float()
+    if rule == "add":
+        return alpha * v
+    return alpha * v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+
+
+def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.Tensor:
+    """The steering update for every row of ``hidden`` (..., d) given its :func:`steering_shift`,
+    computed in float32 and returned in ``hidden``'s dtype."""
     h = hidden.float()
-    v = vector.to(device=h.device, dtype=torch.float32)
     if rule == "add":
-        return (h + alpha * v).to(hidden.dtype)
-    norm = h.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    shifted = h / norm + alpha * v / v.norm()
-    return (norm * shifted / shifted.norm(dim=-1, keepdim=True)).to(hidden.dtype)
+        return (h + shift).to(hidden.dtype)
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    shifted = h / norm + shift
+    return (shifted * (norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True))).to(hidden.dtype)
 
 
-def _apply_shift_(rows: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.Tensor:
-    """:func:`apply_rule` with the shift precomputed, for inference: fewer, in-place ops on a copy.
-
-    ``rows`` must be a fresh tensor (advanced indexing returns one); it may be overwritten.
-    """
-    h = rows.float()
-    if rule == "add":
-        return h.add_(shift).to(rows.dtype)
-    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny)
-    shifted = h.div_(norm).add_(shift)
-    return shifted.mul_(norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)).to(rows.dtype)
+def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
+    """The steering update of ``hidden`` (..., d) by ``vector`` at strength ``alpha``."""
+    return apply_shift(hidden, steering_shift(vector.to(hidden.device), alpha, rule), rule)
 
 
 class Steering(contextlib.AbstractContextManager):
@@ -92,18 +93,17 @@ class Steering(contextlib.AbstractContextManager):
             if vector.shape != (width,):
                 raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)")
             self.vectors[idx] = vector.detach().float()
-        # One pass over all vectors (not one small op per layer): finiteness, norms, and the shift each
-        # hook adds, alpha * r_j / ||r_j|| (norm-preserving) or alpha * r_j (add), computed once here.
+        # One pass over all vectors (not a few small ops per layer): finiteness, norms, and the shift
+        # each hook adds, computed once here rather than on every forward pass.
         stacked = torch.stack(list(self.vectors.values()))
         finite = torch.isfinite(stacked).all(dim=1).tolist()
-        norms = torch.linalg.vector_norm(stacked, dim=1)
-        for (idx, ok), norm in zip(zip(self.vectors, finite), norms.tolist()):
+        norms = torch.linalg.vector_norm(stacked, dim=1).tolist()
+        for idx, ok, norm in zip(self.vectors, finite, norms):
             if not ok:
                 raise ValueError(f"steering vector for layer {idx} contains NaN or inf")
             if rule == "norm_preserving" and norm == 0.0:
                 raise ValueError(f"steering vector for layer {idx} is zero; norm-preserving steering needs a direction")
-        scale = self.alpha / norms.unsqueeze(1) if rule == "norm_preserving" else torch.full_like(norms, self.alpha).unsqueeze(1)
-        self._shifts = dict(zip(self.vectors, (stacked * scale).unbind(0)))
+        self._shifts = dict(zip(self.vectors, steering_shift(stacked, self.alpha, rule).unbind(0)))
         chosen = sorted(self.vectors) if layers is None else check_layers(list(layers), n_layers, "steering layer")
         missing = [layer for layer in chosen if layer not in self.vectors]
         if missing:
@@ -111,7 +111,6 @@ class Steering(contextlib.AbstractContextManager):
         self.layers = chosen
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, cols) steered this forward call
-        self._shape: tuple[int, int] = (0, 0)
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
 
@@ -168,7 +167,6 @@ class Steering(contextlib.AbstractContextManager):
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         # Found once per forward pass and shared by every layer's hook.
         self._index = None if self.alpha == 0.0 else self._steered_index(input_ids, attention_mask, past_len)
-        self._shape = tuple(input_ids.shape[:2])
         if self._index is not None:
             self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
 
@@ -179,19 +177,16 @@ class Steering(contextlib.AbstractContextManager):
             if self._index is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
+            shift = shifts_on.get(hidden.device)
+            if shift is None:
+                shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
+            # Only the steered rows are computed (the last prompt token by default), not every position.
             rows, cols = self._index
-            if not torch.is_grad_enabled():
-                # Inference: rewrite only the steered rows in place (the last prompt token by default)
-                # instead of computing the rule over every position and selecting.
-                shift = shifts_on.get(hidden.device)
-                if shift is None:
-                    shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
-                hidden[rows, cols] = _apply_shift_(hidden[rows, cols], shift, self.rule)
+            steered = apply_shift(hidden[rows, cols], shift, self.rule)
+            if not torch.is_grad_enabled():  # inference: write them back in place
+                hidden[rows, cols] = steered
                 return None
-            mask = torch.zeros(self._shape, dtype=torch.bool, device=hidden.device)
-            mask[rows, cols] = True
-            steered = apply_rule(hidden, self.vectors[layer], self.alpha, self.rule)
-            updated = torch.where(mask.unsqueeze(-1), steered, hidden)
+            updated = hidden.index_put((rows, cols), steered)  # out of place, so gradients flow
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return hook
