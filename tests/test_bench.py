@@ -42,7 +42,8 @@ def test_row_verdicts():
     "argv, message",
     [(["--repeats", "3"], "--repeats 3 is out of range"),
      (["--models", "tiny,llama70b"], "unknown model(s) ['llama70b']"),
-     (["--min-time", "0"], "--min-time 0.0 is out of range")],
+     (["--min-time", "0"], "--min-time 0.0 is out of range"),
+     (["--skip", "steer_generate"], "unknown measure(s) to skip ['steer_generate']; allowed: model_load, steer,")],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(SystemExit) as err:
@@ -66,3 +67,10 @@ def test_tiny_bench_writes_every_row_to_csv(tmp_path, monkeypatch):
     for r in written:
         assert 0 < float(r["min"]) <= float(r["median"]) <= float(r["max"])
         assert r["machine"]
+
+
+def test_skipping_everything_is_an_error_not_an_empty_csv(tmp_path):
+    out = tmp_path / "bench.csv"
+    with pytest.raises(SystemExit, match="nothing measured"):
+        bench.main(["--models", "tiny", "--skip", ",".join(bench.SKIPPABLE), "--out", str(out)])
+    assert not out.exists()

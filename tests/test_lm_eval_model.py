@@ -101,3 +101,5 @@ def test_entropy_is_off_by_default_but_forward_passes_count(lm, tokenizer):
     assert lm.stats["generated_tokens"] == 0 and lm.stats["entropy_sum"] == 0.0
     assert lm.stats["forward_passes"] == out.shape[1] - context.shape[1] > 0
     assert UnlockLM(pretrained=lm.model, tokenizer=tokenizer, track_entropy="true").track_entropy is True
+    with pytest.raises(ValueError, match=r"track_entropy 'yes' is not allowed; allowed: true, false"):
+        UnlockLM(pretrained="no/such-model", tokenizer=tokenizer, track_entropy="yes")

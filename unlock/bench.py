@@ -20,6 +20,7 @@ Timings are wall-clock on this machine; the table and a CSV go to logs/bench/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import io
@@ -94,10 +95,10 @@ def prompts(n: int = 8) -> list[str]:
 
 
 def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
-    from unlock.models import decoder_layers, hidden_size
+    from unlock.models import hidden_size, num_layers
 
     gen = torch.Generator().manual_seed(seed)
-    return {j: torch.randn(hidden_size(model), generator=gen) for j in range(len(decoder_layers(model)))}
+    return {j: torch.randn(hidden_size(model), generator=gen) for j in range(num_layers(model))}
 
 
 def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: float = 0.25) -> list[dict[str, Any]]:
@@ -113,13 +114,13 @@ def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: 
 
     def generate(steer: bool):
         def call():
-            with torch.inference_mode(), (steering if steer else _null()):
+            with torch.inference_mode(), (steering if steer else contextlib.nullcontext()):
                 model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
         return call
 
     def score(steer: bool):
         def call():
-            with torch.inference_mode(), (steering if steer else _null()):
+            with torch.inference_mode(), (steering if steer else contextlib.nullcontext()):
                 model(**batch)
         return call
 
@@ -134,11 +135,11 @@ def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: 
 
 def bench_capture(label: str, loaded, repeats: int, min_time: float = 0.25) -> dict[str, Any]:
     from unlock.capture import capture_activations
-    from unlock.models import decoder_layers
+    from unlock.models import num_layers
 
     model, tok = loaded.model, loaded.tokenizer
     texts = prompts(8)
-    n_layers = len(decoder_layers(model))
+    n_layers = num_layers(model)
     layer = n_layers // 4
 
     def early():
@@ -239,14 +240,6 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
             row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], None, "the saving of the cache")]
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def render(rows: list[dict[str, Any]]) -> str:
     head = f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  {'':4} n  note"
     lines = [head, "-" * len(head)]
@@ -263,8 +256,21 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}")
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+SKIPPABLE = ("model_load", "steer", "capture_layer", "eval_throughput", "sweep_reuse")
+
+
+def write_csv(out: Path, rows: list[dict[str, Any]], host: str) -> None:
+    """All rows so far, replacing the file atomically: a later failure keeps what was measured."""
     from unlock.artifacts import atomic_write_bytes
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) + ["machine"])
+    writer.writeheader()
+    writer.writerows({**r, "machine": host} for r in rows)
+    atomic_write_bytes(out, buffer.getvalue().encode())
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from unlock.loading import load_model
     from unlock.report import default_log_dir
 
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--eval-limit", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip", default="", help="comma list of measures to skip (e.g. model_load,sweep_reuse)")
+    parser.add_argument("--skip", default="", help=f"comma list of measures to skip: {', '.join(SKIPPABLE)}")
     parser.add_argument("--out", type=Path, help="CSV path (default: logs/bench/bench_<time>.csv)")
     args = parser.parse_args(argv)
     if args.repeats < 5:
@@ -292,6 +298,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if unknown:
         raise SystemExit(f"bench: unknown model(s) {unknown}; allowed: {', '.join(MODELS)}")
     skip = set(filter(None, args.skip.split(",")))
+    if skip - set(SKIPPABLE):
+        raise SystemExit(f"bench: unknown measure(s) to skip {sorted(skip - set(SKIPPABLE))}; allowed: {', '.join(SKIPPABLE)}")
+    out = args.out or default_log_dir() / "bench" / f"bench_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"
+    host = machine()
     torch.manual_seed(0)
     rows: list[dict[str, Any]] = []
     cache = str(Path(__file__).resolve().parent.parent / "cache")
@@ -307,18 +317,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(bench_capture(model_cfg["name"], loaded, args.repeats, args.min_time))
         if "eval_throughput" not in skip:
             rows.append(bench_eval(model_cfg["name"], loaded, args.repeats, args.eval_limit, args.new_tokens, args.min_time))
-        print(render(rows), flush=True)
+        if rows:
+            write_csv(out, rows, host)
+            print(render(rows), flush=True)
     if "sweep_reuse" not in skip:
         print("[bench] sweep reuse (tiny) ...", flush=True)
         rows += bench_sweep(args.sweep_repeats)
-    text = f"machine: {machine()}\n" + render(rows)
-    print(text)
-    out = args.out or default_log_dir() / "bench" / f"bench_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) + ["machine"])
-    writer.writeheader()
-    writer.writerows({**r, "machine": machine()} for r in rows)
-    atomic_write_bytes(out, buffer.getvalue().encode())
+    if not rows:
+        raise SystemExit(f"bench: nothing measured: --skip {args.skip!r} leaves no measure for --models {args.models!r}")
+    write_csv(out, rows, host)
+    print(f"machine: {host}\n" + render(rows))
     print(f"written to {out}")
     return rows
 

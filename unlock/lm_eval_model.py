@@ -39,6 +39,16 @@ def parse_layers(spec: str | list[int] | None) -> list[int] | None:
     return layers
 
 
+def _flag(value: bool | str, name: str) -> bool:
+    """A boolean model arg; the CLI may hand it over as text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"{name} {value!r} is not allowed; allowed: true, false")
+    return text == "true"
+
+
 @register_model("unlock")
 class UnlockLM(HFLM):
     """HFLM whose forward passes run under a configurable :class:`Steering` (none by default)."""
@@ -54,11 +64,12 @@ class UnlockLM(HFLM):
         track_entropy: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("trust_remote_code", False)
-        super().__init__(pretrained=pretrained, **kwargs)
         # The harness reads next-token entropy per condition; a softmax over the vocabulary per
         # decoding step (~2% of a step for Gemma's 262k vocabulary on CPU) that CLI runs do not need.
-        self.track_entropy = track_entropy if isinstance(track_entropy, bool) else str(track_entropy).lower() == "true"
+        track_entropy = _flag(track_entropy, "track_entropy")  # checked before any weights load
+        kwargs.setdefault("trust_remote_code", False)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.track_entropy = track_entropy
         self._steering: Steering | None = None
         self._boundaries: dict[tuple[int, ...], int] = {}
         self.reset_stats()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch

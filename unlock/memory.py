@@ -40,7 +40,7 @@ def model_size(model_cfg: Any) -> tuple[int, int, int, int | None]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from unlock.loading import hub_config, text_config
+    from unlock.loading import hub_config, read_shape, text_config
 
     if cfg["kind"] == "tiny":
         from unlock.tiny import tiny_config
@@ -51,14 +51,13 @@ def model_size(model_cfg: Any) -> tuple[int, int, int, int | None]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.get("trust_remote_code", False))
     n_params = sum(p.numel() for p in model.parameters())
+    shape = read_shape(cfg)  # depth and width, with the same attribute fallbacks as every other check
     text = text_config(config)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
-    width = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
-    head_dim = getattr(text, "head_dim", None) or width // heads
+    head_dim = getattr(text, "head_dim", None) or shape.hidden_size // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
     context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    return int(n_params), int(kv_heads * head_dim), int(layers), context
+    return int(n_params), int(kv_heads * head_dim), shape.n_layers, context
 
 
 def memory_plan(cfg: Any, plan: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@
     python -m unlock.report DIR [DIR..] --out report.md
 
 The paper's numbers live in unlock/paper_numbers.yaml. A run counts when it finished, was evaluated
-on the test split and names a setup (``paper.setup``, set by the conf/experiment/paper_* presets);
+on the test split and names a setup (``paper.setup``, set by the conf/experiment/paper/ presets);
 for each (setup, benchmark) the newest such run is reported. The difference's 95% interval is the
 Wilson interval of this run's accuracy minus the paper's value (the paper's own sampling error is
 not published; its figure-reading error, read_precision, is listed beside it).
