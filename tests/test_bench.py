@@ -54,7 +54,7 @@ def test_bad_arguments_are_named(argv, message):
 def test_tiny_bench_writes_every_row_to_csv(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLOCK_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench.csv"
-    rows = bench.main(["--models", "tiny", "--repeats", "5", "--min-time", "0.01", "--new-tokens", "4",
+    rows = bench.main(["--models", "tiny", "--repeats", "5", "--min-time", "0.01", "--budget", "0", "--new-tokens", "4",
                        "--skip", "eval_throughput,sweep_reuse", "--out", str(out)])
     measures = [r["measure"] for r in rows]
     assert measures == ["steer_generate", "steer_score", "noise_floor_a_a", "capture_layer"]

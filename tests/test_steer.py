@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from unlock.capture import capture_activations, position_ids_from_mask
-from unlock.steer import Steering, apply_rule
+from unlock.steer import LAST_COLUMN, Steering, apply_rule
+from unlock.tiny import tiny_tokenizer
 
 LAYERS = 4
 WIDTH = 64
@@ -220,3 +221,40 @@ def test_inference_fast_path_matches_differentiable_path(llama, tokenizer, promp
     assert not torch.allclose(fast[valid], plain[valid], atol=1e-4)
     slow[valid].sum().backward()
     assert embeds.grad is not None and torch.isfinite(embeds.grad).all()
+
+
+@pytest.mark.parametrize("rule", ["norm_preserving", "add"])
+def test_last_column_view_path_equals_gather_path(llama, tokenizer, prompts, rule):
+    """With left padding every prompt ends in the final column, and the hooks use a view of it instead
+    of gathering (rows, cols); the same positions given as an explicit boundary take the gather path.
+    Both must steer identically, with and without gradients."""
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    assert not batch["attention_mask"][:, 0].all()  # some rows padded, on the left
+    kwargs = dict(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))
+    steering = Steering(llama, _vectors(9), 0.4, rule=rule)
+    last = torch.full((len(prompts),), batch["input_ids"].shape[1] - 1)
+    results = {}
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), steering:
+            view = llama(**kwargs).logits
+            assert steering._index is LAST_COLUMN
+            with steering.prompt_boundary(last):
+                gathered = llama(**kwargs).logits
+            assert isinstance(steering._index[0], torch.Tensor)
+        torch.testing.assert_close(view, gathered, atol=1e-6, rtol=0)
+        results[grad] = view.detach()
+    torch.testing.assert_close(results[False], results[True], atol=1e-5, rtol=0)
+    plain, _ = _logits(llama, tokenizer, prompts)
+    assert not torch.allclose(results[False], plain, atol=1e-4)
+
+
+def test_right_padding_steers_each_rows_own_last_token(llama, tokenizer, prompts):
+    """Right padding: prompts end in different columns, so the view path must not be taken."""
+    right = tiny_tokenizer(padding_side="right")
+    plain = capture_activations(llama, right, prompts, position="all", padding_side="right", progress=False)
+    with Steering(llama, _vectors(), alpha=0.5):
+        steered = capture_activations(llama, right, prompts, position="all", padding_side="right", progress=False)
+    ends = np.cumsum(plain.token_counts) - 1
+    for layer in range(LAYERS):
+        changed = (steered[layer] - plain[layer]).abs().amax(dim=1) > 0
+        assert changed.nonzero().flatten().tolist() == ends.tolist(), f"layer {layer}"

@@ -1,8 +1,11 @@
 """What the harness costs beyond the model itself: `make bench` (python -m unlock.bench).
 
-Each measure runs A and B in one process on the same inputs, interleaved (A, B, A, B, ...) after a
-warm-up, and reports the per-repeat ratio A/B as min / median / max beside its target. A repeat times
-a block of calls lasting at least --min-time seconds, so millisecond calls are not timer noise:
+Each measure runs A and B in one process on the same inputs, interleaved (A B, B A, ...) after a
+warm-up, and reports the per-pair ratio A/B as min / median / max and a 95% confidence interval of the
+median beside its target. A pair times a block of calls lasting at least --min-time seconds each, so
+sub-millisecond calls are not timer noise; pairs go on until --budget seconds are spent (at least
+--repeats pairs), so cheap measures get hundreds of pairs and a narrow interval. The verdict is ok or
+MISS by the median, with "?" when the interval still straddles the target (not resolved here):
 
   steer_generate   steered / unsteered batched greedy generation (batch 8)          target <= 1.03
   steer_score      steered / unsteered batched scoring forward pass (batch 8)       target <= 1.03
@@ -30,6 +33,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,12 +47,15 @@ MODELS = {
 
 
 def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warmup: int = 1,
-                  min_time: float = 0.25) -> list[float]:
-    """Per-repeat time(a) / time(b), a and b interleaved (A B, B A, ...) so drift hits both alike.
+                  min_time: float = 0.02, budget: float = 0.0, max_pairs: int = 2001) -> list[float]:
+    """Per-pair time(a) / time(b), a and b interleaved (A B, B A, ...) so drift hits both alike.
 
-    Like ``timeit.autorange``, one repeat times as many calls as it takes for the faster of the two to
-    run ``min_time`` seconds: a single millisecond call (a tiny model) is mostly timer and scheduler
-    noise on a shared machine. Garbage collection is paused while timing, as timeit does.
+    Like ``timeit.autorange``, one side of a pair times as many calls as it takes for the faster of the
+    two to run ``min_time`` seconds (a sub-millisecond call alone is timer noise). Short pairs, many of
+    them: load on a shared machine drifts over seconds, so adjacent A and B see the same load, and the
+    median of hundreds of pairs resolves 1% where eleven quarter-second blocks could not. Pairs go on
+    until ``budget`` seconds are spent, at least ``repeats`` and at most ``max_pairs`` of them.
+    Garbage collection is paused while timing, as timeit does.
     """
     for _ in range(warmup):
         a(), b()
@@ -62,11 +69,14 @@ def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warm
             fn()
         return time.perf_counter() - start
 
-    ratios = []
+    ratios: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    deadline = time.perf_counter() + budget
     try:
-        for i in range(repeats):
+        for i in range(max(repeats, max_pairs)):
+            if i >= repeats and time.perf_counter() >= deadline:
+                break
             if i % 2 == 0:
                 ta = timed(a); tb = timed(b)  # noqa: E702
             else:  # ABBA order: whatever the first slot of a pair costs falls on both alike
@@ -78,12 +88,43 @@ def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warm
     return ratios
 
 
+@dataclass(frozen=True)
+class Timing:
+    """How every A/B measure is timed (see :func:`paired_ratios`)."""
+
+    repeats: int = 11
+    min_time: float = 0.02
+    budget: float = 60.0
+
+    def ratios(self, a: Callable[[], Any], b: Callable[[], Any]) -> list[float]:
+        return paired_ratios(a, b, self.repeats, min_time=self.min_time, budget=self.budget)
+
+
+def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics x_(k), x_(n+1-k) with
+    the largest k for which P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. Below 6 values no pair
+    reaches 95%, and the interval is the whole range (min, max)."""
+    values = sorted(ratios)
+    n, tail, k = len(values), 0.0, 0
+    for j in range(n):
+        tail += math.comb(n, j) / 2**n
+        if tail > (1 - confidence) / 2:
+            break
+        k = j + 1
+    return (values[0], values[-1]) if k == 0 else (values[k - 1], values[n - k])
+
+
 def row(model: str, measure: str, ratios: list[float], target: float | None, note: str = "") -> dict[str, Any]:
-    """One table row; ``target=None`` marks an information row (no verdict)."""
+    """One table row; ``target=None`` marks an information row (no verdict). ``meets`` judges the
+    median, as the targets are stated; ``resolved`` says whether the median's 95% interval lies wholly
+    on one side of the target, i.e. whether this machine could tell."""
     median = statistics.median(ratios)
+    low, high = median_interval(ratios)
     return {"model": model, "measure": measure, "min": min(ratios), "median": median, "max": max(ratios),
-            "target": target, "meets": None if target is None else median <= target, "repeats": len(ratios),
-            "note": note}
+            "ci_low": low, "ci_high": high, "target": target,
+            "meets": None if target is None else median <= target,
+            "resolved": None if target is None else (high <= target or low > target),
+            "repeats": len(ratios), "note": note}
 
 
 def prompts(n: int = 8) -> list[str]:
@@ -101,7 +142,7 @@ def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
     return {j: torch.randn(hidden_size(model), generator=gen) for j in range(num_layers(model))}
 
 
-def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: float = 0.25) -> list[dict[str, Any]]:
+def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[dict[str, Any]]:
     from unlock.steer import Steering
 
     model, tok = loaded.model, loaded.tokenizer
@@ -124,16 +165,16 @@ def bench_steering(label: str, loaded, repeats: int, new_tokens: int, min_time: 
                 model(**batch)
         return call
 
-    return [row(label, "steer_generate", paired_ratios(generate(True), generate(False), repeats, min_time=min_time), 1.03,
+    return [row(label, "steer_generate", timing.ratios(generate(True), generate(False)), 1.03,
                 f"batch 8, {new_tokens} new tokens, every layer"),
-            row(label, "steer_score", paired_ratios(score(True), score(False), repeats, min_time=min_time), 1.03, "batch 8, every layer"),
+            row(label, "steer_score", timing.ratios(score(True), score(False)), 1.03, "batch 8, every layer"),
             # A/A: the same unsteered call against itself. Its spread is what this machine can resolve;
             # a ratio inside it is not a measured cost.
-            row(label, "noise_floor_a_a", paired_ratios(score(False), score(False), repeats, min_time=min_time), None,
+            row(label, "noise_floor_a_a", timing.ratios(score(False), score(False)), None,
                 "unsteered scoring vs itself: the timing noise on this machine")]
 
 
-def bench_capture(label: str, loaded, repeats: int, min_time: float = 0.25) -> dict[str, Any]:
+def bench_capture(label: str, loaded, timing: Timing) -> dict[str, Any]:
     from unlock.capture import capture_activations
     from unlock.models import num_layers
 
@@ -151,10 +192,10 @@ def bench_capture(label: str, loaded, repeats: int, min_time: float = 0.25) -> d
             model(**tok(texts, return_tensors="pt", padding=True), output_hidden_states=True)
 
     target = 1.1 * (layer + 1) / n_layers
-    return row(label, "capture_layer", paired_ratios(early, full, repeats, min_time=min_time), target, f"layer {layer} of {n_layers}, batch 8")
+    return row(label, "capture_layer", timing.ratios(early, full), target, f"layer {layer} of {n_layers}, batch 8")
 
 
-def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int, min_time: float = 0.25) -> dict[str, Any]:
+def bench_eval(label: str, loaded, timing: Timing, limit: int, new_tokens: int) -> dict[str, Any]:
     import logging
 
     import lm_eval
@@ -176,7 +217,7 @@ def bench_eval(label: str, loaded, repeats: int, limit: int, new_tokens: int, mi
                                                gen_kwargs={"max_gen_toks": new_tokens}, verbosity="ERROR",
                                                bootstrap_iters=0)
 
-    return row(label, "eval_throughput", paired_ratios(run(ours), run(theirs), repeats, min_time=min_time), 1.05,
+    return row(label, "eval_throughput", timing.ratios(run(ours), run(theirs)), 1.05,
                f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8, entropy tracked")
 
 
@@ -241,13 +282,16 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'target':>7}  {'':4} n  note"
+    head = (f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'95% CI of median':>17} "
+            f"{'target':>7}  {'':5} {'n':>4}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
-        verdict = "info" if r["meets"] is None else "ok" if r["meets"] else "MISS"
+        verdict = "info" if r["meets"] is None else ("ok" if r["meets"] else "MISS") + ("" if r["resolved"] else "?")
         target = "-" if r["target"] is None else f"{r['target']:.3f}"
+        interval = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         lines.append(f"{r['model']:<22} {r['measure']:<22} {r['min']:7.3f} {r['median']:7.3f} {r['max']:7.3f} "
-                     f"{target:>7}  {verdict:<4} {r['repeats']}  {r['note']}")
+                     f"{interval:>17} {target:>7}  {verdict:<5} {r['repeats']:>4}  {r['note']}")
+    lines.append("verdict by the median; '?': the 95% interval of the median straddles the target (not resolved here)")
     return "\n".join(lines)
 
 
@@ -276,9 +320,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")
-    parser.add_argument("--repeats", type=int, default=11, help="timed A/B pairs per measure (>= 5)")
-    parser.add_argument("--min-time", type=float, default=0.25,
-                        help="seconds each timed block runs at least (short calls are repeated within it)")
+    parser.add_argument("--repeats", type=int, default=11, help="timed A/B pairs per measure, at least (>= 5)")
+    parser.add_argument("--budget", type=float, default=60.0,
+                        help="seconds per measure: pairs go on until it is spent (more pairs, narrower interval)")
+    parser.add_argument("--min-time", type=float, default=0.02,
+                        help="seconds each side of a pair runs at least (short calls are repeated within it)")
     parser.add_argument("--load-repeats", type=int, default=2, help="GGUF conversions take 30-90 s each here")
     parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -293,6 +339,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit("bench: --load-repeats and --sweep-repeats must be >= 1")
     if not args.min_time > 0:
         raise SystemExit(f"bench: --min-time {args.min_time} is out of range: must be > 0 seconds")
+    if not args.budget >= 0:
+        raise SystemExit(f"bench: --budget {args.budget} is out of range: must be >= 0 seconds")
+    timing = Timing(args.repeats, args.min_time, args.budget)
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -312,11 +361,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows.append(bench_model_load(model_cfg["name"], model_cfg, args.load_repeats))
         loaded = load_model(model_cfg, os.environ.get("UNLOCK_CACHE", cache))
         if "steer" not in skip:
-            rows += bench_steering(model_cfg["name"], loaded, args.repeats, args.new_tokens, args.min_time)
+            rows += bench_steering(model_cfg["name"], loaded, timing, args.new_tokens)
         if "capture_layer" not in skip:
-            rows.append(bench_capture(model_cfg["name"], loaded, args.repeats, args.min_time))
+            rows.append(bench_capture(model_cfg["name"], loaded, timing))
         if "eval_throughput" not in skip:
-            rows.append(bench_eval(model_cfg["name"], loaded, args.repeats, args.eval_limit, args.new_tokens, args.min_time))
+            rows.append(bench_eval(model_cfg["name"], loaded, timing, args.eval_limit, args.new_tokens))
         if rows:
             write_csv(out, rows, host)
             print(render(rows), flush=True)

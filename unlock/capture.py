@@ -140,17 +140,16 @@ def capture_activations(
     desc = progress if isinstance(progress, str) else "capture"
     try:
         for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            # numpy tensors wrapped zero-copy: transformers' list-to-torch conversion costs as much
-            # as a small model's block on CPU.
+            # Token lists straight to torch.tensor: transformers' own return_tensors conversion first
+            # flattens every id in Python, which costs as much as a small model's block on CPU.
             encoded = tokenizer(
                 list(prompts[start : start + batch_size]),
-                return_tensors="np",
                 padding=True,
                 truncation=max_length is not None,
                 max_length=max_length,
             )
-            input_ids = torch.from_numpy(encoded["input_ids"]).to(device=device, dtype=torch.long)
-            attention_mask = torch.from_numpy(encoded["attention_mask"]).to(device=device, dtype=torch.long)
+            input_ids = torch.tensor(encoded["input_ids"], dtype=torch.long, device=device)
+            attention_mask = torch.tensor(encoded["attention_mask"], dtype=torch.long, device=device)
             current_mask[:] = [attention_mask]
             token_counts.extend(attention_mask.sum(dim=1).tolist())
             try:

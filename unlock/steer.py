@@ -23,6 +23,11 @@ from unlock.models import check_layers, decoder_layers, hidden_size
 STEER_RULES = ("norm_preserving", "add")
 STEER_POSITIONS = ("last", "prompt", "generated", "all")
 
+# Positions a forward call steers, as an index into hidden states (batch, seq, d): (rows, cols) index
+# tensors, or LAST_COLUMN, the final position of every row (a view, no gather).
+LAST_COLUMN = (slice(None), -1)
+SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int]
+
 
 def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
@@ -45,8 +50,9 @@ def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.T
     h = hidden.float()
     if rule == "add":
         return (h + shift).to(hidden.dtype)
+    # Few ops on purpose: each small op costs ~10 us of dispatch on a CPU, and this runs at every layer.
     norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    shifted = h / norm + shift
+    shifted = torch.addcdiv(shift, h, norm)  # h / ||h|| + shift
     return (shifted * (norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True))).to(hidden.dtype)
 
 
@@ -110,7 +116,7 @@ class Steering(contextlib.AbstractContextManager):
             raise ValueError(f"steering layers {missing} have no vector; vectors exist for {sorted(self.vectors)}")
         self.layers = chosen
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._index: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, cols) steered this forward call
+        self._index: SteeredIndex | None = None  # the positions steered in this forward call
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
 
@@ -126,14 +132,20 @@ class Steering(contextlib.AbstractContextManager):
 
     def _steered_index(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(rows, cols) of the positions this forward call steers, or None."""
+    ) -> SteeredIndex | None:
+        """The positions this forward call steers: (rows, cols) index tensors, LAST_COLUMN, or None."""
         batch, length = input_ids.shape[:2]
         device = input_ids.device
         if past_len > 0:  # a decoding step: its tokens are generated ones
             if self.positions in ("generated", "all"):
                 return torch.ones(batch, length, dtype=torch.bool, device=device).nonzero(as_tuple=True)
             return None
+        if self.positions == "last" and self._boundary is None and (
+            attention_mask is None or bool(attention_mask[:, -1].all())
+        ):
+            # Every row's prompt ends in the final column (left padding, as batched generation lays
+            # prompts out, or none): the hooks read and write a strided view instead of gathering.
+            return LAST_COLUMN
         if self._boundary is not None:
             last = self._boundary.to(device)
         elif attention_mask is None:
@@ -181,12 +193,16 @@ class Steering(contextlib.AbstractContextManager):
             if shift is None:
                 shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
             # Only the steered rows are computed (the last prompt token by default), not every position.
-            rows, cols = self._index
-            steered = apply_shift(hidden[rows, cols], shift, self.rule)
+            index = self._index
+            steered = apply_shift(hidden[index], shift, self.rule)
             if not torch.is_grad_enabled():  # inference: write them back in place
-                hidden[rows, cols] = steered
+                hidden[index] = steered
                 return None
-            updated = hidden.index_put((rows, cols), steered)  # out of place, so gradients flow
+            # out of place, so gradients flow
+            if index is LAST_COLUMN:
+                updated = torch.cat((hidden[:, :-1], steered.unsqueeze(1)), dim=1)
+            else:
+                updated = hidden.index_put(index, steered)
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return hook
