@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 import time
 
 import pytest
@@ -31,11 +32,49 @@ def test_paired_ratios_repeat_short_calls_to_reach_min_time():
     assert calls["a"] == calls["b"] > 5 * 100
 
 
+def test_paired_ratios_go_on_until_the_budget_is_spent_within_bounds():
+    start = time.perf_counter()
+    ratios = bench.paired_ratios(lambda: None, lambda: None, repeats=5, min_time=0.002, budget=0.3)
+    assert time.perf_counter() - start >= 0.3
+    assert len(ratios) > 5  # far more pairs than the minimum fit into the budget
+    capped = bench.paired_ratios(lambda: None, lambda: None, repeats=5, min_time=0.002, budget=30, max_pairs=8)
+    assert len(capped) == 8
+    assert len(bench.paired_ratios(lambda: None, lambda: None, repeats=6, min_time=0.002, budget=0)) == 6
+
+
+def test_median_interval_uses_the_binomial_order_statistics():
+    values = list(range(1, 101))
+    random.Random(0).shuffle(values)
+    assert bench.median_interval(values) == (40, 61)  # the textbook ranks for n = 100
+    assert bench.median_interval(list(range(1, 12))) == (2, 10)  # n = 11: 98.8% coverage, the next is 93.5%
+    assert bench.median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0)  # n = 5: no 95% interval, whole range
+
+
+def test_median_interval_covers_the_true_median_about_95_percent_of_the_time():
+    rng = random.Random(1)
+    trials, n, covered = 4000, 25, 0
+    for _ in range(trials):
+        low, high = bench.median_interval([rng.lognormvariate(0.0, 0.3) for _ in range(n)])
+        covered += low <= 1.0 <= high  # the median of lognormal(0, s) is exp(0) = 1
+    # n = 25: exact coverage 95.7% (ranks 8 and 18); one rank narrower gives 89.2%, one wider 98.5%
+    assert 0.94 <= covered / trials <= 0.975
+
+
 def test_row_verdicts():
     assert bench.row("m", "x", [0.9, 1.0, 1.2], 1.03)["meets"] is True
     assert bench.row("m", "x", [1.0, 1.1, 1.2], 1.03)["meets"] is False
     info = bench.row("m", "x", [1.0], None)
-    assert info["meets"] is None and "info" in bench.render([info])
+    assert info["meets"] is None and info["resolved"] is None and "info" in bench.render([info])
+
+
+def test_verdict_says_when_the_interval_straddles_the_target():
+    tight = bench.row("m", "tight", [1.10 + i * 0.001 for i in range(21)], 1.03)
+    wide = bench.row("m", "wide", [0.90 + i * 0.015 for i in range(21)], 1.03)  # median 1.05, interval 0.98-1.12
+    assert (tight["meets"], tight["resolved"]) == (False, True)
+    assert (wide["meets"], wide["resolved"]) == (False, False)
+    assert wide["ci_low"] < 1.03 < wide["ci_high"]
+    lines = bench.render([tight, wide]).splitlines()
+    assert " MISS " in lines[2] and " MISS? " in lines[3]
 
 
 @pytest.mark.parametrize(
@@ -43,6 +82,7 @@ def test_row_verdicts():
     [(["--repeats", "3"], "--repeats 3 is out of range"),
      (["--models", "tiny,llama70b"], "unknown model(s) ['llama70b']"),
      (["--min-time", "0"], "--min-time 0.0 is out of range"),
+     (["--budget", "-1"], "--budget -1.0 is out of range"),
      (["--skip", "steer_generate"], "unknown measure(s) to skip ['steer_generate']; allowed: model_load, steer,")],
 )
 def test_bad_arguments_are_named(argv, message):
