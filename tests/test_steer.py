@@ -205,8 +205,8 @@ def test_bad_steering_arguments(llama, kwargs, error, message):
 @pytest.mark.parametrize("rule", ["norm_preserving", "add"])
 @pytest.mark.parametrize("positions", ["last", "prompt", "all"])
 def test_inference_fast_path_matches_differentiable_path(llama, tokenizer, prompts, rule, positions):
-    """Under no_grad the hook writes the steered rows back in place; with grad it uses an out-of-place
-    index_put. Both must give the same logits, and the differentiable path must carry a gradient."""
+    """Under no_grad the hook writes the steered rows back in place; with grad it writes them into a
+    copy (out of place). Both must give the same logits, and the differentiable path must carry a gradient."""
     batch = tokenizer(prompts[:3], return_tensors="pt", padding=True)
     kwargs = dict(position_ids=position_ids_from_mask(batch["attention_mask"]))
     steering = Steering(llama, _vectors(), 0.3, rule=rule, positions=positions)

@@ -199,11 +199,8 @@ class Steering(contextlib.AbstractContextManager):
             if not torch.is_grad_enabled():  # inference: write them back in place
                 hidden[index] = steered
                 return None
-            # out of place, so gradients flow
-            if index is LAST_COLUMN:
-                updated = torch.cat((hidden[:, :-1], steered.unsqueeze(1)), dim=1)
-            else:
-                updated = hidden.index_put(index, steered)
+            updated = hidden.clone()  # out of place, so gradients flow; the same index works for both kinds
+            updated[index] = steered
             return (updated, *output[1:]) if isinstance(output, tuple) else updated
 
         return hook
