@@ -41,7 +41,9 @@ def test_single_run_writes_results_for_every_condition(single_run):
         assert (runs[0] / "samples" / f"{condition}__unlock_arith.jsonl").is_file()
     assert record["settings"]["rank_effective"] == 4 and record["settings"]["n_steered_layers"] == 6
     assert set(record["fit_quality"]) == {str(j) for j in range(6)}
-    assert (runs[0] / "steering_vectors.safetensors").is_file() and (runs[0] / "lm_eval_steered.pt").is_file()
+    exported = torch.load(runs[0] / "lm_eval_steered.pt", weights_only=True)
+    assert set(exported) == {f"layers.{j}" for j in range(6)}, "the tiny Llama Target's blocks under base_model"
+    assert (runs[0] / "steering_vectors.safetensors").is_file()
     assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
 
 

@@ -103,3 +103,38 @@ def test_entropy_is_off_by_default_but_forward_passes_count(lm, tokenizer):
     assert UnlockLM(pretrained=lm.model, tokenizer=tokenizer, track_entropy="true").track_entropy is True
     with pytest.raises(ValueError, match=r"track_entropy 'yes' is not allowed; allowed: true, false"):
         UnlockLM(pretrained="no/such-model", tokenizer=tokenizer, track_entropy="yes")
+
+
+@pytest.mark.parametrize("family,block_path", [("llama", "layers"), ("qwen2", "layers"), ("gemma3", "layers"), ("gpt2", "h")])
+def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, block_path):
+    """The `lm_eval_steered.pt` a run writes names the Target's own blocks, and lm-eval's steered
+    model, loading it, adds alpha * v at every position of those blocks, as Steering's `add` rule does."""
+    from functools import partial
+
+    from lm_eval.models.hf_steered import SteeredModel, steer
+    from omegaconf import OmegaConf
+
+    from unlock.harness import export_steering
+    from unlock.loading import load_model, model_skeleton
+    from unlock.models import block_path_under_base_model
+
+    model_cfg = {"kind": "tiny", "family": family, "hidden_size": 64, "num_layers": 3, "seed": 0}
+    model = load_model(model_cfg, str(tmp_path)).model
+    found = block_path_under_base_model(model_skeleton(model_cfg, str(tmp_path)))
+    assert found == block_path == block_path_under_base_model(model)
+    generator = torch.Generator().manual_seed(1)
+    vectors = {j: torch.randn(64, generator=generator) for j in (0, 2)}
+    export_steering(tmp_path, vectors, OmegaConf.create({"alpha": {"value": 0.5}}), found)
+    exported = torch.load(tmp_path / "lm_eval_steered.pt", weights_only=True)
+    assert set(exported) == {f"{block_path}.0", f"{block_path}.2"}
+    hooks = {name: partial(SteeredModel.add, vector=info["steering_vector"] * info["steering_coefficient"], head_index=None)
+             for name, info in exported.items()}
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with steer(model, hooks):  # raises when a hookpoint does not resolve
+            theirs = model(ids).logits
+        with Steering(model, vectors, 0.5, rule="add", positions="all"):
+            ours = model(ids).logits
+    assert not torch.allclose(plain, theirs)
+    torch.testing.assert_close(theirs, ours)

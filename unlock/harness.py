@@ -34,7 +34,8 @@ from unlock.cache import StageCache
 from unlock.capture import Activations, capture_activations
 from unlock.config import validate
 from unlock.extract import Directions, extract_directions
-from unlock.loading import LoadedModel, fingerprint, load_model, model_identity, read_shape
+from unlock.loading import LoadedModel, fingerprint, load_model, model_identity, model_skeleton, read_shape
+from unlock.models import block_path_under_base_model
 from unlock.pipeline import fit_maps, map_directions
 from unlock.prompts import PromptSets, build_prompt_sets
 
@@ -312,7 +313,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "artifacts": {"steering_vectors": str(cache.path("vectors", unlock_key, ".safetensors"))},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    export_steering(output_dir, unlock_vectors, cfg)
+    block_path = block_path_under_base_model(model_skeleton(target, cfg.paths.cache_dir))
+    export_steering(output_dir, unlock_vectors, cfg, block_path)
     return record
 
 
@@ -332,18 +334,18 @@ def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:
     return {k: float(sum(q[k] for q in quality.values()) / len(quality)) for k in keys if quality}
 
 
-def export_steering(output_dir: Path, vectors: dict[int, torch.Tensor], cfg: DictConfig) -> None:
+def export_steering(output_dir: Path, vectors: dict[int, torch.Tensor], cfg: DictConfig, block_path: str) -> None:
     """The UNLOCK vectors in this package's format and in lm-eval's own ``steered`` format."""
     from unlock.artifacts import atomic_path
 
     save_steering_vectors(output_dir / "steering_vectors.safetensors", vectors, {"alpha": cfg.alpha.value})
-    # lm-eval's SteeredModel adds steering_coefficient * vector at every position of a named module
-    # under model.base_model; "layers.{j}" names decoder block j for Llama/Qwen/Gemma/Mistral/OLMo
-    # (GPT-2 users rename to "h.{j}"). That class has no norm-preserving or last-token rule, so it
-    # reproduces UNLOCK only approximately; the `unlock` model class reproduces it exactly.
+    # lm-eval's SteeredModel adds steering_coefficient * vector at every position of the modules it
+    # names under model.base_model: "<block_path>.{j}" is the Target's decoder block j. That class has
+    # no norm-preserving or last-token rule, so it reproduces UNLOCK only approximately; the `unlock`
+    # model class reproduces it exactly.
     steered = {
-        f"layers.{layer}": {"steering_vector": vector.clone(), "steering_coefficient": float(cfg.alpha.value),
-                            "action": "add", "bias": None, "head_index": None}
+        f"{block_path}.{layer}": {"steering_vector": vector.clone(), "steering_coefficient": float(cfg.alpha.value),
+                                  "action": "add", "bias": None, "head_index": None}
         for layer, vector in vectors.items()
     }
     with atomic_path(output_dir / "lm_eval_steered.pt") as tmp:

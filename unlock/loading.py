@@ -89,6 +89,27 @@ def text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
+def model_skeleton(model_cfg: Any, cache_dir: str):
+    """The model's module tree on the meta device (no weights, no memory): for questions about its
+    structure, such as module names, when the model itself is not loaded."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = model_cfg_dict(model_cfg)
+    trust = bool(cfg.get("trust_remote_code", False))
+    if cfg["kind"] == "tiny":
+        from unlock.tiny import tiny_config
+
+        config = tiny_config(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"])
+    elif cfg["kind"] == "gguf_package":
+        from unlock.gguf_models import cached_checkpoint
+
+        config = AutoConfig.from_pretrained(cached_checkpoint(cfg["path"], cache_dir))
+    else:
+        config = hub_config(cfg)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+
+
 def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
     """Weights and tokenizer, in eval mode, on the configured device and dtype."""
     cfg = model_cfg_dict(model_cfg)

@@ -48,6 +48,19 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return max(candidates, key=len)
 
 
+def block_path_under_base_model(model: nn.Module) -> str:
+    """Where the decoder blocks sit under ``model.base_model`` (``layers`` for Llama/Gemma/Qwen, ``h``
+    for GPT-2, ``language_model.layers`` for Gemma-3 multimodal): lm-eval's ``steered`` model names
+    its hookpoints relative to ``base_model``, so an exported vector for block j is "<path>.j"."""
+    blocks = decoder_layers(model)
+    base = getattr(model, "base_model", model)
+    for name, module in base.named_modules():
+        if module is blocks:
+            return name
+    raise ValueError(f"the decoder blocks of {type(model).__name__} are not under its base_model "
+                     f"({type(base).__name__}); lm-eval's steered model cannot hook them")
+
+
 def num_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
