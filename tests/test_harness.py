@@ -47,6 +47,17 @@ def test_single_run_writes_results_for_every_condition(single_run):
     assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
 
 
+def test_results_name_the_environment_that_made_them(single_run):
+    from importlib.metadata import version
+
+    record = results(single_run[1][0])
+    env = record["environment"]
+    for package in ("torch", "transformers", "lm-eval", "datasets", "hydra-core"):
+        assert env["versions"][package] == version(package)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert env["commit"] in (head, f"{head}+dirty")
+
+
 def test_rerun_of_finished_run_does_no_forward_pass_and_loads_no_model(single_run):
     _, runs, _, _ = single_run
     first, second = results(runs[0]), results(runs[1])
@@ -132,6 +143,7 @@ def test_failed_run_leaves_a_failure_record(tmp_path):
     (job,) = list((tmp_path / "logs" / "runs").iterdir())
     record = results(job)
     assert record["status"] == "failed" and "Target layer 42 is out of range" in record["error"]
+    assert record["environment"]["versions"]["transformers"]
 
 
 def test_layer_selection_and_pairing_in_plan():

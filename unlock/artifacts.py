@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata as importlib_metadata
@@ -26,7 +28,8 @@ from unlock.extract import Directions
 
 METADATA_KEY = "unlock"
 FORMAT_VERSION = 1
-_VERSIONED_LIBRARIES = ("torch", "transformers", "safetensors", "unlock-harness")
+_VERSIONED_LIBRARIES = ("torch", "transformers", "lm-eval", "datasets", "hydra-core", "safetensors", "unlock-harness")
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def library_versions() -> dict[str, str]:
@@ -37,6 +40,27 @@ def library_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def project_commit() -> str:
+    """The harness's git commit, with ``+dirty`` when tracked files differ from it (the number then
+    comes from code no commit holds); ``unknown`` outside a git checkout (an installed wheel)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=_PROJECT_ROOT, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def environment() -> dict[str, Any]:
+    """What made a number: library versions, the project's commit, Python, and the platform."""
+    return {"versions": library_versions(), "commit": project_commit(),
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from unlock.align import pair_layers
 from unlock.artifacts import (
     atomic_write_json,
+    environment,
     load_activations,
     load_directions,
     load_maps,
@@ -387,6 +388,9 @@ def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
 
 
 def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
+    """results.json, atomically, with the environment that made it (added to ``record`` in place, so
+    W&B logs the same)."""
+    record.setdefault("environment", environment())
     path = Path(output_dir) / "results.json"
     atomic_write_json(path, record)
     return path

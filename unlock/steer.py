@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from unlock.capture import last_token_index
 from unlock.models import check_layers, decoder_layers, hidden_size
@@ -59,6 +60,20 @@ def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.T
 def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
     """The steering update of ``hidden`` (..., d) by ``vector`` at strength ``alpha``."""
     return apply_shift(hidden, steering_shift(vector.to(hidden.device), alpha, rule), rule)
+
+
+def past_length(args: tuple, kwargs: Mapping) -> int:
+    """Tokens already in the KV cache passed to a model call: 0 in a prefill pass, > 0 in a decoding step.
+
+    The cache is found by its type, not its keyword: transformers renamed the keyword (generate() hands
+    it over as ``past_key_values`` up to 5.2x and as ``cache`` in 5.24), but every KV cache of a 5.x
+    model is a ``transformers.Cache``, the documented base class, and ``get_seq_length()`` its
+    documented length. A call without a cache (scoring, ``use_cache=False``) is a prefill pass.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Cache):
+            return int(value.get_seq_length())
+    return 0
 
 
 class Steering(contextlib.AbstractContextManager):
@@ -174,10 +189,19 @@ class Steering(contextlib.AbstractContextManager):
     def _pre_forward(self, _module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
-            input_ids = kwargs["inputs_embeds"]
-        cache = kwargs.get("past_key_values")
-        past_len = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            input_ids = kwargs.get("inputs_embeds")
+        if input_ids is None:
+            raise RuntimeError("Steering found neither input_ids nor inputs_embeds in the model call")
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        past_len = past_length(args, kwargs)
+        if past_len == 0 and attention_mask is not None and attention_mask.shape[-1] > input_ids.shape[1]:
+            # A mask longer than the input means earlier tokens exist that no cache accounted for: the
+            # phase cannot be told, and guessing "prefill" would steer every decoding step.
+            raise RuntimeError(
+                f"Steering cannot tell the prefill from a decoding step: the attention mask covers "
+                f"{attention_mask.shape[-1]} tokens, the input {input_ids.shape[1]}, and no transformers.Cache "
+                "was passed to the model; generate with use_cache=True (the default)"
+            )
         # Found once per forward pass and shared by every layer's hook.
         self._index = None if self.alpha == 0.0 else self._steered_index(input_ids, attention_mask, past_len)
         if self._index is not None:
