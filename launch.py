@@ -1,6 +1,6 @@
 """UNLOCK harness entry point: compose a run with Hydra, execute its cached stages, record everything.
 
-    python launch.py                          # the default experiment (packaged real models)
+    python launch.py                          # the main job (packaged real models, conf/config.yaml)
     python launch.py experiment=tiny          # seconds-long smoke run on random tiny models
     python launch.py -m rank.value=1,4,16     # a sweep; aggregate CSV + plots land in the sweep dir
 """

@@ -19,6 +19,7 @@ from tests.helpers import ROOT, launch, results
 if os.environ.get("UNLOCK_SKIP_SLURM") == "1":
     pytest.skip("UNLOCK_SKIP_SLURM=1", allow_module_level=True)
 
+pytestmark = pytest.mark.slurm
 TINY = ["experiment=tiny", "hydra/launcher=slurm_local", "eval.limit=2", "eval.max_new_tokens=4"]
 
 

@@ -128,13 +128,14 @@ class UnlockLM(HFLM):
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         self.stats["forward_passes"] += 1
         if self._steering is None:
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            return super()._model_call(inps, attn_mask, labels)
         boundary = self._row_boundaries(inps) if self._boundaries else None
         if boundary is None:
             with self._steering:  # a call outside loglikelihood requests: read positions from the input
-                return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+                return super()._model_call(inps, attn_mask, labels)
         with self._steering, self._steering.prompt_boundary(boundary):
-            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+            # Positional, as HFLM declares them (inps, attn_mask, labels): no keyword name to track.
+            return super()._model_call(inps, attn_mask, labels)
 
     # --- generation ----------------------------------------------------------------------------
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):

@@ -187,6 +187,9 @@ class Steering(contextlib.AbstractContextManager):
         return (rows, cols) if rows.numel() else None
 
     def _pre_forward(self, _module, args, kwargs):
+        # input_ids / inputs_embeds / attention_mask are the documented inputs of every transformers
+        # causal LM and of generate(); the cache keyword is not stable, so the cache is found by type
+        # (past_length). tests/test_steer_phases.py checks the phases by behaviour on every version.
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             input_ids = kwargs.get("inputs_embeds")
