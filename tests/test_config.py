@@ -112,3 +112,61 @@ def test_plain_run_is_the_main_job_and_equals_its_overlay():
     assert (plain.eval.limit, plain.eval.max_new_tokens, plain.eval.batch_size) == (32, 80, 16)
     overlay = compose_run(["experiment=cot_smollm2_to_gemma3"])
     assert OmegaConf.to_container(overlay, resolve=False) == OmegaConf.to_container(plain, resolve=False)
+
+
+# Every typed choice of the schema: (key, a bad value, the allowed values the error must name).
+CHOICES = [
+    ("source_model.kind", ["hf", "tiny", "gguf_package"]),
+    ("target_model.dtype", ["float32", "bfloat16", "float16", "auto"]),
+    ("capability.contrast", ["prompt", "checkpoint"]),
+    ("capability.aggregation", ["mean", "pca"]),
+    ("capability.position", ["last", "mean"]),
+    ("capability.activation_storage", ["float32", "float16"]),
+    ("layer.mode", ["all", "list", "single"]),
+    ("rank.method", ["unlock", "ridge", "procrustes"]),
+    ("alpha.rule", ["norm_preserving", "add"]),
+    ("alpha.positions", ["last", "prompt", "generated", "all"]),
+    ("eval.split", ["test", "validation"]),
+    ("logger.name", ["none", "wandb"]),
+]
+
+
+@pytest.mark.parametrize(("key", "allowed"), CHOICES, ids=[k for k, _ in CHOICES])
+def test_a_bad_choice_fails_at_compose_naming_the_allowed_values(key, allowed):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_run([f"{key}=mystery"])
+    message = str(info.value) + str(info.value.__cause__)
+    assert "mystery" in message and f"expected one of [{', '.join(allowed)}]" in message
+    for value in allowed:  # and every allowed value composes, reading back as the plain string
+        if key == "capability.aggregation" and value == "pca" or key == "layer.mode" and value != "all":
+            continue  # need other keys set too; covered by their own tests
+        assert OmegaConf.select(compose_run([f"{key}={value}"]), key) == value
+
+
+def test_a_bad_condition_fails_at_compose():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_run(["eval.conditions=[unsteered,bogus]"])
+    assert "expected one of [unsteered, unlock, prompting, native, random, reference]" in str(info.value.__cause__)
+
+
+def test_schema_choices_are_the_method_modules_own():
+    """The schema spells out its choices (so config.py imports no torch); they must be the ones the
+    method modules, the model sources and the conditions table accept."""
+    from unlock import config
+    from unlock.align import METHODS
+    from unlock.capture import POSITION_RULES
+    from unlock.conditions import CONDITIONS
+    from unlock.extract import AGGREGATIONS
+    from unlock.loading import SOURCES
+    from unlock.steer import STEER_POSITIONS, STEER_RULES
+
+    def values(enum):
+        return [member.value for member in enum]
+
+    assert values(config.ModelKind) == list(SOURCES)
+    assert values(config.MapMethod) == list(METHODS)
+    assert set(values(config.ExtractionPosition)) < set(POSITION_RULES)
+    assert values(config.Aggregation) == list(AGGREGATIONS)
+    assert values(config.SteerRule) == list(STEER_RULES)
+    assert values(config.SteerPositions) == list(STEER_POSITIONS)
+    assert values(config.ConditionName) == list(CONDITIONS)

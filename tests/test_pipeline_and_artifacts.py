@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from unlock.artifacts import (
     save_steering_vectors,
 )
 from unlock.capture import capture_activations
-from unlock.pipeline import transfer
+from unlock.pipeline import Cached, MapSettings, transfer
 from unlock.steer import Steering
 
 QUESTIONS = [f"Question: What is {a} plus {b}?" for a in range(2, 9) for b in (3, 11)]
@@ -41,10 +42,51 @@ def transferred(llama, qwen2, tokenizer):
         capture_activations(qwen2, tokenizer, [q + DIRECT for q in held], progress=False),
     )
     pairs = pair_layers(4, 6)
-    directions, result = transfer(
-        source_unlocked, source_locked, target_locked, pairs, rank=4, aggregation="pca", held_out=held_out
-    )
-    return directions, result
+    result = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=4, aggregation="pca"),
+                      held_out=held_out)
+    alignment = result.alignment.value
+    return result.directions.value, SimpleNamespace(pairs=alignment.pairs, maps=alignment.maps,
+                                                    quality=alignment.quality, target_vectors=result.target_vectors)
+
+
+class MemoStep:
+    """A pipeline step with an in-memory cache, keyed as the harness keys its stage cache."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, object] = {}
+        self.computed: list[str] = []
+
+    def __call__(self, stage, spec, compute, inputs):
+        key = f"{stage}-{json.dumps({**spec, 'inputs': [c.key for c in inputs]}, sort_keys=True)}"
+        if key not in self.store:
+            self.computed.append(stage)
+            self.store[key] = compute()
+        return Cached(self.store[key], key)
+
+
+def test_a_caching_step_reuses_exactly_what_a_change_does_not_touch(llama, qwen2, tokenizer):
+    """The harness wraps the method with its cache through ``step``: a new rank refits the maps and
+    re-maps the direction but reuses the extracted direction; the same settings compute nothing."""
+    source_locked = Cached(capture_activations(llama, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "sl")
+    source_unlocked = Cached(capture_activations(llama, tokenizer, [q + COT for q in QUESTIONS[:8]], progress=False), "su")
+    target_locked = Cached(capture_activations(qwen2, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "tl")
+    step, pairs = MemoStep(), pair_layers(4, 6)
+    first = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=2), step=step)
+    assert step.computed == ["extract", "align", "vectors"]
+    again = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=2), step=step)
+    assert step.computed == ["extract", "align", "vectors"] and again.vectors.key == first.vectors.key
+    other = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=3), step=step)
+    assert step.computed[3:] == ["align", "vectors"] and other.directions.key == first.directions.key
+    plain = transfer(source_unlocked.value, source_locked.value, target_locked.value, pairs, MapSettings(rank=3))
+    assert plain.vectors.key is None
+    for layer, vector in plain.target_vectors.items():  # caching does not change the numbers
+        assert torch.equal(vector, other.target_vectors[layer])
+
+
+def test_map_settings_key_only_what_changes_a_map():
+    assert MapSettings(rank=4, ridge=0.5).spec() == MapSettings(rank=4, ridge=0.1).spec()
+    assert MapSettings(rank=4, method="ridge", ridge=0.5).spec() != MapSettings(rank=4, method="ridge", ridge=0.1).spec()
+    assert MapSettings(rank=4, aggregation="pca").centre and not MapSettings(rank=4).centre
 
 
 def test_transfer_maps_every_target_layer(transferred):

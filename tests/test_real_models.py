@@ -19,7 +19,7 @@ from unlock.gguf_models import package_shape
 from unlock.loading import load_model
 from unlock.memory import model_size
 from unlock.models import hidden_size, num_layers
-from unlock.pipeline import transfer
+from unlock.pipeline import MapSettings, transfer
 from unlock.steer import Steering
 
 pytestmark = pytest.mark.slow
@@ -75,10 +75,10 @@ def test_unlock_pipeline_on_real_models(smollm2, gemma):
     )
     pairs = pair_layers(30, 18)
     assert pairs[0] == 0 and pairs[17] == 29
-    directions, result = transfer(s_unlocked, s_locked, t_locked, pairs, rank=4, held_out=held_out)
+    result = transfer(s_unlocked, s_locked, t_locked, pairs, MapSettings(rank=4), held_out=held_out)
     assert len(result.target_vectors) == 18
     assert all(v.shape == (640,) and torch.isfinite(v).all() for v in result.target_vectors.values())
-    assert all(q["train_r2"] > 0.5 for q in result.quality.values()), "a rank-4 map fits its own 4 prompts"
+    assert all(q["train_r2"] > 0.5 for q in result.alignment.value.quality.values()), "a rank-4 map fits its own 4 prompts"
 
     batch = gemma.tokenizer([DIRECT.format(q) for q in train[:2]], return_tensors="pt", padding=True)
     generate = lambda: gemma.model.generate(**batch, max_new_tokens=6, do_sample=False)  # noqa: E731

@@ -8,6 +8,7 @@ Each lookup is recorded (hit or miss, forward passes, seconds) for the run's rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -15,9 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from unlock.artifacts import atomic_write_json
-from unlock.loading import fingerprint
 
 T = TypeVar("T")
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """A stable short hash of a JSON-able object (sorted keys), for cache keys."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 class StageCache:

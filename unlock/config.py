@@ -2,31 +2,47 @@
 
 Each config group (source_model, target_model, capability, layer, rank, alpha, eval, logger, paths)
 has a dataclass here; the root ``RunConfig`` is registered in Hydra's ConfigStore as ``run_schema``
-and ``conf/config.yaml`` starts from it, so a misspelt key or a wrong type fails at compose time.
-Range checks that need no model weights live in :func:`validate`.
+and ``conf/config.yaml`` starts from it, so a misspelt key, a wrong type or a value outside a choice
+fails at compose time, naming the allowed values. Range and consistency checks that need no model
+weights live in :func:`validate`.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
-from unlock.align import METHODS
-from unlock.capture import POSITION_RULES
-from unlock.extract import AGGREGATIONS
-from unlock.steer import STEER_POSITIONS, STEER_RULES
+from unlock.conditions import CONDITIONS
+from unlock.paper import paper_numbers
+from unlock.tasks import TASKS_DIR
 
-MODEL_KINDS = ("hf", "tiny", "gguf_package")
-CONTRASTS = ("prompt", "checkpoint")
-LAYER_MODES = ("all", "list", "single")
-CONDITIONS = ("unsteered", "unlock", "prompting", "native", "random", "reference")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-ACTIVATION_STORAGE = ("float32", "float16")
+
+def _choices(name: str, values: list[str] | tuple[str, ...]) -> type[StrEnum]:
+    """A choice type: OmegaConf accepts exactly these strings and names them when it rejects one.
+    Members compare equal to their strings, so code reads them as plain strings."""
+    return StrEnum(name, {value: value for value in values})  # type: ignore[return-value]
+
+
+# The method modules own these values; tests/test_config.py checks that the two agree.
+ModelKind = _choices("ModelKind", ("hf", "tiny", "gguf_package"))
+DType = _choices("DType", ("float32", "bfloat16", "float16", "auto"))
+Contrast = _choices("Contrast", ("prompt", "checkpoint"))
+Aggregation = _choices("Aggregation", ("mean", "pca"))
+ExtractionPosition = _choices("ExtractionPosition", ("last", "mean"))  # capture's "all" gives unpaired rows
+Storage = _choices("Storage", ("float32", "float16"))
+LayerMode = _choices("LayerMode", ("all", "list", "single"))
+MapMethod = _choices("MapMethod", ("unlock", "ridge", "procrustes"))
+SteerRule = _choices("SteerRule", ("norm_preserving", "add"))
+SteerPositions = _choices("SteerPositions", ("last", "prompt", "generated", "all"))
+ConditionName = _choices("ConditionName", tuple(CONDITIONS))
+Split = _choices("Split", ("test", "validation"))
+LoggerName = _choices("LoggerName", ("none", "wandb"))
 
 
 @dataclass
@@ -34,11 +50,11 @@ class ModelConfig:
     """A Hugging Face id or local path (kind=hf), a tiny random model (tiny), or a packaged GGUF."""
 
     name: str = MISSING  # short label used in tables and W&B
-    kind: str = "hf"
+    kind: ModelKind = ModelKind.hf
     path: str | None = None  # HF id or local directory (hf); package name (gguf_package)
     revision: str | None = None
     gguf_file: str | None = None
-    dtype: str = "float32"
+    dtype: DType = DType.float32
     device: str = "cpu"
     trust_remote_code: bool = False
     # tiny models only
@@ -53,21 +69,21 @@ class CapabilityConfig:
     """How the contrast is made and which prompts feed extraction and alignment."""
 
     name: str = "cot"
-    contrast: str = "prompt"  # prompt: one model, two prompts; checkpoint: base vs post-trained
+    contrast: Contrast = Contrast.prompt  # prompt: one model, two prompts; checkpoint: base vs post-trained
     locked_task: str = "unlock_arith"  # lm-eval task whose prompt is the Locked one
     unlocked_task: str = "unlock_arith_cot"  # ... and the Unlocked (capability) prompt
     unlocked_model: ModelConfig | None = None  # checkpoint contrast: the post-trained Source
     prompt_split: str = "train"  # extraction/alignment prompts come from this split only
     n_prompts: int = 32  # N: paper grid 4..512
     n_heldout: int = 16  # more train items, disjoint from the N, for held-out fit quality
-    aggregation: str = "mean"
-    position: str = "last"
+    aggregation: Aggregation = Aggregation.mean
+    position: ExtractionPosition = ExtractionPosition.last
     seed: int = 0
     batch_size: int = 16
     max_length: int | None = None
     # On-disk precision of captured activations: float16 halves the cache for big pairs (a 14B pair
     # at N=512 stores ~1 GB per capture in float32); tensors come back as float32 either way.
-    activation_storage: str = "float32"
+    activation_storage: Storage = Storage.float32
 
 
 @dataclass
@@ -88,7 +104,7 @@ class BenchmarkConfig:
 class LayerConfig:
     """Which Target layers are steered; Source layers pair with them linearly in depth unless explicit."""
 
-    mode: str = "all"
+    mode: LayerMode = LayerMode.all
     indices: list[int] = field(default_factory=list)  # mode=list, or mode=single with one index
     depth: float | None = None  # mode=single by relative depth in [0, 1] instead of an index
     explicit_pairs: dict[int, int] | None = None  # {target_layer: source_layer}
@@ -97,15 +113,15 @@ class LayerConfig:
 @dataclass
 class RankConfig:
     value: int = 16  # paper grid 1..512, effective rank = min(rank, N, d_s, d_t)
-    method: str = "unlock"
+    method: MapMethod = MapMethod.unlock
     ridge: float = 0.01
 
 
 @dataclass
 class AlphaConfig:
     value: float = 0.1  # paper grid 0.05, 0.1, 0.2, 0.5
-    rule: str = "norm_preserving"
-    positions: str = "last"
+    rule: SteerRule = SteerRule.norm_preserving
+    positions: SteerPositions = SteerPositions.last
 
 
 @dataclass
@@ -114,11 +130,11 @@ class EvalConfig:
     # The capability-prompt variant of each task, for the prompting baseline (the capability's
     # Unlocked task is used for its Locked one without being listed here).
     prompt_tasks: dict[str, str] = field(default_factory=dict)
-    split: str = "test"  # test, or validation (tasks named <task>_val) when choosing hyper-parameters
+    split: Split = Split.test  # test, or validation (tasks named <task>_val) when choosing hyper-parameters
     limit: int | None = None
     batch_size: int = 16
     max_new_tokens: int = 512
-    conditions: list[str] = field(default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"])
+    conditions: list[ConditionName] = field(default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"])
     reference_model: ModelConfig | None = None
     random_seed: int = 0
     bootstrap_iters: int = 0
@@ -126,7 +142,7 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: LoggerName = LoggerName.none
     project: str = "unlock-harness"
     entity: str | None = None
     mode: str = "offline"  # used unless WANDB_MODE is set
@@ -186,22 +202,11 @@ def project_root() -> str:
 
 def register_configs() -> None:
     """The schema for conf/config.yaml, and resolvers for locations that depend on the install."""
-    from omegaconf import OmegaConf
-
-    from unlock.tasks import TASKS_DIR
-
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     if not OmegaConf.has_resolver("unlock_root"):
-        from unlock.report import paper_numbers
-
         OmegaConf.register_new_resolver("unlock_root", project_root)
         OmegaConf.register_new_resolver("unlock_tasks_dir", lambda: str(TASKS_DIR))
         OmegaConf.register_new_resolver("unlock_paper", paper_numbers)
-
-
-def _choice(value: Any, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} {value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
 def prompt_task(cfg: Any, task: str) -> str:
@@ -217,17 +222,22 @@ def prompt_task(cfg: Any, task: str) -> str:
 
 
 def validate(cfg: Any) -> None:
-    """Checks that need no model: names, ranges and consistency. Model-dependent checks run later."""
-    for role in ("source_model", "target_model"):
-        _choice(cfg[role].kind, MODEL_KINDS, f"{role}.kind")
-        _choice(cfg[role].dtype, DTYPES, f"{role}.dtype")
-    cap = cfg.capability
-    _choice(cap.contrast, CONTRASTS, "capability.contrast")
-    _choice(cap.aggregation, AGGREGATIONS, "capability.aggregation")
-    _choice(cap.position, POSITION_RULES, "capability.position")
-    _choice(cap.activation_storage, ACTIVATION_STORAGE, "capability.activation_storage")
-    if cap.position == "all":
-        raise ValueError("capability.position 'all' gives unpaired token rows; allowed for extraction: last, mean")
+    """Checks that need no model: ranges and consistency (choices are typed in the schema).
+    Model-dependent checks run later."""
+    _check_capability(cfg.capability)
+    _check_layer(cfg.layer)
+    if cfg.rank.value < 1:
+        raise ValueError(f"rank.value {cfg.rank.value} is out of range: must be >= 1 (paper grid 1..512)")
+    if not math.isfinite(cfg.alpha.value):
+        raise ValueError(f"alpha.value {cfg.alpha.value} is out of range: must be finite (paper grid 0.05..0.5)")
+    _check_eval(cfg)
+    for key in ("gpus_per_node", "gpu_mem_gb", "cpus_per_task", "mem_gb", "timeout_min"):
+        low = 0 if key == "gpus_per_node" else 1
+        if cfg.resources[key] < low:
+            raise ValueError(f"resources.{key} {cfg.resources[key]} is out of range: must be >= {low}")
+
+
+def _check_capability(cap: Any) -> None:
     if cap.contrast == "checkpoint" and cap.unlocked_model is None:
         raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
     if cap.n_prompts < 1:
@@ -236,36 +246,28 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range for pca: must be >= 2")
     if cap.n_heldout < 0:
         raise ValueError(f"capability.n_heldout {cap.n_heldout} is out of range: must be >= 0")
-    _choice(cfg.layer.mode, LAYER_MODES, "layer.mode")
-    if cfg.layer.mode == "single":
-        has_index, has_depth = len(cfg.layer.indices) == 1, cfg.layer.depth is not None
+
+
+def _check_layer(layer: Any) -> None:
+    if layer.mode == "single":
+        has_index, has_depth = len(layer.indices) == 1, layer.depth is not None
         if has_index == has_depth:
             raise ValueError("layer.mode=single needs exactly one of layer.indices=[i] or layer.depth in [0, 1]")
-        if has_depth and not 0.0 <= cfg.layer.depth <= 1.0:
-            raise ValueError(f"layer.depth {cfg.layer.depth} is out of range: must be in [0, 1]")
-    if cfg.layer.mode == "list" and not cfg.layer.indices:
+        if has_depth and not 0.0 <= layer.depth <= 1.0:
+            raise ValueError(f"layer.depth {layer.depth} is out of range: must be in [0, 1]")
+    if layer.mode == "list" and not layer.indices:
         raise ValueError("layer.mode=list needs a non-empty layer.indices")
-    if cfg.rank.value < 1:
-        raise ValueError(f"rank.value {cfg.rank.value} is out of range: must be >= 1 (paper grid 1..512)")
-    _choice(cfg.rank.method, METHODS, "rank.method")
-    if not math.isfinite(cfg.alpha.value):
-        raise ValueError(f"alpha.value {cfg.alpha.value} is out of range: must be finite (paper grid 0.05..0.5)")
-    _choice(cfg.alpha.rule, STEER_RULES, "alpha.rule")
-    _choice(cfg.alpha.positions, STEER_POSITIONS, "alpha.positions")
-    for condition in cfg.eval.conditions:
-        _choice(condition, CONDITIONS, "eval.conditions entry")
-    if any(condition in ("prompting", "reference") for condition in cfg.eval.conditions):
-        for task in cfg.eval.tasks:
+
+
+def _check_eval(cfg: Any) -> None:
+    ev = cfg.eval
+    conditions = [CONDITIONS[str(name)] for name in ev.conditions]
+    if any(c.prompt == "unlocked" for c in conditions):
+        for task in ev.tasks:
             prompt_task(cfg, task)
-    if "reference" in cfg.eval.conditions and cfg.eval.reference_model is None:
+    if any(c.model == "reference" for c in conditions) and ev.reference_model is None:
         raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
-    _choice(cfg.eval.split, ("test", "validation"), "eval.split")
-    if cfg.eval.limit is not None and cfg.eval.limit < 1:
-        raise ValueError(f"eval.limit {cfg.eval.limit} is out of range: must be >= 1 or null")
-    if cfg.eval.max_new_tokens < 1:
-        raise ValueError(f"eval.max_new_tokens {cfg.eval.max_new_tokens} is out of range: must be >= 1")
-    _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
-    for key in ("gpus_per_node", "gpu_mem_gb", "cpus_per_task", "mem_gb", "timeout_min"):
-        if cfg.resources[key] < (0 if key == "gpus_per_node" else 1):
-            raise ValueError(f"resources.{key} {cfg.resources[key]} is out of range: must be >= "
-                             f"{0 if key == 'gpus_per_node' else 1}")
+    if ev.limit is not None and ev.limit < 1:
+        raise ValueError(f"eval.limit {ev.limit} is out of range: must be >= 1 or null")
+    if ev.max_new_tokens < 1:
+        raise ValueError(f"eval.max_new_tokens {ev.max_new_tokens} is out of range: must be >= 1")

@@ -20,11 +20,12 @@ from typing import Any
 from omegaconf import DictConfig
 
 from unlock.artifacts import atomic_write_bytes, atomic_write_json
+from unlock.cache import StageCache
+from unlock.conditions import CONDITIONS
 from unlock.config import prompt_task
-from unlock.loading import fingerprint, model_identity
-
-STEERED = ("unlock", "native", "random")
-PROMPTED = ("prompting", "reference")
+from unlock.loading import model_identity
+from unlock.pipeline import Cached
+from unlock.prompts import task_manager
 
 
 @lru_cache(maxsize=8)
@@ -93,34 +94,30 @@ def _sample_rows(samples: list[dict]) -> list[dict]:
 
 
 class Evaluator:
-    """One lm-eval model object per loaded model; steering is switched per condition."""
+    """One lm-eval model object for the loaded model; steering is switched per condition."""
 
     def __init__(self, cfg: DictConfig, models) -> None:
         self.cfg, self.models = cfg, models
-        self._lms: dict[str, Any] = {}
+        self._lm: Any = None
 
     def lm(self, model_cfg: Any):
         from unlock.lm_eval_model import UnlockLM
 
-        key = fingerprint(model_identity(model_cfg))
         loaded = self.models.get(model_cfg)
-        if key not in self._lms or self._lms[key].model is not loaded.model:
-            self._lms = {key: UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
-                                       batch_size=self.cfg.eval.batch_size, device=str(model_cfg.device),
-                                       track_entropy=True)}
-        return self._lms[key]
+        if self._lm is None or self._lm.model is not loaded.model:
+            self._lm = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=self.cfg.eval.batch_size,
+                                device=str(model_cfg.device), track_entropy=True)
+        return self._lm
 
-    def evaluate(self, model_cfg: Any, task: str, steering: tuple[dict, str] | None) -> dict[str, Any]:
-        import lm_eval
-
-        from unlock.prompts import task_manager
+    def evaluate(self, model_cfg: Any, task: str, steering: Cached[dict] | None) -> dict[str, Any]:
+        import lm_eval  # heavy: only when something is evaluated
 
         lm = self.lm(model_cfg)
         alpha = self.cfg.alpha
         if steering is None:
             lm.set_steering(None)
         else:
-            lm.set_steering(steering[0], alpha.value, alpha.rule, alpha.positions)
+            lm.set_steering(steering.value, alpha.value, alpha.rule, alpha.positions)
         lm.reset_stats()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         results = lm_eval.simple_evaluate(
@@ -136,43 +133,47 @@ class Evaluator:
         return {"metrics": summarise(results["results"][task], samples, lm.stats, lengths), "samples": rows}
 
 
-def evaluate_conditions(cfg: DictConfig, stages, models, steering_sets: dict, output_dir: Path) -> dict[str, Any]:
-    """{condition: {task: metrics}} for every configured condition; per-sample outputs go to output_dir."""
+def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]],
+                        output_dir: Path) -> dict[str, Any]:
+    """{condition: {task: metrics}} for every configured condition (conditions.CONDITIONS says which
+    model, prompt and steering set each uses); per-sample outputs go to output_dir."""
     evaluator = Evaluator(cfg, models)
-    ev = cfg.eval
     out: dict[str, Any] = {}
-    for condition in ev.conditions:
-        if condition in STEERED and condition not in steering_sets:
-            out[condition] = {"skipped": "no Target-Unlocked activations for a native direction "
-                                         "(checkpoint contrast needs eval.reference_model)"}
+    for name in cfg.eval.conditions:
+        condition = CONDITIONS[str(name)]
+        if condition.vectors is not None and condition.vectors not in steering_sets:
+            out[condition.name] = {"skipped": "no Target-Unlocked activations for a native direction "
+                                              "(checkpoint contrast needs eval.reference_model)"}
             continue
-        model_cfg = ev.reference_model if condition == "reference" else cfg.target_model
-        steering = steering_sets.get(condition) if condition in STEERED else None
+        model_cfg = cfg.eval.reference_model if condition.model == "reference" else cfg.target_model
+        steering = steering_sets[condition.vectors] if condition.vectors is not None else None
         if steering is not None and cfg.alpha.value == 0.0:
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
-        out[condition] = {}
-        for task in ev.tasks:
-            base = prompt_task(cfg, task) if condition in PROMPTED else task
-            name = eval_task_name(base, ev.split)
-            spec = {
-                "model": model_identity(model_cfg), "task": name, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
-                "limit": ev.limit,
-                "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
-                "steering": None if steering is None else {
-                    "vectors": steering[1], "alpha": cfg.alpha.value, "rule": cfg.alpha.rule,
-                    "positions": cfg.alpha.positions,
-                },
-            }
-            result, _ = stages.cache.get_or_compute(
-                "eval", spec, ".json",
-                compute=lambda m=model_cfg, n=name, s=steering: _computed(evaluator.evaluate(m, n, s)),
-                save=atomic_write_json,
-                load=lambda path: json.loads(Path(path).read_text()),
-            )
-            out[condition][task] = {**result["metrics"], "lm_eval_task": name}
+        out[condition.name] = {}
+        for task in cfg.eval.tasks:
+            name_ = eval_task_name(prompt_task(cfg, task) if condition.prompt == "unlocked" else task, cfg.eval.split)
+            result = _evaluate_cached(cfg, cache, evaluator, model_cfg, name_, steering)
+            out[condition.name][task] = {**result["metrics"], "lm_eval_task": name_}
             rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
-            atomic_write_bytes(output_dir / "samples" / f"{condition}__{task}.jsonl", rows.encode())
+            atomic_write_bytes(output_dir / "samples" / f"{condition.name}__{task}.jsonl", rows.encode())
     return out
+
+
+def _evaluate_cached(cfg: DictConfig, cache: StageCache, evaluator: Evaluator, model_cfg: Any, task: str,
+                     steering: Cached[dict] | None) -> dict[str, Any]:
+    """One (model, task, steering) evaluation through the stage cache, keyed by all that determines it."""
+    ev, alpha = cfg.eval, cfg.alpha
+    spec = {
+        "model": model_identity(model_cfg), "task": task, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
+        "steering": None if steering is None else {
+            "vectors": steering.key, "alpha": alpha.value, "rule": alpha.rule, "positions": alpha.positions},
+    }
+    result, _ = cache.get_or_compute(
+        "eval", spec, ".json", compute=lambda: _computed(evaluator.evaluate(model_cfg, task, steering)),
+        save=atomic_write_json, load=lambda path: json.loads(Path(path).read_text()),
+    )
+    return result
 
 
 def _computed(result: dict[str, Any]) -> tuple[dict[str, Any], int]:

@@ -22,7 +22,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from unlock.loading import ModelShape
+from unlock.models import ModelShape
 
 # Shapes are those of the pinned files (checked against config.json once converted); knowing them
 # lets a run validate layers and rank before the packages' weights are even read. n_params (counted

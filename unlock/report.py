@@ -14,35 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import lru_cache
+import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
-CONDITION_LABELS = {"unsteered": "Locked (unsteered)", "unlock": "UNLOCK", "prompting": "CoT prompt",
-                    "reference": "post-trained reference", "native": "native direction", "random": "random direction"}
-
-
-@lru_cache(maxsize=1)
-def load_paper_numbers() -> dict[str, Any]:
-    return yaml.safe_load(PAPER_NUMBERS.read_text())
-
-
-def paper_numbers(setup: str | None, benchmark: str | None = None) -> dict[str, Any]:
-    """The paper's accuracies (%) for a setup (and benchmark); {} for runs that reproduce no setup.
-    Also the ``${unlock_paper:setup,benchmark}`` resolver, so a preset's config shows its targets."""
-    if setup in (None, "", "None", "null"):
-        return {}
-    setups = load_paper_numbers()
-    if setup not in setups:
-        raise ValueError(f"paper.setup {setup!r} is not in {PAPER_NUMBERS.name}; allowed: {', '.join(setups)}")
-    results = setups[setup]["results"]
-    if benchmark is None:
-        return results
-    return dict(results.get(benchmark, {}))
-
+from unlock.artifacts import atomic_write_bytes
+from unlock.conditions import label
+from unlock.config import project_root
+from unlock.paper import load_paper_numbers, paper_numbers
 
 def find_results(dirs: list[Path]) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
     """The newest finished test-split record per (paper setup, benchmark) under ``dirs``."""
@@ -92,13 +71,13 @@ def render(found: dict[tuple[str, str], tuple[Path, dict[str, Any]]]) -> str:
                   "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | |",
                   "|---|---|---|---|---|---|---|"]
         for row in comparison_rows(setup, benchmark, record):
-            label = CONDITION_LABELS.get(row["condition"], row["condition"])
+            name = label(row["condition"])
             if row["ours"] is None:
-                lines.append(f"| {label} | {row['paper']:.1f} | not run | | | | |")
+                lines.append(f"| {name} | {row['paper']:.1f} | not run | | | | |")
                 continue
             low, high = row["diff_ci"]
             verdict = "ok" if low <= 0 <= high else ("above" if low > 0 else "below")
-            lines.append(f"| {label} | {row['paper']:.1f} | {row['ours']:.1f} ({row['n']}) | "
+            lines.append(f"| {name} | {row['paper']:.1f} | {row['ours']:.1f} ({row['n']}) | "
                          f"[{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] | {row['diff']:+.1f} | [{low:+.1f}, {high:+.1f}] | {verdict} |")
         lines.append("")
     missing = sorted({(s, b) for s in setups for b in setups[s]["results"]} - set(found))
@@ -108,16 +87,10 @@ def render(found: dict[tuple[str, str], tuple[Path, dict[str, Any]]]) -> str:
 
 
 def default_log_dir() -> Path:
-    import os
-
-    from unlock.config import project_root
-
     return Path(os.environ.get("UNLOCK_LOGS", Path(project_root()) / "logs"))
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from unlock.artifacts import atomic_write_bytes
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="*", type=Path, help="directories to scan (default: the log dir)")
     parser.add_argument("--out", type=Path, help="markdown file to write (default: <first dir>/paper_report.md)")

@@ -19,7 +19,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from unlock.artifacts import atomic_path, atomic_write_bytes
+from unlock.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
+from unlock.conditions import BASELINE
+from unlock.conditions import steered as steered_conditions
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
 SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
@@ -184,9 +186,18 @@ def _varying(rows: list[dict[str, Any]], axis: str) -> bool:
     return len({row.get(axis) for row in rows if row.get(axis) is not None}) > 1
 
 
-def _save_figure(fig, path: Path) -> None:
+def _save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -194,76 +205,75 @@ def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ok = [row for row in rows if row.get("status") == "ok" and row.get("task")]
     if not ok:
         return []
     task = ok[0]["task"]
     ok = [row for row in ok if row["task"] == task]
     steered = [row for row in ok if row["condition"] == "unlock"]
-    baseline = [row["acc"] for row in ok if row["condition"] == "unsteered" and row.get("acc") is not None]
-    paths: list[Path] = []
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else float("nan")
-
-    for axis in ("rank", "alpha", "n_prompts", "layers"):
-        if not _varying(steered, axis):
-            continue
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for condition in ("unlock", "random", "native"):
-            subset = [row for row in ok if row["condition"] == condition]
-            xs = sorted({row[axis] for row in subset}, key=lambda v: (isinstance(v, str), v))
-            if not xs:
-                continue
-            numeric = all(isinstance(x, (int, float)) for x in xs)
-            positions = xs if numeric else [str(x) for x in xs]
-            for ax, metric in zip(axes, ("acc", "gen_tokens")):
-                ys = [mean(row.get(metric) for row in subset if row[axis] == x) for x in xs]
-                ax.plot(positions, ys, marker="o", label=condition)
-                if numeric and axis in ("rank", "n_prompts") and min(xs) > 0:
-                    ax.set_xscale("log", base=2)
-        if baseline:
-            axes[0].axhline(mean(baseline), color="grey", linestyle="--", label="unsteered")
-        axes[0].set(title=f"{task}: accuracy vs {axis}", xlabel=axis, ylabel="accuracy")
-        axes[1].set(title=f"{task}: generation length vs {axis}", xlabel=axis, ylabel="generated tokens")
-        axes[0].legend(fontsize=8)
-        path = out_dir / f"acc_vs_{axis}.png"
-        _save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
-
+    paths = [_axis_plot(ok, task, axis, out_dir) for axis in ("rank", "alpha", "n_prompts", "layers")
+             if _varying(steered, axis)]
     if _varying(steered, "rank") and _varying(steered, "n_prompts"):
-        ranks = sorted({row["rank"] for row in steered})
-        ns = sorted({row["n_prompts"] for row in steered})
-        grid = [[mean(row["acc"] for row in steered if row["rank"] == r and row["n_prompts"] == n) for r in ranks] for n in ns]
-        fig, ax = plt.subplots(figsize=(1.2 * len(ranks) + 2, 0.8 * len(ns) + 2))
-        image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
-        ax.set_yticks(range(len(ns)), [str(n) for n in ns])
-        for i, row in enumerate(grid):
-            for j, value in enumerate(row):
-                ax.text(j, i, _fmt(value, 2), ha="center", va="center", color="white", fontsize=8)
-        ax.set(xlabel="rank", ylabel="N prompts", title=f"{task}: UNLOCK accuracy, rank x N")
-        fig.colorbar(image, ax=ax)
-        path = out_dir / "rank_x_n_heatmap.png"
-        _save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_rank_n_heatmap(steered, task, out_dir))
+    paths.append(_length_bars(ok, task, out_dir))
+    return [path for path in paths if path is not None]
+
+
+def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) -> Path:
+    """Accuracy and generation length of each steered condition against one swept axis."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for condition in steered_conditions():
+        subset = [row for row in ok if row["condition"] == condition]
+        xs = sorted({row[axis] for row in subset}, key=lambda v: (isinstance(v, str), v))
+        if not xs:
+            continue
+        numeric = all(isinstance(x, (int, float)) for x in xs)
+        positions = xs if numeric else [str(x) for x in xs]
+        for ax, metric in zip(axes, ("acc", "gen_tokens")):
+            ax.plot(positions, [_mean(row.get(metric) for row in subset if row[axis] == x) for x in xs],
+                    marker="o", label=condition)
+            if numeric and axis in ("rank", "n_prompts") and min(xs) > 0:
+                ax.set_xscale("log", base=2)
+    baseline = [row["acc"] for row in ok if row["condition"] == BASELINE and row.get("acc") is not None]
+    if baseline:
+        axes[0].axhline(_mean(baseline), color="grey", linestyle="--", label=BASELINE)
+    axes[0].set(title=f"{task}: accuracy vs {axis}", xlabel=axis, ylabel="accuracy")
+    axes[1].set(title=f"{task}: generation length vs {axis}", xlabel=axis, ylabel="generated tokens")
+    axes[0].legend(fontsize=8)
+    return _save_figure(fig, out_dir / f"acc_vs_{axis}.png")
+
+
+def _rank_n_heatmap(steered: list[dict[str, Any]], task: str, out_dir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    ranks = sorted({row["rank"] for row in steered})
+    ns = sorted({row["n_prompts"] for row in steered})
+    grid = [[_mean(row["acc"] for row in steered if row["rank"] == r and row["n_prompts"] == n) for r in ranks] for n in ns]
+    fig, ax = plt.subplots(figsize=(1.2 * len(ranks) + 2, 0.8 * len(ns) + 2))
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
+    ax.set_yticks(range(len(ns)), [str(n) for n in ns])
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, _fmt(value, 2), ha="center", va="center", color="white", fontsize=8)
+    ax.set(xlabel="rank", ylabel="N prompts", title=f"{task}: UNLOCK accuracy, rank x N")
+    fig.colorbar(image, ax=ax)
+    return _save_figure(fig, out_dir / "rank_x_n_heatmap.png")
+
+
+def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | None:
+    import matplotlib.pyplot as plt
 
     conditions = list(dict.fromkeys(row["condition"] for row in ok))
-    lengths = [mean(row.get("gen_tokens") for row in ok if row["condition"] == c) for c in conditions]
-    if any(not math.isnan(v) for v in lengths):
-        fig, ax = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
-        ax.bar(conditions, lengths, color="tab:blue")
-        ax.set(title=f"{task}: mean generation length per condition", ylabel="generated tokens")
-        path = out_dir / "gen_length_by_condition.png"
-        _save_figure(fig, path)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    lengths = [_mean(row.get("gen_tokens") for row in ok if row["condition"] == c) for c in conditions]
+    if all(math.isnan(v) for v in lengths):
+        return None
+    fig, ax = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
+    ax.bar(conditions, lengths, color="tab:blue")
+    ax.set(title=f"{task}: mean generation length per condition", ylabel="generated tokens")
+    return _save_figure(fig, out_dir / "gen_length_by_condition.png")
 
 
 def print_sweep_table(rows: list[dict[str, Any]]) -> None:
@@ -278,7 +288,7 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
         if row.get("status") != "ok":
             table.add_row(row["job"], *["" for _ in axes], "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}")
             continue
-        if row["condition"] not in ("unsteered", "unlock", "random"):
+        if row["condition"] not in (BASELINE, "unlock", "random"):
             continue
         table.add_row(row["job"], *[_fmt(row.get(a)) for a in axes], row["condition"], row["task"],
                       _fmt(row.get("acc")), _fmt(row.get("gen_tokens"), 1), "ok")
@@ -308,8 +318,6 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> di
     summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
                "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots],
                "selected_on_validation": select_best(rows)}
-    from unlock.artifacts import atomic_write_json
-
     atomic_write_json(sweep_dir / "aggregate.json", summary)
     print_sweep_table(rows)
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
