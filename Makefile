@@ -45,7 +45,7 @@ report: $(STAMP)
 
 # Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny".
 bench: $(STAMP)
-	$(PY) -m unlock.bench $(ARGS)
+	$(PY) -m benchmarks.bench $(ARGS)
 
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
 test: $(STAMP) slurm-up

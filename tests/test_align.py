@@ -12,7 +12,7 @@ from unlock.align import effective_rank, fit_map, fit_quality, pair_layers, pair
 
 
 def _reference_unlock_vector(xs: np.ndarray, xt: np.ndarray, v: np.ndarray, rank: int, centre: bool) -> np.ndarray:
-    """PAPER.md step 4, written independently in float64 numpy."""
+    """docs/method.md step 4, written independently in float64 numpy."""
     if centre:
         xs, xt = xs - xs.mean(axis=0), xt - xt.mean(axis=0)
     k = min(rank, xs.shape[0])

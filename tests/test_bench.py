@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from unlock import bench
+from benchmarks import bench
 
 
 def test_paired_ratios_measure_a_known_ratio():

@@ -1,6 +1,6 @@
 """Stage 3: fit a low-rank linear map from Source to Target activation space and carry directions.
 
-The default is the paper's map (PAPER.md "Exact method" step 4), fit on Source-Locked and
+The default is the paper's map (docs/method.md, step 4), fit on Source-Locked and
 Target-Locked activations of the same N prompts:
     V_s, V_t = top-k right singular vectors of X_s, X_t     (k = min(rank, N, d_s, d_t))
     T = pinv(X_s V_s) (X_t V_t)                              (k x k)
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from unlock.models import check_layers
+
 METHODS = ("unlock", "ridge", "procrustes")
-PAIRINGS = ("linear", "explicit")
 
 
 @dataclass
@@ -164,8 +165,6 @@ def pair_layers(
     explicit: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """Target->Source layer pairs: linear in depth by default, or an explicit {target: source} map."""
-    from unlock.models import check_layers
-
     if explicit is not None:
         pairs = {int(j): int(l) for j, l in explicit.items()}
         check_layers(list(pairs), n_target, "Target layer")

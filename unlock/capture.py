@@ -89,6 +89,26 @@ def _block_output(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
 
+def _check_arguments(prompts: Sequence[str], position: str, padding_side: str, batch_size: int) -> None:
+    check_position_rule(position)
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"unknown padding side {padding_side!r}; allowed: {', '.join(PADDING_SIDES)}")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    if len(prompts) == 0:
+        raise ValueError("empty prompt set: capture needs at least 1 prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} is out of range: must be >= 1")
+
+
+def _encode(tokenizer, prompts: list[str], max_length: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Token lists straight to torch.tensor: transformers' own return_tensors conversion first
+    # flattens every id in Python, which costs as much as a small model's block on CPU.
+    encoded = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length)
+    return (torch.tensor(encoded["input_ids"], dtype=torch.long, device=device),
+            torch.tensor(encoded["attention_mask"], dtype=torch.long, device=device))
+
+
 @torch.no_grad()
 def capture_activations(
     model: nn.Module,
@@ -105,19 +125,9 @@ def capture_activations(
 
     Prompts are plain text tokenised as-is (no chat template), padded on ``padding_side``.
     """
-    check_position_rule(position)
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"unknown padding side {padding_side!r}; allowed: {', '.join(PADDING_SIDES)}")
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, not one string")
-    if len(prompts) == 0:
-        raise ValueError("empty prompt set: capture needs at least 1 prompt")
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size} is out of range: must be >= 1")
+    _check_arguments(prompts, position, padding_side, batch_size)
     blocks = decoder_layers(model)
     wanted = check_layers(list(range(len(blocks))) if layers is None else list(layers), len(blocks))
-    deepest = wanted[-1]
-
     collected: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
     current_mask: list[torch.Tensor] = []
 
@@ -125,46 +135,30 @@ def capture_activations(
         def hook(_module, _inputs, output):
             hidden = _block_output(output).float()
             collected[layer].append(reduce_positions(hidden, current_mask[0], position).cpu())
-            if layer == deepest:
-                raise _StopForward
+            if layer == wanted[-1]:
+                raise _StopForward  # the deepest requested block: skip the rest of the model
 
         return hook
 
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in wanted]
-    original_side = tokenizer.padding_side
-    tokenizer.padding_side = padding_side
-    device = model_device(model)
+    original_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
     token_counts: list[int] = []
-    n_forward = 0
     starts = range(0, len(prompts), batch_size)
-    desc = progress if isinstance(progress, str) else "capture"
     try:
-        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-            # Token lists straight to torch.tensor: transformers' own return_tensors conversion first
-            # flattens every id in Python, which costs as much as a small model's block on CPU.
-            encoded = tokenizer(
-                list(prompts[start : start + batch_size]),
-                padding=True,
-                truncation=max_length is not None,
-                max_length=max_length,
-            )
-            input_ids = torch.tensor(encoded["input_ids"], dtype=torch.long, device=device)
-            attention_mask = torch.tensor(encoded["attention_mask"], dtype=torch.long, device=device)
+        for start in tqdm(starts, desc=progress if isinstance(progress, str) else "capture", disable=not progress,
+                          leave=False):
+            input_ids, attention_mask = _encode(tokenizer, list(prompts[start : start + batch_size]), max_length,
+                                                model_device(model))
             current_mask[:] = [attention_mask]
             token_counts.extend(attention_mask.sum(dim=1).tolist())
             try:
-                model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask),
-                    use_cache=False,
-                )
+                model(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
             except _StopForward:
                 pass
-            n_forward += 1
     finally:
         for handle in handles:
             handle.remove()
         tokenizer.padding_side = original_side
     per_layer = {layer: torch.cat(chunks, dim=0) for layer, chunks in collected.items()}
-    return Activations(per_layer=per_layer, position=position, token_counts=token_counts, n_forward_passes=n_forward)
+    return Activations(per_layer=per_layer, position=position, token_counts=token_counts, n_forward_passes=len(starts))

@@ -22,6 +22,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from unlock.models import ModelShape
 
 # Shapes are those of the pinned files (checked against config.json once converted); knowing them
@@ -93,9 +96,6 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
     target = Path(cache_dir) / "models" / sha256_of(gguf)[:16]
     if (target / "config.json").is_file():
         return target
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:

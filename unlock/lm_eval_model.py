@@ -9,6 +9,7 @@ recovered from the request's context length, so "last prompt token" means the la
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -94,8 +95,6 @@ class UnlockLM(HFLM):
         self.stats = {"forward_passes": 0, "entropy_sum": 0.0, "generated_tokens": 0}
 
     def _steered(self):
-        import contextlib
-
         return self._steering if self._steering is not None else contextlib.nullcontext()
 
     # --- loglikelihood -------------------------------------------------------------------------

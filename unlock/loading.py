@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from unlock import gguf_models
 from unlock.models import ModelShape
@@ -89,8 +90,6 @@ class ModelSource:
 
     def skeleton(self, cache_dir: str | None = None) -> torch.nn.Module:
         """The module tree on the meta device (no weights, no memory), for questions about structure."""
-        from transformers import AutoModelForCausalLM
-
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(self.config(cache_dir), trust_remote_code=self.trust_remote_code)
 
@@ -158,8 +157,6 @@ class PackagedGGUFSource(ModelSource):
     identity_keys = ("kind", "path", "revision", "gguf_file")
 
     def config(self, cache_dir: str | None = None) -> Any:
-        from transformers import AutoConfig
-
         if cache_dir is None:
             raise ValueError(f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)")
         return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
@@ -189,14 +186,10 @@ def model_source(model_cfg: Any) -> ModelSource:
 @lru_cache(maxsize=32)
 def _hub_config(path: str, revision: str | None, gguf_file: str | None, trust_remote_code: bool):
     """config.json of an ``hf`` model, read once per process."""
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
 
 
 def _pretrained(source: str, dtype: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     extra = {"trust_remote_code": False, **extra}
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)

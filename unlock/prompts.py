@@ -20,7 +20,6 @@ class PromptSets:
     locked: list[str]  # N fit prompts, Locked form
     unlocked: list[str]  # the same N questions, Unlocked form
     heldout_locked: list[str]  # further questions of the same split, for held-out fit quality
-    doc_ids: list[int]
 
 
 @lru_cache(maxsize=4)
@@ -87,5 +86,4 @@ def build_prompt_sets(
         locked=[render(locked, docs[i]) for i in fit],
         unlocked=[render(unlocked, unlocked_docs[i]) for i in fit],
         heldout_locked=[render(locked, docs[i]) for i in held],
-        doc_ids=fit,
     )

@@ -1,6 +1,6 @@
 """Stage 4: steer a Target model by adding mapped directions to its residual stream.
 
-Default (PAPER.md "Exact method" step 6): at every decoder layer j, with that layer's own vector r_j,
+Default (docs/method.md, step 6): at every decoder layer j, with that layer's own vector r_j,
 during the prefill pass only, at the last prompt token only, norm-preserving:
     h <- ||h|| * normalize(h / ||h|| + alpha * r_j / ||r_j||).
 Generated tokens then see the change through the KV cache only.

@@ -10,8 +10,10 @@ import functools
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
@@ -34,8 +36,6 @@ TINY_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2")
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     corpus = [
         template.format(a=a, b=b, c=a + b)
         for a in range(0, 40, 3)
@@ -59,8 +59,6 @@ def _tokenizer_json(vocab_size: int) -> str:
 
 def tiny_tokenizer(vocab_size: int = 384, padding_side: str = "left") -> PreTrainedTokenizerFast:
     """A deterministic byte-level BPE tokenizer that prepends <s>, built without any download."""
-    from tokenizers import Tokenizer
-
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
         pad_token="<pad>",
@@ -89,8 +87,6 @@ def tiny_config(family: str, hidden_size: int = 64, num_layers: int = 4, vocab_s
             tie_word_embeddings=True, **common,
         )
     elif family == "gemma3":
-        from transformers import Gemma3TextConfig
-
         config = Gemma3TextConfig(
             hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
             num_attention_heads=heads, num_key_value_heads=1, head_dim=hidden_size // heads,

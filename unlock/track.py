@@ -16,8 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
 from unlock.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
 from unlock.conditions import BASELINE
@@ -45,9 +49,6 @@ def _acc_cell(metrics: dict[str, Any]) -> str:
 
 def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     """One screen: conditions side by side, stage cache hits, fit quality."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(file=sys.stdout, width=140)
     settings = record.get("settings", {})
     title = (f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): "
@@ -84,9 +85,6 @@ def _wandb_mode(cfg_mode: str) -> str:
 def _sweep_group(output_dir: Path) -> str | None:
     """Jobs of one multirun share a W&B group: the sweep directory's name."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return Path(hydra_cfg.sweep.dir).name
@@ -277,9 +275,6 @@ def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | N
 
 
 def print_sweep_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     axes = [axis for axis in SWEEP_AXES if _varying(rows, axis)]
     table = Table(title=f"sweep: {len({r['job'] for r in rows})} jobs")
     for column in ("job", *axes, "condition", "task", "acc", "gen tokens", "status"):

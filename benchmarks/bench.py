@@ -1,4 +1,4 @@
-"""What the harness costs beyond the model itself: `make bench` (python -m unlock.bench).
+"""What the harness costs beyond the model itself: `make bench` (python -m benchmarks.bench).
 
 Each measure runs A and B in one process on the same inputs, interleaved (A B, B A, ...) after a
 warm-up, and reports the per-pair ratio A/B as min / median / max and a 95% confidence interval of the

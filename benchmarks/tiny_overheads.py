@@ -1,6 +1,6 @@
 """Where the tiny model's steering and capture overheads go (the figures in README's Performance).
 
-    .venv/bin/python scripts/tiny_overheads.py [--pairs 300] [--kernels]
+    .venv/bin/python benchmarks/tiny_overheads.py [--pairs 300] [--kernels]
 
 Same model, prompts and pairing as `make bench`: each line is a median ratio over --pairs A/B pairs
 against the unsteered scoring pass (steering) or the full pass with hidden states (capture), then the
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from unlock.bench import MODELS, paired_ratios, prompts, random_vectors
+from benchmarks.bench import MODELS, paired_ratios, prompts, random_vectors
 from unlock.capture import capture_activations
 from unlock.loading import load_model
 from unlock.models import decoder_layers
