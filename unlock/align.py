@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from unlock.models import check_layers
 
-METHODS = ("unlock", "ridge", "procrustes")
 
 
 @dataclass
@@ -82,6 +81,48 @@ def _check_pair(source: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("activations contain NaN or inf; refusing to fit a map on them")
 
 
+# A solver takes centred float64 activations X_s (N, d_s), X_t (N, d_t), the effective rank k and the
+# ridge penalty, and returns the map's factors (left (d_s, k), right (k, d_t)), W = left @ right.
+Solver = Callable[[torch.Tensor, torch.Tensor, int, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _unlock_map(xs: torch.Tensor, xt: torch.Tensor, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's map (docs/method.md step 4): T = pinv(X_s V_s)(X_t V_t), W = V_s T V_t^T."""
+    v_s = _top_right_singular_vectors(xs, k)
+    v_t = _top_right_singular_vectors(xt, k)
+    transfer = torch.linalg.pinv(xs @ v_s) @ (xt @ v_t)  # (k, k)
+    return v_s @ transfer, v_t.T
+
+
+def _procrustes_map(xs: torch.Tensor, xt: torch.Tensor, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A scaled orthogonal map between the top-k principal subspaces."""
+    v_s = _top_right_singular_vectors(xs, k)
+    v_t = _top_right_singular_vectors(xt, k)
+    p_s, p_t = xs @ v_s, xt @ v_t
+    u, sigma, vh = torch.linalg.svd(p_s.T @ p_t)
+    scale = sigma.sum() / p_s.pow(2).sum().clamp(min=torch.finfo(torch.float64).tiny)
+    return v_s @ (u @ vh) * scale, v_t.T
+
+
+def _ridge_map(xs: torch.Tensor, xt: torch.Tensor, k: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge reduced-rank regression: a ridge fit projected onto the top-k directions of its fitted
+    values; ``ridge`` is the penalty relative to the mean squared singular value of X_s."""
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge {ridge!r} is out of range: must be a finite float >= 0")
+    n, d_s = xs.shape
+    penalty = ridge * xs.pow(2).sum() / min(n, d_s)
+    # Dual form: B = X_s^T (X_s X_s^T + λI)^-1 X_t, cheap when N << d_s (the usual case).
+    gram = xs @ xs.T + penalty * torch.eye(n, dtype=torch.float64)
+    coef = xs.T @ torch.linalg.lstsq(gram, xt).solution  # (d_s, d_t)
+    v_k = _top_right_singular_vectors(xs @ coef, k)
+    return coef @ v_k, v_k.T
+
+
+# A new alignment method is one solver here (and its name in the config schema's MapMethod).
+SOLVERS: dict[str, Solver] = {"unlock": _unlock_map, "ridge": _ridge_map, "procrustes": _procrustes_map}
+METHODS = tuple(SOLVERS)
+
+
 def fit_map(
     source: torch.Tensor,
     target: torch.Tensor,
@@ -90,14 +131,10 @@ def fit_map(
     centre: bool = False,
     ridge: float = 1e-2,
 ) -> LinearMap:
-    """Fit a rank-k map from Source activations (N, d_s) to Target activations (N, d_t).
-
-    method: ``unlock`` (the paper's map, default), ``ridge`` (ridge reduced-rank regression: a ridge
-    fit projected onto the top-k directions of its fitted values; ``ridge`` is the penalty relative to
-    the mean squared singular value of X_s) or ``procrustes`` (a scaled orthogonal map between the
-    top-k principal subspaces). ``centre`` mean-centres both sides first (the paper's pca variant).
-    """
-    if method not in METHODS:
+    """Fit a rank-k map from Source activations (N, d_s) to Target activations (N, d_t) with one of
+    ``SOLVERS``: ``unlock`` (the paper's map, default), ``ridge`` or ``procrustes``. ``centre``
+    mean-centres both sides first (the paper's pca variant)."""
+    if method not in SOLVERS:
         raise ValueError(f"unknown alignment method {method!r}; allowed: {', '.join(METHODS)}")
     _check_pair(source, target)
     n, d_s = source.shape
@@ -106,29 +143,7 @@ def fit_map(
     xs, xt = source.double(), target.double()
     mu_s = xs.mean(dim=0) if centre else torch.zeros(d_s, dtype=torch.float64)
     mu_t = xt.mean(dim=0) if centre else torch.zeros(d_t, dtype=torch.float64)
-    xs, xt = xs - mu_s, xt - mu_t
-
-    if method == "unlock":
-        v_s = _top_right_singular_vectors(xs, k)
-        v_t = _top_right_singular_vectors(xt, k)
-        transfer = torch.linalg.pinv(xs @ v_s) @ (xt @ v_t)  # (k, k)
-        left, right = v_s @ transfer, v_t.T
-    elif method == "procrustes":
-        v_s = _top_right_singular_vectors(xs, k)
-        v_t = _top_right_singular_vectors(xt, k)
-        p_s, p_t = xs @ v_s, xt @ v_t
-        u, sigma, vh = torch.linalg.svd(p_s.T @ p_t)
-        scale = sigma.sum() / p_s.pow(2).sum().clamp(min=torch.finfo(torch.float64).tiny)
-        left, right = v_s @ (u @ vh) * scale, v_t.T
-    else:  # ridge reduced-rank regression
-        if not (math.isfinite(ridge) and ridge >= 0):
-            raise ValueError(f"ridge {ridge!r} is out of range: must be a finite float >= 0")
-        penalty = ridge * xs.pow(2).sum() / min(n, d_s)
-        # Dual form: B = X_s^T (X_s X_s^T + λI)^-1 X_t, cheap when N << d_s (the usual case).
-        gram = xs @ xs.T + penalty * torch.eye(n, dtype=torch.float64)
-        coef = xs.T @ torch.linalg.lstsq(gram, xt).solution  # (d_s, d_t)
-        v_k = _top_right_singular_vectors(xs @ coef, k)
-        left, right = coef @ v_k, v_k.T
+    left, right = SOLVERS[method](xs - mu_s, xt - mu_t, k, ridge)
     return LinearMap(
         left=left.float(), right=right.float(), source_mean=mu_s.float(), target_mean=mu_t.float(),
         method=method, rank_requested=rank, rank_effective=k, centred=centre,
