@@ -1,10 +1,13 @@
-"""Answer extraction and equivalence follow the paper's rules; the step-wise marker is not fooled by loops."""
+"""Answer extraction follows the paper's order; equivalence is mathematical (math-verify), checked on a
+table of answer forms the paper's benchmarks use; the step-wise marker is not fooled by loops."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from unlock.tasks.answers import extract_answer, is_equivalent, reasons_in_steps, to_number
+from unlock.tasks.answers import CHECKER, boxed_answer, check, extract_answer, is_equivalent, reasons_in_steps
 from unlock.tasks.utils import process_generation
 
 
@@ -12,10 +15,12 @@ from unlock.tasks.utils import process_generation
     ("text", "expected"),
     [
         ("Step 1: 3 + 4 = 7. The final answer is 7.", "7"),
-        ("The final answer is $1,234.", "1,234"),
+        ("The final answer is $1,234.", "$1,234"),
         ("so we get \\boxed{\\frac{1}{2}} in the end, i.e. 0.5 apples 3", "\\frac{1}{2}"),  # boxed beats last number
         ("I got 12, then 15 apples", "15"),  # last number as the fallback
         ("The final answer is \\boxed{42}.", "42"),
+        ("The final answer is $4.5 \\times 10^{33}$.", "$4.5 \\times 10^{33}$"),
+        ("Hence the answer is \\boxed 2.", "2"),  # brace-less, as two MATH train solutions write it
         ("no numbers here", None),
     ],
 )
@@ -23,17 +28,75 @@ def test_extraction_order_phrase_then_boxed_then_last_number(text, expected):
     assert extract_answer(text) == expected
 
 
-@pytest.mark.parametrize(
-    ("predicted", "reference", "equal"),
-    [("6/2", "3", True), ("3.0", "3", True), ("$1,234", "1234", True), ("\\frac{3}{4}", "0.75", True),
-     ("12 apples", "12", True), ("-7", "7", False), ("x + 1", "x+1", True), (None, "3", False), ("13", "3", False)],
-)
+def test_brace_less_and_nested_boxed():
+    assert boxed_answer("so \\boxed 2.") == "2"
+    assert boxed_answer("first \\boxed{1} then \\boxed{\\frac{a}{b^{2}}}") == "\\frac{a}{b^{2}}"
+    assert boxed_answer("\\boxed{unclosed") is None and boxed_answer("none") is None
+
+
+# (predicted, reference, equivalent): every category the paper's math benchmarks need.
+PAIRS = [
+    # plain numbers, separators, currency, percent, units, degrees
+    ("3", "3", True), ("3.0", "3", True), ("6/2", "3", True), ("13", "3", False), ("-7", "7", False),
+    ("-7", "-7.0", True), ("1,234", "1234", True), ("1,234,567", "1234567", True), ("$1,234", "1234", True),
+    ("\\$3", "3", True), ("50\\%", "50", True), ("50%", "50", True), ("5\\text{ cm}", "5", True),
+    ("30^\\circ", "30", True), ("0.5", "\\frac{1}{2}", True), ("0.25", "0.2", False),
+    # fractions in every LaTeX form
+    ("\\dfrac{\\pi}{3}", "\\frac{\\pi}{3}", True), ("\\tfrac{3}{4}", "\\frac{3}{4}", True),
+    ("\\frac12", "\\frac{1}{2}", True), ("\\frac{1}{2}", "1/2", True), ("3/4", "\\frac{3}{4}", True),
+    ("\\frac{3}{4}", "0.75", True), ("\\frac{2}{3}", "\\frac{3}{2}", False), ("\\frac{4}{6}", "\\frac{2}{3}", True),
+    # radicals, rationalised forms
+    ("2\\sqrt{3}", "\\sqrt{12}", True), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
+    ("\\sqrt{2}", "2", False), ("3\\sqrt{2}", "\\sqrt{18}", True), ("\\sqrt[3]{8}", "2", True),
+    # pi
+    ("2\\pi", "\\pi \\cdot 2", True), ("\\pi", "3", False), ("\\frac{\\pi}{2}", "\\frac{2\\pi}{4}", True),
+    # complex numbers
+    ("2+3i", "3i+2", True), ("1", "1-i", False), ("1-i", "1-i", True), ("2i", "i+i", True),
+    ("-1", "i^2", True), ("(1+i)^2", "2i", True), ("\\frac{1}{i}", "-i", True), ("1+i", "1-i", False),
+    # scientific notation, both forms; never the leading digit
+    ("4.5\\times 10^{33}", "4.5e33", True), ("4.5e33", "4.5\\times10^{33}", True), ("4", "4.5e33", False),
+    ("4.5", "4.5e33", False), ("6.0e-3", "0.006", True), ("1.2\\times10^{-5}", "1.2e-5", True),
+    # a leading number is never taken out of a reference answer
+    ("2", "2^{1009}", False), ("-1", "-1-\\sqrt{3}", False), ("3", "3x+1", False), ("2^{1009}", "2^{1009}", True),
+    # ordered tuples vs unordered sets; intervals, open vs closed
+    ("\\{1,2\\}", "\\{2,1\\}", True), ("(1,2)", "(1, 2)", True), ("(1,2)", "(2,1)", False),
+    ("[1,2)", "(1,2)", False), ("[0,1]", "[0, 1]", True), ("(-\\infty, 3)", "(-\\infty,3)", True),
+    ("(-\\infty, 3]", "(-\\infty, 3)", False),
+    # equations and expressions
+    ("x=3", "3", True), ("x = 3", "x=3", True), ("(x+1)^2", "x^2+2x+1", True), ("x^2-1", "(x-1)(x+1)", True),
+    ("x^2+1", "x^2-1", False), ("x + 1", "x+1", True),
+    # no answer, unparsable text
+    (None, "3", False), ("", "3", False), ("banana split", "3", False),
+]
+
+
+@pytest.mark.parametrize(("predicted", "reference", "equal"), PAIRS, ids=[f"{p}~{r}" for p, r, _ in PAIRS])
 def test_mathematical_equivalence(predicted, reference, equal):
     assert is_equivalent(predicted, reference) is equal
 
 
-def test_to_number_rejects_words():
-    assert to_number("seven") is None
+def test_the_table_is_large_and_balanced():
+    assert len(PAIRS) >= 60
+    assert 25 <= sum(equal for *_, equal in PAIRS) <= len(PAIRS) - 20
+
+
+def test_unparsable_is_counted_not_raised():
+    result = check("\\frac{", "\\frac{1}{2}")
+    assert not result.equivalent and not result.parsed
+    assert check("\\frac{1}{2}", "0.5").parsed
+
+
+def test_checker_works_off_the_main_thread():
+    """math-verify's timeout uses SIGALRM, which only the main thread may set."""
+    found: list[bool] = []
+    worker = threading.Thread(target=lambda: found.append(is_equivalent("\\dfrac{1}{4}", "0.25")))
+    worker.start()
+    worker.join()
+    assert found == [True]
+
+
+def test_checker_is_named_with_its_version():
+    assert CHECKER.startswith("math-verify ") and CHECKER.split()[1][0].isdigit()
 
 
 @pytest.mark.parametrize(
@@ -54,4 +117,5 @@ def test_reasons_in_steps(text, stepwise):
 
 def test_process_generation_scores_one_sample():
     metrics = process_generation({"answer": "25"}, ["First, 35 - 10 = 25.\nSo Ava has 25 left.\nThe final answer is 25."])
-    assert metrics == {"acc": 1.0, "gen_words": 16.0, "stepwise": 1.0, "has_final_phrase": 1.0}
+    assert metrics == {"acc": 1.0, "gen_words": 16.0, "stepwise": 1.0, "has_final_phrase": 1.0, "unparsable": 0.0}
+    assert process_generation({"answer": "25"}, ["The final answer is \\frac{."])["unparsable"] == 1.0

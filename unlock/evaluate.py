@@ -26,6 +26,7 @@ from unlock.config import prompt_task
 from unlock.loading import model_identity
 from unlock.pipeline import Cached
 from unlock.prompts import task_manager
+from unlock.tasks.answers import CHECKER
 
 
 @lru_cache(maxsize=8)
@@ -165,6 +166,7 @@ def _evaluate_cached(cfg: DictConfig, cache: StageCache, evaluator: Evaluator, m
     ev, alpha = cfg.eval, cfg.alpha
     spec = {
         "model": model_identity(model_cfg), "task": task, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+        "checker": CHECKER,
         "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
         "steering": None if steering is None else {
             "vectors": steering.key, "alpha": alpha.value, "rule": alpha.rule, "positions": alpha.positions},

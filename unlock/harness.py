@@ -42,6 +42,8 @@ from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
 from unlock.pipeline import Alignment, Cached, MapSettings, Transfer, extract, transfer
 from unlock.prompts import PromptSets, build_prompt_sets
+from unlock.tasks.answers import CHECKER
+from unlock.tasks.hub import DROPPED
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,6 +294,8 @@ def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer,
         "fit_quality_mean": mean_quality(quality),
         "vector_norms": {str(k): float(v.norm()) for k, v in result.target_vectors.items()},
         "conditions": conditions,
+        "checker": CHECKER,
+        "dropped_rows": {path: dict(splits) for path, splits in DROPPED.items()},
         "stages": session.cache.summary(),
         "model_load_seconds": session.models.load_seconds,
         "timings": {"total": seconds},
@@ -358,7 +362,9 @@ def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
         *format_memory_plan(memory),
     ]
     if cfg.benchmark.needs_network:
-        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network)")
+        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network); rows "
+                     "without a usable answer are dropped and counted per split in results.json (dropped_rows)")
+    lines.append(f"answers checked by {CHECKER} after the paper's extraction (final-answer phrase, \\boxed{{}}, last number)")
     if cfg.paper.setup:
         lines.append(f"paper {cfg.paper.setup} / {cfg.benchmark.name}: {dict(cfg.paper.numbers)}")
     print("\n".join(lines))

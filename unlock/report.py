@@ -67,7 +67,7 @@ def render(found: dict[tuple[str, str], tuple[Path, dict[str, Any]]]) -> str:
     for (setup, benchmark), (path, record) in sorted(found.items()):
         lines += [f"## {setup} / {benchmark}", "",
                   f"{setups[setup]['description']}; paper values read to +-{setups[setup]['read_precision']}. "
-                  f"Run: `{path}`", "",
+                  f"Run: `{path}`; answers checked by {record.get('checker', 'an older checker (unnamed)')}.", "",
                   "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | |",
                   "|---|---|---|---|---|---|---|"]
         for row in comparison_rows(setup, benchmark, record):

@@ -1,27 +1,48 @@
 """Answer extraction and equivalence as the paper scores them.
 
 The model is asked to end with "The final answer is ...". The answer is read from that phrase, else
-from a LaTeX \\boxed{...}, else the last number in the text; it is compared by mathematical
-equivalence (3, 3.0, 6/2 and "$3" are equal), not by string match.
+from a LaTeX \\boxed{...}, else the last number in the text (the paper's order). It is compared with
+the reference by mathematical equivalence through HuggingFace's math-verify (sympy and a LaTeX
+parser), as the research code compared with a sympy grader: 3, 3.0, 6/2 and "$3" are equal;
+\\dfrac{\\pi}{3} and \\frac{\\pi}{3}; 2\\sqrt{3} and \\sqrt{12}; x=3 and 3; sets in any order; but
+not 2 and 2^{1009}, nor open and closed intervals. Nothing is taken out of a reference answer but the
+whole of it.
 """
 
 from __future__ import annotations
 
 import re
-from fractions import Fraction
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import version
 
-_FINAL_ANSWER = re.compile(r"final answer is[:\s]*\$?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
+from math_verify import parse, verify
+from math_verify.errors import TimeoutException
+
+CHECKER = f"math-verify {version('math-verify')}"
+TIMEOUT_SECONDS = 3  # per parse and per comparison, as the research code's grader; main thread only
+
+_FINAL_ANSWER = re.compile(r"final answer is[:\s]*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _STEP_MARKER = re.compile(r"(?i)^(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b|so\b|now\b|finally\b)")
 _ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d")
+_E_NOTATION = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+_IMAGINARY = re.compile(r"(?<![A-Za-z\\])i(?![A-Za-z])")
+_BARE_FRAC = re.compile(r"\\([dt]?frac)\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
 
 
 def boxed_answer(text: str) -> str | None:
-    """The content of the last \\boxed{...} (nested braces kept), or None."""
-    start = text.rfind("\\boxed{")
+    """The content of the last \\boxed{...} (nested braces kept) or of a brace-less \\boxed 2; None if
+    there is none."""
+    start = text.rfind("\\boxed")
     if start < 0:
         return None
-    depth, i = 1, start + len("\\boxed{")
+    i = start + len("\\boxed")
+    if text[i : i + 1] != "{":
+        bare = re.match(r"\s+([^\s$]+)", text[i:])  # \boxed 2, as two MATH train solutions write it
+        return bare.group(1).rstrip(".,;") if bare else None
+    depth, i = 1, i + 1
     begin = i
     while i < len(text) and depth:
         depth += {"{": 1, "}": -1}.get(text[i], 0)
@@ -43,37 +64,53 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1].strip() if numbers else None
 
 
-def to_number(text: str) -> Fraction | None:
-    """Parse '1,234', '$3.50', '-7', '6/2', '\\frac{3}{4}' into an exact Fraction."""
-    cleaned = text.strip().replace("$", "").replace(",", "").replace("\\!", "").replace(" ", "")
-    cleaned = re.sub(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}", r"(\1)/(\2)", cleaned)
-    cleaned = cleaned.replace("(", "").replace(")", "").rstrip(".")
-    cleaned = re.sub(r"(?:\\%|%)$", "", cleaned)
-    match = re.fullmatch(r"(-?\d*\.?\d+)(?:/(-?\d*\.?\d+))?", cleaned)
-    if not match:
-        # A number followed by units or words ("12 apples"): take the leading number.
-        lead = re.match(r"(-?\d+(?:\.\d+)?(?:/\d+)?)\b", cleaned) or re.match(r"(-?\d+(?:\.\d+)?)", text.replace(",", "").strip())
-        if not lead:
-            return None
-        return to_number(lead.group(1))
+def normalise(answer: str) -> str:
+    """What the LaTeX parser is given: no math-mode dollars or currency signs, e-notation as
+    \\times 10^{...} (in LaTeX 4.5e33 reads as 4.5 * e * 33), \\frac12 with its braces, and a lone i
+    as the imaginary unit (the parser reads I as one; i would be a variable, so i^2 != -1)."""
+    text = answer.strip().replace("\\$", "").replace("$", "").strip().rstrip(".")
+    text = _E_NOTATION.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2)}}}", text)
+    text = _IMAGINARY.sub("(I)", text)  # bracketed: the parser drops a superscript right after I
+    return _BARE_FRAC.sub(lambda m: f"\\{m.group(1)}{{{m.group(2).strip('{}')}}}{{{m.group(3).strip('{}')}}}", text)
+
+
+@dataclass(frozen=True)
+class Check:
+    equivalent: bool
+    parsed: bool  # both sides became mathematics (else only their normalised text was compared)
+    timed_out: bool = False
+
+
+def _timeout() -> int | None:
+    # math-verify times out with SIGALRM, which only the main thread may set; elsewhere it must run
+    # without one rather than fail.
+    return TIMEOUT_SECONDS if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=65536)
+def _parse(answer: str) -> tuple:
+    return tuple(parse(f"${normalise(answer)}$", parsing_timeout=_timeout()))
+
+
+@lru_cache(maxsize=65536)
+def check(predicted: str | None, reference: str) -> Check:
+    """Whether ``predicted`` equals ``reference`` mathematically. Unparsable or timed-out comparisons
+    are not equivalent (unless the normalised texts are identical) and say so, never raise."""
+    if predicted is None or not str(reference).strip():
+        return Check(False, parsed=predicted is None)
     try:
-        value = Fraction(match.group(1))
-        if match.group(2) is not None:
-            value /= Fraction(match.group(2))
-    except (ValueError, ZeroDivisionError):
-        return None
-    return value
+        gold, pred = _parse(str(reference)), _parse(str(predicted))
+        parsed = bool(gold) and bool(pred) and not isinstance(gold[0], str) and not isinstance(pred[0], str)
+        if not (gold and pred):
+            return Check(normalise(predicted) == normalise(str(reference)), parsed=False)
+        return Check(bool(verify(list(gold), list(pred), timeout_seconds=_timeout())), parsed=parsed)
+    except TimeoutException:
+        return Check(False, parsed=False, timed_out=True)
 
 
 def is_equivalent(predicted: str | None, reference: str) -> bool:
-    """Mathematical equivalence for numbers, normalised string equality otherwise."""
-    if predicted is None:
-        return False
-    a, b = to_number(predicted), to_number(reference)
-    if a is not None and b is not None:
-        return a == b
-    normalise = lambda s: re.sub(r"[\s$.]", "", s).lower()  # noqa: E731
-    return normalise(predicted) == normalise(reference)
+    """Mathematical equivalence of an extracted answer and a reference answer."""
+    return check(predicted, reference).equivalent
 
 
 def reasons_in_steps(text: str) -> bool:

@@ -32,17 +32,31 @@ def _number_text(value: Any) -> str:
     return str(value).strip()
 
 
+class NoAnswer(ValueError):
+    """A row whose answer field is empty or missing: dropped and counted, not fatal (gaokao2023en
+    has two such rows)."""
+
+
+# {dataset path: {split: rows dropped}}, filled as benchmarks load; results.json and the dry run report it.
+DROPPED: dict[str, dict[str, int]] = {}
+
+
 def _first_field(row: dict, names: tuple[str, ...], what: str) -> Any:
-    for name in names:
-        if row.get(name) not in (None, ""):
+    present = [name for name in names if name in row]
+    for name in present:
+        if row[name] not in (None, "", []):
             return row[name]
+    if present:
+        raise NoAnswer(f"empty {what} in fields {present}")
     raise KeyError(f"no {what} field among {list(names)} in a row with columns {sorted(row)}")
 
 
 def generic_fields(row: dict) -> dict[str, str]:
     """Question and answer under their usual names (a list answer takes its first element)."""
-    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(),
-            "answer": _number_text(_first_field(row, _ANSWER_FIELDS, "answer"))}
+    answer = _number_text(_first_field(row, _ANSWER_FIELDS, "answer"))
+    if not answer:
+        raise NoAnswer("empty answer")
+    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer}
 
 
 def gsm8k_fields(row: dict) -> dict[str, str]:
@@ -52,9 +66,9 @@ def gsm8k_fields(row: dict) -> dict[str, str]:
 
 def math_fields(row: dict) -> dict[str, str]:
     """MATH keeps the answer as the last \\boxed{} of the reference solution."""
-    answer = boxed_answer(row["solution"])
-    if answer is None:
-        raise ValueError(f"MATH solution without a \\boxed answer: {row['solution'][:80]!r}")
+    answer = boxed_answer(row["solution"])  # \\boxed{...}, or the brace-less \\boxed 2 of two train rows
+    if not answer:
+        raise NoAnswer(f"MATH solution without a \\boxed answer: {row['solution'][:80]!r}")
     return {"question": row["problem"].strip(), "answer": answer.strip()}
 
 
@@ -117,9 +131,14 @@ def load_hub_splits(path: str, fields: str = "generic", configs: list[str | None
     normalise = FIELDS[fields]
 
     def rows(split: str) -> list[dict]:
-        out = []
+        out, dropped = [], 0
         for name in configs or [None]:
-            out.extend(normalise(dict(row)) for row in datasets.load_dataset(path, name, split=split))
+            for row in datasets.load_dataset(path, name, split=split):
+                try:
+                    out.append(normalise(dict(row)))
+                except NoAnswer:
+                    dropped += 1
+        DROPPED.setdefault(path, {})[split] = dropped
         return out
 
     parts = split_rows(rows(train_split) if train_split else None, rows(test_split), carve_train, carve_validation)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unlock.tasks.answers import extract_answer, is_equivalent, reasons_in_steps
+from unlock.tasks.answers import check, extract_answer, reasons_in_steps
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPLITS = ("train", "validation", "test")
@@ -25,11 +25,15 @@ def load_splits(name: str, **_metadata):
 
 
 def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
-    """Accuracy by mathematical equivalence, plus behaviour metrics that show whether CoT moved."""
+    """Accuracy by mathematical equivalence, behaviour metrics that show whether CoT moved, and the
+    share of extracted answers the checker could not parse (scored wrong, counted here)."""
     text = results[0]
+    predicted = extract_answer(text)
+    verdict = check(predicted, doc["answer"])
     return {
-        "acc": float(is_equivalent(extract_answer(text), doc["answer"])),
+        "acc": float(verdict.equivalent),
         "gen_words": float(len(text.split())),
         "stepwise": float(reasons_in_steps(text)),
         "has_final_phrase": float("final answer is" in text.lower()),
+        "unparsable": float(predicted is not None and not verdict.parsed),
     }

@@ -1,0 +1,100 @@
+"""Every hub benchmark loads through lm-eval from rows in its real schema, quirks included (dataset hub
+mocked), and every reference answer, written as the prompt asks a model to write it, scores as correct
+after the benchmark's own extraction and checker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import ROOT
+from unlock.prompts import load_task
+from unlock.tasks import hub
+from unlock.tasks.utils import process_generation
+
+TASKS_DIR = str(ROOT / "unlock" / "tasks")
+# Reference answers in the forms the real files hold (HUB_DATA.md): LaTeX, e-notation, lists, floats.
+ANSWERS = ["4.5e33", "2^{1009}", "\\frac{\\pi}{3}", "-1-\\sqrt{3}", "(1, 2)", "\\{1, 3\\}", "x^2+2x+1", "12",
+           "1-i", "[0, 1)", "6.0e-3", "\\dfrac{2}{3}"]
+
+
+def _rows(schema: str, n: int, split: str) -> list[dict]:
+    """n rows of a benchmark's hub schema, answers cycling through ANSWERS, with the quirks of the
+    real files: two empty answers (gaokao2023en), a brace-less \\boxed (MATH train), list answers."""
+    rows = []
+    for i in range(n):
+        answer = ANSWERS[i % len(ANSWERS)]
+        question = f"{split} problem {i}: what is it?"
+        if schema == "gsm8k":
+            rows.append({"question": question, "answer": f"work\n#### {1000 + i:,}"})
+        elif schema == "math":
+            solution = f"so $\\boxed {i}$." if split == "train" and i < 2 else f"so $\\boxed{{{answer}}}$."
+            rows.append({"problem": question, "solution": solution, "level": "Level 1", "type": "Algebra"})
+        elif schema == "svamp":
+            rows.append({"Body": f"Ann has {i}.", "Question": question, "Answer": float(i), "question_concat": None})
+        elif schema == "agieval":
+            rows.append({"query": f"Q: {question} A: The answer is", "answer": answer})
+        elif schema == "olympiadbench":
+            rows.append({"question": question, "final_answer": [f"${answer}$"], "context": None})
+        elif schema == "gaokao":
+            rows.append({"question": question, "answer": "" if i in (3, 7) else answer})
+        else:  # minerva, deepmind, amc23
+            rows.append({"question": question, "answer": answer if schema != "amc23" else float(i)})
+    return rows
+
+
+BENCHMARKS = {  # task -> (schema, rows per hub split)
+    "unlock_gsm8k": ("gsm8k", {"train": 400, "test": 50}),
+    "unlock_math": ("math", {"train": 60, "test": 10}),
+    "unlock_svamp": ("svamp", {"train": 150, "test": 40}),
+    "unlock_agieval_math": ("agieval", {"test": 340}),
+    "unlock_minerva_math": ("minerva", {"test": 120}),
+    "unlock_olympiadbench": ("olympiadbench", {"train": 220}),
+    "unlock_deepmind_math": ("deepmind", {"train": 760}),
+    "unlock_gaokao2023en": ("gaokao", {"train": 120}),
+    "unlock_amc23": ("amc23", {"test": 40}),
+}
+
+
+@pytest.fixture
+def mocked_hub(monkeypatch):
+    import datasets
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        schema, sizes = next(v for k, v in BENCHMARKS.items() if _path(k) == path)
+        return datasets.Dataset.from_list(_rows(schema, sizes[split], split))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub.DROPPED.clear()
+
+
+def _path(task: str) -> str:
+    import yaml
+
+    text = (ROOT / "unlock" / "tasks" / "hub" / f"{task}.yaml").read_text()
+    return yaml.safe_load("\n".join(line for line in text.splitlines() if "!function" not in line))["dataset_kwargs"]["path"]
+
+
+@pytest.mark.parametrize("task", sorted(BENCHMARKS))
+def test_benchmark_loads_and_its_references_score_as_correct(task, mocked_hub):
+    loaded = load_task(task, TASKS_DIR)
+    docs = list(loaded.test_docs()) + list(loaded.validation_docs()) + list(loaded.training_docs())
+    assert docs and all(doc["answer"] for doc in docs), "no row without an answer gets through"
+    for doc in docs:
+        output = f"Step 1: think.\nThe final answer is {doc['answer']}."
+        metrics = process_generation(doc, [output])
+        assert metrics["acc"] == 1.0 and metrics["unparsable"] == 0.0, doc["answer"]
+
+
+def test_rows_without_an_answer_are_dropped_and_counted(mocked_hub):
+    load_task("unlock_gaokao2023en", TASKS_DIR)
+    assert hub.DROPPED["MARIO-Math-Reasoning/Gaokao2023-Math-En"] == {"train": 2}
+    load_task("unlock_minerva_math", TASKS_DIR)
+    assert hub.DROPPED["math-ai/minervamath"] == {"test": 0}
+
+
+def test_brace_less_boxed_math_solutions_load(mocked_hub):
+    train = list(load_task("unlock_math", TASKS_DIR).training_docs()) + list(
+        load_task("unlock_math", TASKS_DIR).validation_docs())
+    answers = {doc["question"]: doc["answer"] for doc in train}
+    assert answers["train problem 0: what is it?"] == "0" and answers["train problem 1: what is it?"] == "1"
+    assert not any(hub.DROPPED.get("EleutherAI/hendrycks_math", {}).values())
