@@ -4,6 +4,8 @@ after the benchmark's own extraction and checker."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.helpers import ROOT
@@ -98,3 +100,80 @@ def test_brace_less_boxed_math_solutions_load(mocked_hub):
     answers = {doc["question"]: doc["answer"] for doc in train}
     assert answers["train problem 0: what is it?"] == "0" and answers["train problem 1: what is it?"] == "1"
     assert not any(hub.DROPPED.get("EleutherAI/hendrycks_math", {}).values())
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmark.source=qwen25_math: the research code's item sets, by URL through datasets' json builder
+# --------------------------------------------------------------------------------------------------
+FIXTURES = ROOT / "tests" / "fixtures" / "qwen25_math"
+PINNED = "QwenLM/Qwen2.5-Math/a45202bd16f1ec06f433442dc1152d0074773465/evaluation/data/"
+Q25 = {"minerva_math": 272, "olympiadbench": 675, "gaokao2023en": 385, "amc23": 40, "math": 5000}
+
+
+@pytest.fixture
+def qwen_files(monkeypatch, tmp_path):
+    """Serve each pinned URL from the fixture rows, repeated to the real file's size."""
+    import datasets
+
+    real_load = datasets.load_dataset
+    served: list[str] = []
+
+    def fake_load_dataset(path, name=None, split=None, data_files=None, **kwargs):
+        assert path == "json" and PINNED in data_files and data_files.endswith("/test.jsonl"), data_files
+        bench = data_files.split(PINNED)[1].split("/")[0]
+        rows = [json.loads(line) for line in (FIXTURES / bench / "test.jsonl").read_text().splitlines()]
+        local = tmp_path / f"{bench}.jsonl"
+        with local.open("w") as handle:
+            for i in range(Q25[bench]):
+                row = dict(rows[i % len(rows)])
+                for key in ("question", "problem"):
+                    if key in row:
+                        row[key] = f"{row[key]} (item {i})"
+                handle.write(json.dumps(row) + "\n")
+        served.append(bench)
+        return real_load("json", data_files=str(local), split=split)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    hub.DROPPED.clear()
+    return served
+
+
+@pytest.mark.parametrize("bench", sorted(Q25))
+def test_qwen25_math_item_sets_compose_load_and_score(bench, qwen_files):
+    from tests.helpers import compose_run
+
+    cfg = compose_run([f"benchmark={bench}", "benchmark.source=qwen25_math"])
+    assert cfg.benchmark.direct_task == f"unlock_{bench}_q25" and cfg.benchmark.cot_task == f"unlock_{bench}_q25_cot"
+    task = load_task(cfg.benchmark.direct_task, TASKS_DIR)
+    splits = {name: list(getattr(task, f"{name}_docs")()) for name in ("training", "validation", "test")}
+    questions = {name: {doc["question"] for doc in docs} for name, docs in splits.items()}
+    assert not (questions["training"] & questions["validation"]) and not (
+        questions["training"] | questions["validation"]) & questions["test"]
+    dropped = sum(hub.DROPPED[next(iter(hub.DROPPED))].values())
+    assert sum(len(docs) for docs in splits.values()) + dropped == Q25[bench] and qwen_files == [bench]
+    for docs in splits.values():
+        for doc in docs:
+            assert process_generation(doc, [f"The final answer is {doc['answer']}."])["acc"] == 1.0, doc
+
+
+def test_minerva_answer_is_the_last_boxed_of_the_solution(qwen_files):
+    docs = list(load_task("unlock_minerva_math_q25", TASKS_DIR).test_docs())
+    answers = {doc["answer"] for doc in docs}
+    assert answers == {"66.4", "4.5e33", "1.2e-5"}
+
+
+def test_olympiadbench_answer_is_final_answer_0_without_math_mode(qwen_files):
+    docs = list(load_task("unlock_olympiadbench_q25", TASKS_DIR).test_docs())
+    assert {doc["answer"] for doc in docs} == {"2^{1009}", "-1-\\sqrt{3}", "(1,2)"}
+
+
+@pytest.mark.parametrize("bench", ["svamp", "gsm8k", "agieval_math", "deepmind_math", "arith"])
+def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_path):
+    from tests.helpers import compose_run
+    from unlock.harness import run
+
+    cfg = compose_run([f"benchmark={bench}", "benchmark.source=qwen25_math", "experiment=tiny", "dry_run=true",
+                       f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=f"benchmark.source=qwen25_math has no items for benchmark '{bench}'; "
+                                         "it covers: minerva_math, olympiadbench, gaokao2023en, amc23, math"):
+        run(cfg, tmp_path)

@@ -20,7 +20,7 @@ from omegaconf import MISSING, OmegaConf
 
 from unlock.conditions import CONDITIONS
 from unlock.paper import paper_numbers
-from unlock.tasks import TASKS_DIR
+from unlock.tasks import ITEM_SETS, TASKS_DIR, source_task
 
 
 def _choices(name: str, values: list[str] | tuple[str, ...]) -> type[StrEnum]:
@@ -43,6 +43,7 @@ SteerPositions = _choices("SteerPositions", ("last", "prompt", "generated", "all
 ConditionName = _choices("ConditionName", tuple(CONDITIONS))
 Split = _choices("Split", ("test", "validation"))
 LoggerName = _choices("LoggerName", ("none", "wandb"))
+ItemSet = _choices("ItemSet", tuple(ITEM_SETS))
 
 
 @dataclass
@@ -94,6 +95,7 @@ class BenchmarkConfig:
     extraction prompts, the evaluated task and the prompting baseline together."""
 
     name: str = "arith"
+    source: ItemSet = ItemSet.hub  # hub, or qwen25_math (the research code's item sets; unlock.tasks.ITEM_SETS)
     direct_task: str = "unlock_arith"
     cot_task: str = "unlock_arith_cot"
     max_new_tokens: int = 512  # paper: 512 for CoT tasks, 4096 for math-reasoning tasks
@@ -207,6 +209,7 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("unlock_root", project_root)
         OmegaConf.register_new_resolver("unlock_tasks_dir", lambda: str(TASKS_DIR))
         OmegaConf.register_new_resolver("unlock_paper", paper_numbers)
+        OmegaConf.register_new_resolver("unlock_source_task", lambda task, name, source: source_task(task, name, str(source)))
 
 
 def prompt_task(cfg: Any, task: str) -> str:
@@ -224,6 +227,7 @@ def prompt_task(cfg: Any, task: str) -> str:
 def validate(cfg: Any) -> None:
     """Checks that need no model: ranges and consistency (choices are typed in the schema).
     Model-dependent checks run later."""
+    source_task(f"unlock_{cfg.benchmark.name}", cfg.benchmark.name, str(cfg.benchmark.source))
     _check_capability(cfg.capability)
     _check_layer(cfg.layer)
     if cfg.rank.value < 1:

@@ -27,8 +27,8 @@ def _number_text(value: Any) -> str:
     """145.0 -> '145' (SVAMP stores integers as floats); other values as text."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if isinstance(value, (list, tuple)):
-        return _number_text(value[0]) if value else ""
+    if isinstance(value, (list, tuple)):  # OlympiadBench: final_answer[0], math mode stripped
+        return _number_text(value[0]).strip("$ ") if value else ""
     return str(value).strip()
 
 
@@ -57,6 +57,14 @@ def generic_fields(row: dict) -> dict[str, str]:
     if not answer:
         raise NoAnswer("empty answer")
     return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer}
+
+
+def boxed_solution_fields(row: dict) -> dict[str, str]:
+    """Qwen2.5-Math's Minerva file: the answer is the last \\boxed{} of ``solution``."""
+    answer = boxed_answer(str(row.get("solution") or ""))
+    if not answer:
+        raise NoAnswer("solution without a \\boxed answer")
+    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer.strip()}
 
 
 def gsm8k_fields(row: dict) -> dict[str, str]:
@@ -91,7 +99,7 @@ def agieval_fields(row: dict) -> dict[str, str]:
 
 FIELDS: dict[str, Callable[[dict], dict[str, str]]] = {
     "generic": generic_fields, "gsm8k": gsm8k_fields, "math": math_fields, "svamp": svamp_fields,
-    "agieval": agieval_fields,
+    "agieval": agieval_fields, "boxed_solution": boxed_solution_fields,
 }
 
 
@@ -122,8 +130,10 @@ def split_rows(train: list[dict] | None, test: list[dict], carve_train: int, car
 
 def load_hub_splits(path: str, fields: str = "generic", configs: list[str | None] | None = None,
                     train_split: str | None = None, test_split: str = "test", carve_train: int = 0,
-                    carve_validation: int = 100, **_metadata):
-    """A DatasetDict with disjoint train/validation/test splits of a hub benchmark (needs network)."""
+                    carve_validation: int = 100, data_files: str | None = None, **_metadata):
+    """A DatasetDict with disjoint train/validation/test splits of a hub benchmark (needs network).
+    With ``data_files`` (path ``json``), a JSONL file by URL through datasets' json builder (the
+    benchmark.source=qwen25_math item sets)."""
     import datasets
 
     if fields not in FIELDS:
@@ -133,12 +143,13 @@ def load_hub_splits(path: str, fields: str = "generic", configs: list[str | None
     def rows(split: str) -> list[dict]:
         out, dropped = [], 0
         for name in configs or [None]:
-            for row in datasets.load_dataset(path, name, split=split):
+            extra = {"data_files": data_files} if data_files else {}
+            for row in datasets.load_dataset(path, name, split=split, **extra):
                 try:
                     out.append(normalise(dict(row)))
                 except NoAnswer:
                     dropped += 1
-        DROPPED.setdefault(path, {})[split] = dropped
+        DROPPED.setdefault(data_files or path, {})[split] = dropped
         return out
 
     parts = split_rows(rows(train_split) if train_split else None, rows(test_split), carve_train, carve_validation)
