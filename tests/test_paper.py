@@ -160,7 +160,7 @@ def test_split_rows_are_disjoint_deterministic_and_complete():
     ("math", {"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"question": "P", "answer": "\\frac{1}{2}"}),
     ("svamp", {"Body": "Ann has 3.", "Question": "How many?", "Answer": 145.0}, {"question": "Ann has 3. How many?", "answer": "145"}),
     ("agieval", {"query": "Q: What is 2+2? A: The answer is", "answer": "4"}, {"question": "What is 2+2?", "answer": "4"}),
-    ("generic", {"question": "Olympiad?", "final_answer": ["$\\sqrt{2}$"]}, {"question": "Olympiad?", "answer": "$\\sqrt{2}$"}),
+    ("generic", {"question": "Olympiad?", "final_answer": ["$\\sqrt{2}$"]}, {"question": "Olympiad?", "answer": "\\sqrt{2}"}),
     ("generic", {"problem": "AMC?", "answer": 27.0}, {"question": "AMC?", "answer": "27"}),
 ])
 def test_hub_fields_give_the_question_and_the_final_answer(fields, row, expected):
