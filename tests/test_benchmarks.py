@@ -177,3 +177,61 @@ def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_pa
     with pytest.raises(ValueError, match=f"benchmark.source=qwen25_math has no items for benchmark '{bench}'; "
                                          "it covers: minerva_math, olympiadbench, gaokao2023en, amc23, math"):
         run(cfg, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# capability=icl: worked examples before the Unlocked prompt
+# --------------------------------------------------------------------------------------------------
+def test_icl_prompts_carry_train_examples_disjoint_from_the_questions():
+    from unlock.prompts import build_prompt_sets
+
+    plain = build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR)
+    icl = build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR, n_shots=4)
+    assert icl.locked == plain.locked and icl.heldout_locked == plain.heldout_locked
+    assert icl == build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR, n_shots=4)
+    context = icl.unlocked[0][: -len(plain.unlocked[0])]
+    assert all(prompt == context + own for prompt, own in zip(icl.unlocked, plain.unlocked))
+    examples = context.strip().split("\n\n")
+    assert len(examples) == 4 and all("Let's think step by step." in e and "The final answer is" in e for e in examples)
+    shot_questions = {e.split("\n")[0] for e in examples}
+    used = {p.split("\n")[0] for p in plain.locked + plain.heldout_locked}
+    train = {f"Question: {d['question']}" for d in load_task("unlock_arith", TASKS_DIR).training_docs()}
+    assert shot_questions <= train and not shot_questions & used
+
+
+@pytest.mark.parametrize("bench", ["arith", "gsm8k", "math"])
+def test_icl_composes_with_benchmarks_that_have_worked_solutions(bench):
+    from tests.helpers import compose_run
+    from unlock.config import validate
+
+    cfg = compose_run([f"benchmark={bench}", "capability=icl"])
+    validate(cfg)
+    assert cfg.capability.n_shots == (5 if bench == "math" else 8)
+
+
+@pytest.mark.parametrize("bench", ["svamp", "agieval_math", "minerva_math", "olympiadbench", "deepmind_math",
+                                   "gaokao2023en", "amc23"])
+def test_icl_is_a_clear_error_without_worked_solutions(bench):
+    from tests.helpers import compose_run
+    from unlock.config import validate
+
+    with pytest.raises(ValueError, match=f"needs worked solutions, and benchmark '{bench}' has none; "
+                                         "benchmarks with them: arith, gsm8k, math"):
+        validate(compose_run([f"benchmark={bench}", "capability=icl"]))
+
+
+@pytest.mark.parametrize("task", ["unlock_gsm8k", "unlock_math"])
+def test_icl_examples_from_hub_solutions(task, mocked_hub):
+    from unlock.prompts import build_prompt_sets
+
+    sets = build_prompt_sets(task, f"{task}_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=3)
+    context = sets.unlocked[0].split("\n\n")[:3]
+    assert all("The final answer is" in example for example in context)
+    assert ("#### " not in sets.unlocked[0]) if task == "unlock_gsm8k" else ("\\boxed" in sets.unlocked[0])
+
+
+def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub):
+    from unlock.prompts import build_prompt_sets
+
+    with pytest.raises(ValueError, match="needs worked solutions, but task 'unlock_minerva_math_cot' has items without one"):
+        build_prompt_sets("unlock_minerva_math", "unlock_minerva_math_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=2)

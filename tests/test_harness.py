@@ -206,3 +206,19 @@ def test_unlocked_model_of_another_shape_is_rejected(tmp_path):
                        "unlocked_model@capability.unlocked_model=tiny_qwen2"])
     with pytest.raises(ValueError, match=r"unlocked_model has 6 layers x 48 wide, but the Source has 4 x 64"):
         make_plan(cfg)
+
+
+def test_icl_capability_runs_end_to_end(tmp_path):
+    """capability=icl on the shipped task: the Unlocked captures differ from the plain CoT run's
+    (their prompts carry worked examples), the Locked ones are the same cache entries."""
+    plain = results(_only_run(tmp_path / "plain", launch([*TINY, "eval.conditions=[unsteered,unlock]"], tmp_path / "plain")))
+    icl = results(_only_run(tmp_path / "icl", launch([*TINY, "capability=icl", "eval.conditions=[unsteered,unlock]"],
+                                                     tmp_path / "icl")))
+    assert icl["status"] == "ok" and icl["capability"] == "icl" and icl["config"]["capability"]["n_shots"] == 8
+    assert icl["checker"].startswith("math-verify") and "dropped_rows" in icl
+    assert icl["vector_norms"] != plain["vector_norms"]
+
+
+def _only_run(tmp: Path, _proc) -> Path:
+    (job,) = list((tmp / "logs" / "runs").iterdir())
+    return job

@@ -156,8 +156,9 @@ def test_split_rows_are_disjoint_deterministic_and_complete():
 
 
 @pytest.mark.parametrize(("fields", "row", "expected"), [
-    ("gsm8k", {"question": "Q ", "answer": "48/2 = 24\n#### 1,024"}, {"question": "Q", "answer": "1024"}),
-    ("math", {"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"question": "P", "answer": "\\frac{1}{2}"}),
+    ("gsm8k", {"question": "Q ", "answer": "48/2 = 24\n#### 1,024"}, {"question": "Q", "answer": "1024", "solution": "48/2 = 24"}),
+    ("math", {"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"question": "P", "answer": "\\frac{1}{2}",
+                                                                              "solution": "so $\\boxed{\\frac{1}{2}}$."}),
     ("svamp", {"Body": "Ann has 3.", "Question": "How many?", "Answer": 145.0}, {"question": "Ann has 3. How many?", "answer": "145"}),
     ("agieval", {"query": "Q: What is 2+2? A: The answer is", "answer": "4"}, {"question": "What is 2+2?", "answer": "4"}),
     ("generic", {"question": "Olympiad?", "final_answer": ["$\\sqrt{2}$"]}, {"question": "Olympiad?", "answer": "\\sqrt{2}"}),

@@ -20,7 +20,7 @@ from omegaconf import MISSING, OmegaConf
 
 from unlock.conditions import CONDITIONS
 from unlock.paper import paper_numbers
-from unlock.tasks import ITEM_SETS, TASKS_DIR, source_task
+from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
 
 
 def _choices(name: str, values: list[str] | tuple[str, ...]) -> type[StrEnum]:
@@ -82,6 +82,7 @@ class CapabilityConfig:
     seed: int = 0
     batch_size: int = 16
     max_length: int | None = None
+    n_shots: int = 0  # worked examples before each Unlocked prompt (capability=icl; paper: 8 GSM8K, 5 MATH)
     # On-disk precision of captured activations: float16 halves the cache for big pairs (a 14B pair
     # at N=512 stores ~1 GB per capture in float32); tensors come back as float32 either way.
     activation_storage: Storage = Storage.float32
@@ -99,6 +100,7 @@ class BenchmarkConfig:
     direct_task: str = "unlock_arith"
     cot_task: str = "unlock_arith_cot"
     max_new_tokens: int = 512  # paper: 512 for CoT tasks, 4096 for math-reasoning tasks
+    icl_shots: int = 8  # worked examples of the in-context variant (paper: 8 for GSM8K, 5 for MATH)
     needs_network: bool = False
 
 
@@ -228,6 +230,9 @@ def validate(cfg: Any) -> None:
     """Checks that need no model: ranges and consistency (choices are typed in the schema).
     Model-dependent checks run later."""
     source_task(f"unlock_{cfg.benchmark.name}", cfg.benchmark.name, str(cfg.benchmark.source))
+    if cfg.capability.n_shots and cfg.benchmark.name not in WORKED_SOLUTIONS:
+        raise ValueError(f"capability.n_shots={cfg.capability.n_shots} (capability=icl) needs worked solutions, and "
+                         f"benchmark {cfg.benchmark.name!r} has none; benchmarks with them: {', '.join(WORKED_SOLUTIONS)}")
     _check_capability(cfg.capability)
     _check_layer(cfg.layer)
     if cfg.rank.value < 1:
@@ -248,6 +253,8 @@ def _check_capability(cap: Any) -> None:
         raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range: must be >= 1 (paper grid 4..512)")
     if cap.aggregation == "pca" and cap.n_prompts < 2:
         raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range for pca: must be >= 2")
+    if cap.n_shots < 0:
+        raise ValueError(f"capability.n_shots {cap.n_shots} is out of range: must be >= 0")
     if cap.n_heldout < 0:
         raise ValueError(f"capability.n_heldout {cap.n_heldout} is out of range: must be >= 0")
 

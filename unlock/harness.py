@@ -271,7 +271,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 def prompt_sets(cfg: DictConfig) -> PromptSets:
     cap = cfg.capability
     return build_prompt_sets(cap.locked_task, cap.unlocked_task, cap.prompt_split, cap.n_prompts, cap.n_heldout,
-                             cap.seed, cfg.paths.tasks_dir)
+                             cap.seed, cfg.paths.tasks_dir, n_shots=cap.n_shots)
 
 
 def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:

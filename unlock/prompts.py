@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from unlock.tasks import WORKED_SOLUTIONS
+
 SPLIT_DOCS = {"train": "training_docs", "validation": "validation_docs", "test": "test_docs"}
 
 
@@ -65,25 +67,37 @@ def render(task: Any, doc: dict) -> str:
 
 
 def build_prompt_sets(
-    locked_task: str, unlocked_task: str, split: str, n_prompts: int, n_heldout: int, seed: int, tasks_dir: str
+    locked_task: str, unlocked_task: str, split: str, n_prompts: int, n_heldout: int, seed: int, tasks_dir: str,
+    n_shots: int = 0,
 ) -> PromptSets:
-    """N seeded-random questions of ``split`` in both forms, plus ``n_heldout`` other ones."""
+    """N seeded-random questions of ``split`` in both forms, plus ``n_heldout`` other ones. With
+    ``n_shots`` > 0 (the paper's in-context variant) every Unlocked prompt is preceded by that many
+    worked examples: further items of the same split, fixed by ``seed``, none of them a fit or
+    held-out question."""
     locked, unlocked = load_task(locked_task, tasks_dir), load_task(unlocked_task, tasks_dir)
     docs = _docs(locked, split)
     unlocked_docs = _docs(unlocked, split)
     if len(unlocked_docs) != len(docs):
         raise ValueError(f"tasks {locked_task!r} and {unlocked_task!r} have different {split} splits")
-    needed = n_prompts + n_heldout
+    needed = n_prompts + n_heldout + n_shots
     if needed > len(docs):
-        raise ValueError(
-            f"capability.n_prompts + capability.n_heldout = {needed} is out of range: "
-            f"the {split} split of {locked_task!r} has {len(docs)} items"
-        )
+        terms = "capability.n_prompts + capability.n_heldout" + (" + capability.n_shots" if n_shots else "")
+        raise ValueError(f"{terms} = {needed} is out of range: the {split} split of {locked_task!r} has {len(docs)} items")
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
-    fit, held = order[:n_prompts], order[n_prompts:needed]
+    fit, held, shots = order[:n_prompts], order[n_prompts:n_prompts + n_heldout], order[n_prompts + n_heldout:needed]
+    context = "".join(worked_example(unlocked, unlocked_docs[i]) for i in shots)
     return PromptSets(
         locked=[render(locked, docs[i]) for i in fit],
-        unlocked=[render(unlocked, unlocked_docs[i]) for i in fit],
+        unlocked=[context + render(unlocked, unlocked_docs[i]) for i in fit],
         heldout_locked=[render(locked, docs[i]) for i in held],
     )
+
+
+def worked_example(task: Any, doc: dict) -> str:
+    """One in-context example: the Unlocked prompt, its worked solution and the final-answer phrase."""
+    solution = str(doc.get("solution") or "").strip()
+    if not solution:
+        raise ValueError(f"capability.n_shots > 0 needs worked solutions, but task {task.config.task!r} has items "
+                         f"without one (no 'solution' field); benchmarks with worked solutions: {', '.join(WORKED_SOLUTIONS)}")
+    return f"{render(task, doc)}{solution}\nThe final answer is {doc['answer']}.\n\n"

@@ -10,6 +10,10 @@ TASKS_DIR = Path(__file__).resolve().parent
 ITEM_SETS = {"hub": None, "qwen25_math": ("minerva_math", "olympiadbench", "gaokao2023en", "amc23", "math")}
 
 
+# Benchmarks whose items carry worked solutions (a ``solution`` field), for capability=icl.
+WORKED_SOLUTIONS = ("arith", "gsm8k", "math")
+
+
 def source_task(task: str, benchmark: str, source: str) -> str:
     """The lm-eval task of ``benchmark`` (direct or _cot ``task``) in the item set ``source``."""
     if source not in ITEM_SETS:

@@ -68,8 +68,9 @@ def boxed_solution_fields(row: dict) -> dict[str, str]:
 
 
 def gsm8k_fields(row: dict) -> dict[str, str]:
-    """GSM8K's answer is a worked solution ending in '#### <number>'."""
-    return {"question": row["question"].strip(), "answer": row["answer"].split("####")[-1].strip().replace(",", "")}
+    """GSM8K's answer is a worked solution ending in '#### <number>' (kept for in-context examples)."""
+    solution, _, answer = row["answer"].rpartition("####")
+    return {"question": row["question"].strip(), "answer": answer.strip().replace(",", ""), "solution": solution.strip()}
 
 
 def math_fields(row: dict) -> dict[str, str]:
@@ -77,7 +78,7 @@ def math_fields(row: dict) -> dict[str, str]:
     answer = boxed_answer(row["solution"])  # \\boxed{...}, or the brace-less \\boxed 2 of two train rows
     if not answer:
         raise NoAnswer(f"MATH solution without a \\boxed answer: {row['solution'][:80]!r}")
-    return {"question": row["problem"].strip(), "answer": answer.strip()}
+    return {"question": row["problem"].strip(), "answer": answer.strip(), "solution": row["solution"].strip()}
 
 
 def svamp_fields(row: dict) -> dict[str, str]:
