@@ -235,3 +235,23 @@ def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub)
 
     with pytest.raises(ValueError, match="needs worked solutions, but task 'unlock_minerva_math_cot' has items without one"):
         build_prompt_sets("unlock_minerva_math", "unlock_minerva_math_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=2)
+
+
+def test_dry_run_reports_items_and_dropped_rows(mocked_hub, tmp_path, capsys):
+    from tests.helpers import compose_run
+    from unlock.harness import run
+
+    cfg = compose_run(["experiment=tiny", "benchmark=gaokao2023en", "dry_run=true", "check_data=true",
+                       f"paths.cache_dir={tmp_path}"])
+    record = run(cfg, tmp_path)
+    assert record["data"]["dropped_rows"] == {"MARIO-Math-Reasoning/Gaokao2023-Math-En": {"train": 2}}
+    assert record["data"]["items"] == {"train": 64, "validation": 32, "test": 120 - 2 - 96}
+    assert "dropped for want of an answer" in capsys.readouterr().out
+
+
+def test_dry_run_of_the_offline_benchmark_checks_its_data(tmp_path):
+    from tests.helpers import compose_run
+    from unlock.harness import run
+
+    record = run(compose_run(["experiment=tiny", "dry_run=true", f"paths.cache_dir={tmp_path}"]), tmp_path)
+    assert record["data"]["items"] == {"train": 200, "validation": 80, "test": 120}

@@ -197,6 +197,7 @@ class RunConfig:
     seed: int = 0
     progress: bool = True
     dry_run: bool = False
+    check_data: bool = False  # the dry run also loads a hub benchmark's splits (network) and counts them
 
 
 def project_root() -> str:

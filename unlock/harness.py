@@ -41,7 +41,7 @@ from unlock.loading import LoadedModel, load_model, model_identity, model_skelet
 from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
 from unlock.pipeline import Alignment, Cached, MapSettings, Transfer, extract, transfer
-from unlock.prompts import PromptSets, build_prompt_sets
+from unlock.prompts import PromptSets, build_prompt_sets, load_task
 from unlock.tasks.answers import CHECKER
 from unlock.tasks.hub import DROPPED
 
@@ -277,7 +277,21 @@ def prompt_sets(cfg: DictConfig) -> PromptSets:
 def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_plan(cfg, plan)}
     print_plan(cfg, plan, record["memory"])
+    if cfg.check_data or not cfg.benchmark.needs_network:
+        record["data"] = data_report(cfg)
+        print(f"data {cfg.capability.locked_task}: items per split {record['data']['items']}; rows dropped for "
+              f"want of an answer (per hub split): {record['data']['dropped_rows'] or 'none'}")
     return record
+
+
+def data_report(cfg: DictConfig) -> dict[str, Any]:
+    """Items per split of the evaluated task, and the rows its loader dropped (hub benchmarks need
+    network: the dry run loads them only with check_data=true)."""
+    task = load_task(cfg.capability.locked_task, cfg.paths.tasks_dir)
+    splits = {"train": (task.has_training_docs, task.training_docs),
+              "validation": (task.has_validation_docs, task.validation_docs), "test": (task.has_test_docs, task.test_docs)}
+    return {"items": {name: len(list(docs())) for name, (has, docs) in splits.items() if has()},
+            "dropped_rows": {path: dict(counts) for path, counts in DROPPED.items()}}
 
 
 def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer, conditions: dict[str, Any],
@@ -362,8 +376,9 @@ def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
         *format_memory_plan(memory),
     ]
     if cfg.benchmark.needs_network:
-        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network); rows "
-                     "without a usable answer are dropped and counted per split in results.json (dropped_rows)")
+        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network; add "
+                     "check_data=true to load it now); rows without a usable answer are dropped and counted per "
+                     "split in results.json (dropped_rows)")
     lines.append(f"answers checked by {CHECKER} after the paper's extraction (final-answer phrase, \\boxed{{}}, last number)")
     if cfg.paper.setup:
         lines.append(f"paper {cfg.paper.setup} / {cfg.benchmark.name}: {dict(cfg.paper.numbers)}")
