@@ -47,6 +47,26 @@ def test_single_run_writes_results_for_every_condition(single_run):
     assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
 
 
+def test_transfer_fidelity_is_recorded_with_its_null(single_run):
+    from unlock.artifacts import load_steering_vectors
+
+    _, runs, first, _ = single_run
+    record = results(runs[0])
+    fidelity = record["transfer_fidelity"]
+    assert set(fidelity) == {str(j) for j in range(6)}
+    for layer in fidelity.values():
+        assert -1 <= layer["cos"] <= 1 and 0 < layer["null_p95"] <= 1 and 0 < layer["p_value"] <= 1
+        assert layer["draws"] >= 200
+    summary = record["transfer_fidelity_summary"]
+    assert summary["layers"] == 6 and summary["beat_null"] == sum(f["cos"] > f["null_p95"] for f in fidelity.values())
+    unlock = load_steering_vectors(record["artifacts"]["steering_vectors"])[0]
+    native = load_steering_vectors(record["artifacts"]["native_vectors"])[0]
+    for j, layer in fidelity.items():  # the recorded cosine is the saved vectors' cosine
+        cos = torch.nn.functional.cosine_similarity(unlock[int(j)].double(), native[int(j)].double(), dim=0)
+        assert layer["cos"] == pytest.approx(float(cos), abs=1e-6)
+    assert (runs[0] / "transfer_fidelity.png").is_file() and "transfer fidelity:" in first.stdout
+
+
 def test_results_name_the_environment_that_made_them(single_run):
     from importlib.metadata import version
 

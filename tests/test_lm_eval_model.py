@@ -115,6 +115,7 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     from omegaconf import OmegaConf
 
     from unlock.harness import export_steering
+    from unlock.pipeline import Cached
     from unlock.loading import load_model, model_skeleton
     from unlock.models import block_path_under_base_model
 
@@ -124,7 +125,8 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     assert found == block_path == block_path_under_base_model(model)
     generator = torch.Generator().manual_seed(1)
     vectors = {j: torch.randn(64, generator=generator) for j in (0, 2)}
-    export_steering(tmp_path, vectors, OmegaConf.create({"alpha": {"value": 0.5}}), found)
+    files = export_steering(tmp_path, {"unlock": Cached(vectors)}, OmegaConf.create({"alpha": {"value": 0.5}}), found)
+    assert set(files) == {"steering_vectors", "lm_eval_steered"}
     exported = torch.load(tmp_path / "lm_eval_steered.pt", weights_only=True)
     assert set(exported) == {f"{block_path}.0", f"{block_path}.2"}
     hooks = {name: partial(SteeredModel.add, vector=info["steering_vector"] * info["steering_coefficient"], head_index=None)

@@ -37,6 +37,8 @@ from unlock.cache import StageCache, fingerprint
 from unlock.capture import Activations, capture_activations
 from unlock.config import validate
 from unlock.evaluate import evaluate_conditions
+from unlock.fidelity import summarise as summarise_fidelity
+from unlock.fidelity import transfer_fidelity
 from unlock.loading import LoadedModel, load_model, model_identity, model_skeleton, read_shape
 from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
@@ -261,11 +263,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
                       map_settings(cfg), captures.held_out, session.step, progress=bool(cfg.progress))
     sets = steering_sets(session, result, captures, plan)
+    fidelity = (transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value,
+                                  seed=cfg.seed) if "native" in sets else {})
     conditions = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
     session.models.release_all()
-    export_steering(Path(output_dir), result.target_vectors, cfg,
-                    block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
-    return make_record(cfg, plan, session, result, conditions, time.perf_counter() - started)
+    artifacts = export_steering(Path(output_dir), sets, cfg,
+                                block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
+    record = make_record(cfg, plan, session, result, conditions, time.perf_counter() - started)
+    return {**record, "artifacts": artifacts, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
+            "transfer_fidelity_summary": summarise_fidelity(fidelity)}
 
 
 def prompt_sets(cfg: DictConfig) -> PromptSets:
@@ -313,7 +319,6 @@ def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer,
         "stages": session.cache.summary(),
         "model_load_seconds": session.models.load_seconds,
         "timings": {"total": seconds},
-        "artifacts": {"steering_vectors": str(session.cache.path("vectors", result.vectors.key, ".safetensors"))},
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -334,9 +339,16 @@ def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:
     return {k: float(sum(q[k] for q in quality.values()) / len(quality)) for k in keys if quality}
 
 
-def export_steering(output_dir: Path, vectors: dict[int, torch.Tensor], cfg: DictConfig, block_path: str) -> None:
-    """The UNLOCK vectors in this package's format and in lm-eval's own ``steered`` format."""
-    save_steering_vectors(output_dir / "steering_vectors.safetensors", vectors, {"alpha": cfg.alpha.value})
+def export_steering(output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictConfig, block_path: str) -> dict[str, str]:
+    """The UNLOCK vectors (and the native ones, when made) in this package's format, and the UNLOCK
+    ones in lm-eval's own ``steered`` format; returns the files by name."""
+    vectors = sets["unlock"].value
+    files = {"steering_vectors": output_dir / "steering_vectors.safetensors",
+             "lm_eval_steered": output_dir / "lm_eval_steered.pt"}
+    save_steering_vectors(files["steering_vectors"], vectors, {"alpha": cfg.alpha.value, "condition": "unlock"})
+    if "native" in sets:
+        files["native_vectors"] = output_dir / "native_vectors.safetensors"
+        save_steering_vectors(files["native_vectors"], sets["native"].value, {"condition": "native"})
     # lm-eval's SteeredModel adds steering_coefficient * vector at every position of the modules it
     # names under model.base_model: "<block_path>.{j}" is the Target's decoder block j. That class has
     # no norm-preserving or last-token rule, so it reproduces UNLOCK only approximately; the `unlock`
@@ -346,8 +358,9 @@ def export_steering(output_dir: Path, vectors: dict[int, torch.Tensor], cfg: Dic
                                   "action": "add", "bias": None, "head_index": None}
         for layer, vector in vectors.items()
     }
-    with atomic_path(output_dir / "lm_eval_steered.pt") as tmp:
+    with atomic_path(files["lm_eval_steered"]) as tmp:
         torch.save(steered, tmp)
+    return {name: str(path) for name, path in files.items()}
 
 
 def failure_record(cfg: DictConfig, error: BaseException) -> dict[str, Any]:

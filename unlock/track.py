@@ -71,6 +71,9 @@ def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     quality = record.get("fit_quality_mean", {})
     if quality:
         console.print("map fit (mean over layers): " + ", ".join(f"{k}={v:.3f}" for k, v in quality.items()))
+    line = fidelity_line(record.get("transfer_fidelity_summary", {}))
+    if line:
+        console.print(line)
     if path is not None:
         console.print(f"results: {path}")
 
@@ -104,7 +107,40 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
                     out[f"{condition}/{task}/{name}"] = value
     for name, value in record.get("fit_quality_mean", {}).items():
         out[f"fit/{name}"] = value
+    for name, value in record.get("transfer_fidelity_summary", {}).items():
+        out[f"fidelity/{name}"] = value
     return out
+
+
+def fidelity_line(summary: dict[str, Any]) -> str | None:
+    if not summary:
+        return None
+    return (f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
+            f"native) above the 95th percentile of random Source directions' |cos| through the same map); mean cos "
+            f"{summary['mean_cos']:.3f}, mean null p95 {summary['mean_null_p95']:.3f}")
+
+
+def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
+    """cos(UNLOCK, native) per Target layer against the null's 95th percentile band (transfer_fidelity.png)."""
+    fidelity = record.get("transfer_fidelity") or {}
+    if not fidelity:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted(fidelity, key=int)
+    xs = [int(j) for j in layers]
+    band = [fidelity[j]["null_p95"] for j in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(xs) + 2), 3.8))
+    ax.fill_between(xs, [-b for b in band], band, color="grey", alpha=0.3, label="null: 95% of random |cos|")
+    ax.plot(xs, [fidelity[j]["cos"] for j in layers], marker="o", label="cos(UNLOCK, native)")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set(xlabel="Target layer", ylabel="cosine", ylim=(-1.05, 1.05),
+           title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, Path(out_dir) / "transfer_fidelity.png")
 
 
 def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
@@ -128,6 +164,12 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
             for layer, q in sorted(quality.items(), key=lambda kv: int(kv[0])):
                 table.add_data(int(layer), record["plan"]["pairs"][str(layer)], *[q[c] for c in columns[2:]])
             run.log({"fit_quality": table})
+        fidelity = record.get("transfer_fidelity") or {}
+        if fidelity:
+            columns = ["target_layer", "cos", "null_p95", "p_value"]
+            table = wandb.Table(columns=columns, data=[[int(j), f["cos"], f["null_p95"], f["p_value"]]
+                                                       for j, f in sorted(fidelity.items(), key=lambda kv: int(kv[0]))])
+            run.log({"transfer_fidelity": table})
         run.finish()
     except Exception as error:  # results are already on disk
         print(f"[unlock] W&B logging failed ({type(error).__name__}: {error}); results.json is intact", file=sys.stderr)
