@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-fast test-latest sweep report bench slurm-up slurm-down clean
+.PHONY: install lock run analyze test test-fast test-latest sweep report bench slurm-up slurm-down clean
 
 # The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
 # torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
@@ -42,6 +42,11 @@ sweep: $(STAMP)
 # Paper vs this harness for every paper preset with results under logs/ (writes logs/paper_report.md).
 report: $(STAMP)
 	$(PY) -m unlock.report $(ARGS)
+
+# The paper's analyses from cached activations (rank x N fit and transfer fidelity, spectral entropy):
+# writes analysis.json/.csv and plots to a run directory; ARGS are Hydra overrides, as for `make run`.
+analyze: $(STAMP)
+	$(PY) -m unlock.analysis $(ARGS)
 
 # Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny".
 bench: $(STAMP)

@@ -69,3 +69,21 @@ def test_transfer_fidelity_per_layer_and_summary():
     assert summary["layers"] == 2 and summary["beat_null"] == 1
     with pytest.raises(ValueError, match="draws 0 is out of range"):
         layer_fidelity(maps[0], native, native, draws=0)
+
+
+def test_at_rank_one_nothing_beats_the_null():
+    """Every direction maps onto one line at rank 1: the mapped vector ties with every null draw."""
+    source, target, v, native = _planted(3)
+    linear_map = fit_map(source, target, rank=1)
+    result = layer_fidelity(linear_map, linear_map.map_direction(v), native, draws=200)
+    assert result["p_value"] == 1.0 and summarise({0: result})["beat_null"] == 0
+
+
+def test_spectral_entropy_is_log_of_the_number_of_equal_directions():
+    from unlock.analysis import spectral_entropy
+
+    basis = torch.linalg.qr(torch.randn(30, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    signs = torch.tensor([[1.0], [-1.0]], dtype=torch.float64).repeat(5, 1)
+    rows = torch.cat([basis.T, -basis.T])  # centred already, 5 equal singular values
+    assert spectral_entropy(rows) == pytest.approx(np.log(5), abs=1e-9)
+    assert spectral_entropy(torch.outer(signs[:, 0], basis[:, 0])) == pytest.approx(0.0, abs=1e-9)

@@ -81,7 +81,7 @@ def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
 # --------------------------------------------------------------------------------------------------
 # W&B
 # --------------------------------------------------------------------------------------------------
-def _wandb_mode(cfg_mode: str) -> str:
+def wandb_mode(cfg_mode: str) -> str:
     return os.environ.get("WANDB_MODE", cfg_mode)
 
 
@@ -140,7 +140,7 @@ def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
     ax.set(xlabel="Target layer", ylabel="cosine", ylim=(-1.05, 1.05),
            title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer")
     ax.legend(fontsize=8)
-    return _save_figure(fig, Path(out_dir) / "transfer_fidelity.png")
+    return save_figure(fig, Path(out_dir) / "transfer_fidelity.png")
 
 
 def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
@@ -153,7 +153,7 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
         run = wandb.init(
             project=cfg.logger.project, entity=cfg.logger.entity, config=record.get("config"),
             group=_sweep_group(Path(output_dir)), tags=list(cfg.logger.tags), dir=str(output_dir),
-            mode=_wandb_mode(cfg.logger.mode), name=Path(output_dir).name, reinit="finish_previous",
+            mode=wandb_mode(cfg.logger.mode), name=Path(output_dir).name, reinit="finish_previous",
         )
         run.log(flat_metrics(record))
         run.summary.update({**record.get("settings", {}), "status": record.get("status")})
@@ -226,7 +226,7 @@ def _varying(rows: list[dict[str, Any]], axis: str) -> bool:
     return len({row.get(axis) for row in rows if row.get(axis) is not None}) > 1
 
 
-def _save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -282,7 +282,7 @@ def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) ->
     axes[0].set(title=f"{task}: accuracy vs {axis}", xlabel=axis, ylabel="accuracy")
     axes[1].set(title=f"{task}: generation length vs {axis}", xlabel=axis, ylabel="generated tokens")
     axes[0].legend(fontsize=8)
-    return _save_figure(fig, out_dir / f"acc_vs_{axis}.png")
+    return save_figure(fig, out_dir / f"acc_vs_{axis}.png")
 
 
 def _rank_n_heatmap(steered: list[dict[str, Any]], task: str, out_dir: Path) -> Path:
@@ -300,7 +300,7 @@ def _rank_n_heatmap(steered: list[dict[str, Any]], task: str, out_dir: Path) -> 
             ax.text(j, i, _fmt(value, 2), ha="center", va="center", color="white", fontsize=8)
     ax.set(xlabel="rank", ylabel="N prompts", title=f"{task}: UNLOCK accuracy, rank x N")
     fig.colorbar(image, ax=ax)
-    return _save_figure(fig, out_dir / "rank_x_n_heatmap.png")
+    return save_figure(fig, out_dir / "rank_x_n_heatmap.png")
 
 
 def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | None:
@@ -313,7 +313,7 @@ def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | N
     fig, ax = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
     ax.bar(conditions, lengths, color="tab:blue")
     ax.set(title=f"{task}: mean generation length per condition", ylabel="generated tokens")
-    return _save_figure(fig, out_dir / "gen_length_by_condition.png")
+    return save_figure(fig, out_dir / "gen_length_by_condition.png")
 
 
 def print_sweep_table(rows: list[dict[str, Any]]) -> None:
@@ -366,7 +366,7 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> di
 
             run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=sweep_dir.name,
                              job_type="aggregate", name=f"{sweep_dir.name}-aggregate", dir=str(sweep_dir),
-                             mode=_wandb_mode(logger_cfg.mode), reinit="finish_previous")
+                             mode=wandb_mode(logger_cfg.mode), reinit="finish_previous")
             columns = sorted({k for row in rows for k in row})
             run.log({"aggregate": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
                      **{p.stem: wandb.Image(str(p)) for p in plots}})
