@@ -32,7 +32,7 @@ from unlock.fidelity import summarise, transfer_fidelity
 from unlock.harness import Captures, Session, capture_all, make_plan, map_settings, prompt_sets
 from unlock.pipeline import MapSettings, fit_maps, map_directions
 from unlock.extract import extract_directions
-from unlock.track import save_figure, write_csv
+from unlock.track import save_figure, wandb_mode, write_csv
 
 N_GRID = (4, 16, 32, 64, 128, 256, 512)
 RANK_GRID = (1, 4, 16, 32, 64, 128, 256, 512)
@@ -164,8 +164,6 @@ def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> li
 def _log_wandb(cfg: DictConfig, result: dict[str, Any], paths: list[Path], out_dir: Path) -> None:
     try:
         import wandb
-
-        from unlock.track import wandb_mode
 
         run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, job_type="analyze", dir=str(out_dir),
                          mode=wandb_mode(cfg.logger.mode), name=f"{out_dir.name}-analyze", reinit="finish_previous")
