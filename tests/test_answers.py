@@ -65,6 +65,9 @@ PAIRS = [
     # equations and expressions
     ("x=3", "3", True), ("x = 3", "x=3", True), ("(x+1)^2", "x^2+2x+1", True), ("x^2-1", "(x-1)(x+1)", True),
     ("x^2+1", "x^2-1", False), ("x + 1", "x+1", True),
+    # a word-problem answer with its unit (the prediction's number; never a reference's leading one)
+    ("8 stickers", "8", True), ("15 years old", "15", True), ("5 shells", "5", True), ("18 dollars", "18", True),
+    ("$1,200 dollars", "1200", True), ("8 stickers", "9", False), ("2 x", "2", False),
     # no answer, unparsable text
     (None, "3", False), ("", "3", False), ("banana split", "3", False),
 ]

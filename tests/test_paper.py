@@ -240,10 +240,15 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
     _write(tmp_path / "c", _record(0.5, 100, status="failed"))
     _write(tmp_path / "d", _record(0.3, 100))
     os.utime(tmp_path / "a" / "results.json", (time.time() - 100, time.time() - 100))
+    icl = _record(0.1, 100)
+    icl["config"]["capability"] = {**icl["config"]["capability"], "name": "icl"}
+    _write(tmp_path / "e", icl)  # newest, but another variant: a row of its own, not a replacement
     found = find_results([tmp_path])
-    assert list(found) == [("qwen15_cot_14b_to_7b", "math")]
-    assert found[("qwen15_cot_14b_to_7b", "math")][0].parent.name == "d"
+    key = ("qwen15_cot_14b_to_7b", "math", "hub, cot")
+    assert sorted(found) == [key, ("qwen15_cot_14b_to_7b", "math", "hub, icl")]
+    assert found[key][0].parent.name == "d"
     text = render(found)
+    assert "## qwen15_cot_14b_to_7b / math (hub, cot)" in text and "## qwen15_cot_14b_to_7b / math (hub, icl)" in text
     assert "| UNLOCK | 20.1 | 30.0 (100) |" in text and "+9.9" in text
     assert "qwen15_cot_14b_to_7b/gsm8k" in text, "setups without results are listed"
     out = tmp_path / "report.md"

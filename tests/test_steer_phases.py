@@ -63,3 +63,32 @@ def test_a_mask_longer_than_the_input_without_a_cache_is_an_error(family_model, 
     mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1)
     with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="cannot tell the prefill"):
         family_model(input_ids=batch["input_ids"][:, -1:], attention_mask=mask, use_cache=False)
+
+
+def test_prompt_tokens_after_a_cached_part_are_refused(family_model, batch):
+    """Chunked prefill: the second chunk carries prompt tokens after cached ones; the default rule
+    cannot know which is the prompt's last, so it refuses instead of steering the wrong token."""
+    from transformers import DynamicCache
+
+    from unlock.steer import Steering
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cache = DynamicCache(config=family_model.config)
+    with torch.no_grad():
+        family_model(input_ids=ids[:, :5], attention_mask=mask[:, :5], past_key_values=cache, use_cache=True)
+        with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="one prefill pass"):
+            family_model(input_ids=ids[:, 5:8], attention_mask=mask[:, :8], past_key_values=cache, use_cache=True)
+
+
+def test_static_cache_generation_equals_reference(batch):
+    """generate(cache_implementation="static") passes a StaticCache and a 4-D mask: still the phases
+    of the default rule."""
+    from tests.phases import reference_generate
+
+    model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
+    vectors = _vectors(model)
+    with torch.no_grad(), __import__("unlock.steer").steer.Steering(model, vectors, 1.0):
+        out = model.generate(**batch, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, cache_implementation="static")
+    _, reference = reference_generate(model, batch, vectors, 1.0, "last", STEPS)
+    torch.testing.assert_close(torch.stack(out.logits, dim=1).float(), reference, atol=1e-4, rtol=0)

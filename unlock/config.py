@@ -44,6 +44,7 @@ ConditionName = _choices("ConditionName", tuple(CONDITIONS))
 Split = _choices("Split", ("test", "validation"))
 LoggerName = _choices("LoggerName", ("none", "wandb"))
 ItemSet = _choices("ItemSet", tuple(ITEM_SETS))
+Objective = _choices("Objective", ("acc", "stepwise", "fidelity"))  # unlock.track.OBJECTIVES
 
 
 @dataclass
@@ -173,6 +174,13 @@ class PaperConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """How a sweep on the validation split picks its point (the aggregate's selected_on_validation)."""
+
+    objective: Objective = Objective.acc  # acc (the paper's), stepwise, or fidelity (layers beating the null)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     cache_dir: str = MISSING
@@ -194,6 +202,7 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     seed: int = 0
     progress: bool = True
     dry_run: bool = False

@@ -155,7 +155,10 @@ class Session:
 
     def step(self, stage: str, spec: dict[str, Any], compute: Callable[[], Any], inputs: Sequence[Cached[Any]]) -> Cached[Any]:
         """A :class:`unlock.pipeline.Step`: the key covers the step's settings and its inputs' keys."""
-        full = {**spec, "inputs": [c.key for c in inputs]}
+        if any(c.key is None for c in inputs):
+            raise ValueError(f"{stage}: an input has no cache key; cached steps take inputs from cached steps "
+                             "(Session.capture), not raw activations")
+        full = {**spec, "inputs": [c.key for c in inputs]} if inputs else dict(spec)
         suffix, save, load = CODECS[stage]
 
         def computed() -> tuple[Any, int]:
@@ -256,6 +259,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Run one composed config end to end and return its results record (launch.py writes it)."""
     started = time.perf_counter()
     plan = make_plan(cfg)
+    DROPPED.clear()  # this run's benchmark only (a multirun may run many in one process)
     if cfg.dry_run:
         return dry_run(cfg, plan)
     session = Session(cfg)
@@ -325,7 +329,7 @@ def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer,
 
 def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     return {
-        "benchmark": cfg.benchmark.name,
+        "benchmark": cfg.benchmark.name, "item_set": str(cfg.benchmark.source), "capability": cfg.capability.name,
         "n_prompts": cfg.capability.n_prompts, "aggregation": cfg.capability.aggregation,
         "rank": cfg.rank.value, "rank_effective": plan.rank_effective, "method": cfg.rank.method,
         "alpha": cfg.alpha.value, "rule": cfg.alpha.rule, "positions": cfg.alpha.positions,

@@ -23,9 +23,9 @@ from unlock.conditions import label
 from unlock.config import project_root
 from unlock.paper import load_paper_numbers, paper_numbers
 
-def find_results(dirs: list[Path]) -> dict[tuple[str, str], tuple[Path, dict[str, Any]]]:
+def find_results(dirs: list[Path]) -> dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]:
     """The newest finished test-split record per (paper setup, benchmark) under ``dirs``."""
-    found: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+    found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]] = {}
     paths = sorted((p for d in dirs for p in Path(d).rglob("results.json")), key=lambda p: p.stat().st_mtime)
     for path in paths:
         try:
@@ -36,7 +36,11 @@ def find_results(dirs: list[Path]) -> dict[tuple[str, str], tuple[Path, dict[str
         setup = (config.get("paper") or {}).get("setup")
         if record.get("status") != "ok" or not setup or config.get("eval", {}).get("split") != "test":
             continue
-        found[(setup, config["benchmark"]["name"])] = (path, record)
+        # One row per setup, benchmark, item set and capability: a qwen25_math or in-context run never
+        # replaces a hub or plain-CoT one.
+        benchmark = config["benchmark"]
+        variant = f"{benchmark.get('source', 'hub')}, {config.get('capability', {}).get('name', 'cot')}"
+        found[(setup, benchmark["name"], variant)] = (path, record)
     return found
 
 
@@ -57,15 +61,15 @@ def comparison_rows(setup: str, benchmark: str, record: dict[str, Any]) -> list[
     return rows
 
 
-def render(found: dict[tuple[str, str], tuple[Path, dict[str, Any]]]) -> str:
+def render(found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]) -> str:
     lines = ["# Paper vs this harness", "",
              "Accuracy in %. diff = ours - paper; its 95% interval is ours' Wilson interval shifted by the "
              "paper's value. `ok` where that interval contains 0.", ""]
     setups = load_paper_numbers()
     if not found:
         lines.append("No finished test-split runs of a paper preset yet (run `python launch.py experiment=paper/...`).")
-    for (setup, benchmark), (path, record) in sorted(found.items()):
-        lines += [f"## {setup} / {benchmark}", "",
+    for (setup, benchmark, variant), (path, record) in sorted(found.items()):
+        lines += [f"## {setup} / {benchmark} ({variant})", "",
                   f"{setups[setup]['description']}; paper values read to +-{setups[setup]['read_precision']}. "
                   f"Run: `{path}`; answers checked by {record.get('checker', 'an older checker (unnamed)')}.", "",
                   "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | |",
@@ -80,7 +84,7 @@ def render(found: dict[tuple[str, str], tuple[Path, dict[str, Any]]]) -> str:
             lines.append(f"| {name} | {row['paper']:.1f} | {row['ours']:.1f} ({row['n']}) | "
                          f"[{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] | {row['diff']:+.1f} | [{low:+.1f}, {high:+.1f}] | {verdict} |")
         lines.append("")
-    missing = sorted({(s, b) for s in setups for b in setups[s]["results"]} - set(found))
+    missing = sorted({(s, b) for s in setups for b in setups[s]["results"]} - {key[:2] for key in found})
     if missing:
         lines += ["Setups without results yet: " + ", ".join(f"{s}/{b}" for s, b in missing), ""]
     return "\n".join(lines)

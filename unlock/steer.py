@@ -196,7 +196,19 @@ class Steering(contextlib.AbstractContextManager):
         if input_ids is None:
             raise RuntimeError("Steering found neither input_ids nor inputs_embeds in the model call")
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
+            # A 4-D mask (static caches) or a mapping of masks (Gemma-3) says nothing about padding
+            # that the cache and the layout do not: prompts end in the last column (left padding).
+            attention_mask = None
         past_len = past_length(args, kwargs)
+        if past_len > 0 and input_ids.shape[1] > 1 and self.positions in ("last", "prompt") and self.alpha != 0.0:
+            # Prompt tokens after a cached part (chunked prefill, assisted decoding): the prompt's
+            # last token may be in this call or may have been steered wrongly in an earlier one.
+            raise RuntimeError(
+                f"Steering with positions={self.positions!r} needs the whole prompt in one prefill pass, but a call "
+                f"brings {input_ids.shape[1]} tokens after {past_len} cached ones (chunked prefill or assisted "
+                "decoding); generate without prefill_chunk_size or assistant models"
+            )
         if past_len == 0 and attention_mask is not None and attention_mask.shape[-1] > input_ids.shape[1]:
             # A mask longer than the input means earlier tokens exist that no cache accounted for: the
             # phase cannot be told, and guessing "prefill" would steer every decoding step.

@@ -198,6 +198,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         settings = {"split": record.get("config", {}).get("eval", {}).get("split"), **record.get("settings", {})}
         fit = record.get("fit_quality_mean", {})
+        fidelity = record.get("transfer_fidelity_summary", {})
         for condition, per_task in record["conditions"].items():
             for task, metrics in per_task.items():
                 if not isinstance(metrics, dict):
@@ -207,6 +208,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                     **base, "status": "ok", **settings, "condition": condition, "task": task,
                     **{m: metrics.get(m) for m in ("n", *SHOWN_METRICS)},
                     "acc_ci_low": ci[0], "acc_ci_high": ci[1], "fit_r2": fit.get("r2"), "fit_rel_error": fit.get("rel_error"),
+                    "fidelity": fidelity.get("mean_cos"), "layers_beating_null": fidelity.get("beat_null"),
                 })
     return rows
 
@@ -332,21 +334,29 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
     Console(file=sys.stdout, width=160).print(table)
 
 
-SELECTION_KEYS = ("acc", "stepwise", "gen_words")
+# selection.objective -> the keys a sweep point is ranked by, in order (later keys break ties).
+OBJECTIVES = {
+    "acc": ("acc", "stepwise", "gen_words"),  # the paper's: validation accuracy, ties to the CoT signal
+    "stepwise": ("stepwise", "acc", "gen_words"),  # behaviour: share of generations that reason in steps
+    "fidelity": ("layers_beating_null", "fidelity", "acc"),  # geometry: layers whose transfer beats the null
+}
 
 
-def select_best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The UNLOCK point with the best validation accuracy; ties (common when accuracy is near zero)
-    go to the larger share of step-wise generations, then to longer generations: the CoT signal."""
+def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str, Any] | None:
+    """The UNLOCK point of the validation split that ranks first by ``objective`` (OBJECTIVES)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"selection objective {objective!r} is not allowed; allowed: {', '.join(OBJECTIVES)}")
+    keys = OBJECTIVES[objective]
     candidates = [row for row in rows if row.get("status") == "ok" and row.get("condition") == "unlock"
                   and row.get("split") == "validation"]
     if not candidates:
         return None
-    best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in SELECTION_KEYS))
-    return {k: best.get(k) for k in ("job", *SWEEP_AXES, *SELECTION_KEYS, "overrides")}
+    best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in keys))
+    return {"objective": objective, **{k: best.get(k) for k in ("job", *SWEEP_AXES, *dict.fromkeys(
+        (*keys, *OBJECTIVES["acc"])), "overrides")}}
 
 
-def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> dict[str, Any]:
+def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objective: str = "acc") -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     write_csv(sweep_dir / "aggregate.csv", rows)
@@ -354,12 +364,13 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None) -> di
     failed = [row for row in rows if row.get("status") != "ok"]
     summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
                "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots],
-               "selected_on_validation": select_best(rows)}
+               "selected_on_validation": select_best(rows, objective)}
     atomic_write_json(sweep_dir / "aggregate.json", summary)
     print_sweep_table(rows)
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
     if summary["selected_on_validation"]:
-        print(f"selected on validation (acc, then stepwise, then words): {summary['selected_on_validation']}")
+        print(f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): "
+              f"{summary['selected_on_validation']}")
     if logger_cfg is not None and logger_cfg.name == "wandb":
         try:
             import wandb
@@ -381,7 +392,8 @@ class AggregateCallback(Callback):
     """Hydra callback: aggregate a multirun's results once every job has finished."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summary = aggregate(config.hydra.sweep.dir, config.get("logger"))
+        selection = config.get("selection") or {}
+        summary = aggregate(config.hydra.sweep.dir, config.get("logger"), str(selection.get("objective", "acc")))
         if summary["failed"]:
             failed = "; ".join(f"job {f['job']}: {f['error']}" for f in summary["failed"])
             print(f"[unlock] {len(summary['failed'])} of {summary['jobs']} sweep points failed ({failed}); "

@@ -28,6 +28,8 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _STEP_MARKER = re.compile(r"(?i)^(?:step\s*\d+|\d+[.)]\s|first\b|then\b|next\b|so\b|now\b|finally\b)")
 _ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷]\s*\d")
 _E_NOTATION = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
+# A plain number followed by words ("8 stickers", "15 years old"): word-problem answers with a unit.
+_NUMBER_WITH_WORDS = re.compile(r"\s*(-?\$?\s*[\d,]*\.?\d+)\s+[A-Za-z]{2,}(?:[\s.,'-]+[A-Za-z]+)*\s*")
 _IMAGINARY = re.compile(r"(?<![A-Za-z\\])i(?![A-Za-z])")
 _BARE_FRAC = re.compile(r"\\([dt]?frac)\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
 
@@ -94,15 +96,20 @@ def _parse(answer: str) -> tuple:
 
 @lru_cache(maxsize=65536)
 def check(predicted: str | None, reference: str) -> Check:
-    """Whether ``predicted`` equals ``reference`` mathematically. Unparsable or timed-out comparisons
-    are not equivalent (unless the normalised texts are identical) and say so, never raise."""
+    """Whether ``predicted`` equals ``reference`` mathematically. ``parsed`` says whether the
+    prediction became mathematics; unparsable or timed-out comparisons are not equivalent (unless the
+    normalised texts are identical) and say so, never raise. A predicted number followed by plain
+    words ("8 stickers") is that number; a reference is always taken whole."""
     if predicted is None or not str(reference).strip():
         return Check(False, parsed=predicted is None)
+    unit = _NUMBER_WITH_WORDS.fullmatch(str(predicted))
+    if unit:
+        predicted = unit.group(1)
     try:
         gold, pred = _parse(str(reference)), _parse(str(predicted))
-        parsed = bool(gold) and bool(pred) and not isinstance(gold[0], str) and not isinstance(pred[0], str)
+        parsed = bool(pred) and not isinstance(pred[0], str)
         if not (gold and pred):
-            return Check(normalise(predicted) == normalise(str(reference)), parsed=False)
+            return Check(normalise(predicted) == normalise(str(reference)), parsed=parsed)
         return Check(bool(verify(list(gold), list(pred), timeout_seconds=_timeout())), parsed=parsed)
     except TimeoutException:
         return Check(False, parsed=False, timed_out=True)

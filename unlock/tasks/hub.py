@@ -56,7 +56,10 @@ def generic_fields(row: dict) -> dict[str, str]:
     answer = _number_text(_first_field(row, _ANSWER_FIELDS, "answer"))
     if not answer:
         raise NoAnswer("empty answer")
-    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer}
+    fields = {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer}
+    if isinstance(row.get("solution"), str) and row["solution"].strip():
+        fields["solution"] = row["solution"].strip()  # worked solutions, for capability=icl
+    return fields
 
 
 def boxed_solution_fields(row: dict) -> dict[str, str]:
