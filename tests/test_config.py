@@ -170,3 +170,6 @@ def test_schema_choices_are_the_method_modules_own():
     assert values(config.SteerRule) == list(STEER_RULES)
     assert values(config.SteerPositions) == list(STEER_POSITIONS)
     assert values(config.ConditionName) == list(CONDITIONS)
+    from unlock.track import OBJECTIVES
+
+    assert values(config.Objective) == list(OBJECTIVES)

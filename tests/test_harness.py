@@ -68,6 +68,16 @@ def test_transfer_fidelity_is_recorded_with_its_null(single_run):
     assert (runs[0] / "transfer_fidelity.png").is_file() and "transfer fidelity:" in first.stdout
 
 
+def test_logit_lens_of_every_steering_set(single_run):
+    record = results(single_run[1][0])
+    assert set(record["logit_lens"]) == {"unlock", "random", "native"}
+    for lens in record["logit_lens"].values():
+        assert len(lens["overall"]) == 8 and set(lens["per_layer"]) == {str(j) for j in range(6)}
+    table = (single_run[1][0] / "logit_lens.md").read_text()
+    assert all(f"| {name} |" in table for name in ("unlock", "random", "native"))
+    assert results(single_run[1][1])["stages"]["lens"]["misses"] == 0, "the rerun reads the lens from the cache"
+
+
 def test_results_name_the_environment_that_made_them(single_run):
     from importlib.metadata import version
 

@@ -8,6 +8,7 @@ then Target work), and never at all when every stage is a cache hit.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import time
 import traceback
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from unlock.align import pair_layers
 from unlock.artifacts import (
     atomic_path,
+    atomic_write_bytes,
     atomic_write_json,
     environment,
     load_activations,
@@ -38,6 +40,7 @@ from unlock.capture import Activations, capture_activations
 from unlock.config import validate
 from unlock.evaluate import evaluate_conditions
 from unlock.fidelity import summarise as summarise_fidelity
+from unlock.lens import TOP, lens_table, logit_lens
 from unlock.fidelity import transfer_fidelity
 from unlock.loading import LoadedModel, load_model, model_identity, model_skeleton, read_shape
 from unlock.memory import format_memory_plan, memory_plan
@@ -142,6 +145,7 @@ CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path],
               _load_alignment),
     "vectors": (".safetensors", lambda path, v, spec: save_steering_vectors(path, v, {"spec": spec}),
                 lambda path: load_steering_vectors(path)[0]),
+    "lens": (".json", lambda path, value, spec: atomic_write_json(path, value), lambda path: json.loads(Path(path).read_text())),
 }
 
 
@@ -237,6 +241,11 @@ def steering_sets(session: Session, result: Transfer, captures: Captures, plan: 
     return sets
 
 
+def _lens(session: Session, vectors: dict[int, torch.Tensor]) -> dict[str, Any]:
+    loaded = session.models.get(session.cfg.target_model)
+    return logit_lens(loaded.model, loaded.tokenizer, vectors, TOP)
+
+
 def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.Tensor]:
     """A random direction per layer with the norm of the given vector (the control condition)."""
     gen = torch.Generator().manual_seed(seed)
@@ -267,6 +276,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
                       map_settings(cfg), captures.held_out, session.step, progress=bool(cfg.progress))
     sets = steering_sets(session, result, captures, plan)
+    lenses = {name: session.step("lens", {"model": model_identity(cfg.target_model), "top": TOP},
+                                 lambda v=vectors: _lens(session, v.value), (vectors,)).value
+              for name, vectors in sets.items()}
     fidelity = (transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value,
                                   seed=cfg.seed) if "native" in sets else {})
     conditions = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
@@ -274,7 +286,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     artifacts = export_steering(Path(output_dir), sets, cfg,
                                 block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
     record = make_record(cfg, plan, session, result, conditions, time.perf_counter() - started)
-    return {**record, "artifacts": artifacts, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
+    atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
+    return {**record, "artifacts": artifacts, "logit_lens": lenses,
+            "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
             "transfer_fidelity_summary": summarise_fidelity(fidelity)}
 
 
