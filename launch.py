@@ -22,6 +22,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from unlock.harness import failure_record, run, write_record
+    from unlock.generations import write as write_generations
     from unlock.track import log_run, plot_fidelity, print_summary
 
     hydra_cfg = HydraConfig.get()
@@ -41,6 +42,7 @@ def main(cfg: DictConfig) -> float | None:
     path = write_record(output_dir, record)  # on disk before any W&B call, so nothing is lost
     print_summary(record, path)
     plot_fidelity(record, output_dir)
+    write_generations(output_dir)
     log_run(cfg, record, output_dir)
     unlock_acc = record["conditions"].get("unlock", {}).get(cfg.eval.tasks[0], {}).get("acc")
     return unlock_acc

@@ -78,6 +78,16 @@ def test_logit_lens_of_every_steering_set(single_run):
     assert results(single_run[1][1])["stages"]["lens"]["misses"] == 0, "the rerun reads the lens from the cache"
 
 
+def test_generation_analyses_are_written_beside_the_samples(single_run):
+    run_dir = single_run[1][0]
+    analysis = json.loads((run_dir / "generations.json").read_text())
+    assert set(analysis) == CONDITIONS
+    for per_condition in analysis.values():
+        assert per_condition["n"] == 3 and 0 <= per_condition["repetition"] <= 1
+        assert sum(b["n"] for b in per_condition["acc_by_length"].values()) == 3
+    assert (run_dir / "acc_by_length.png").is_file() and (run_dir / "first_words.png").is_file()
+
+
 def test_results_name_the_environment_that_made_them(single_run):
     from importlib.metadata import version
 

@@ -32,7 +32,8 @@ from unlock.fidelity import summarise, transfer_fidelity
 from unlock.harness import Captures, Session, capture_all, make_plan, map_settings, prompt_sets
 from unlock.pipeline import MapSettings, fit_maps, map_directions
 from unlock.extract import extract_directions
-from unlock.track import save_figure, wandb_mode, write_csv
+from unlock.plots import save_figure
+from unlock.track import wandb_mode, write_csv
 
 N_GRID = (4, 16, 32, 64, 128, 256, 512)
 RANK_GRID = (1, 4, 16, 32, 64, 128, 256, 512)

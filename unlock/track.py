@@ -23,9 +23,11 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from unlock.artifacts import atomic_path, atomic_write_bytes, atomic_write_json
+from unlock.artifacts import atomic_write_bytes, atomic_write_json
 from unlock.conditions import BASELINE
 from unlock.conditions import steered as steered_conditions
+from unlock.generations import write as write_generations
+from unlock.plots import save_figure
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
 SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
@@ -228,15 +230,6 @@ def _varying(rows: list[dict[str, Any]], axis: str) -> bool:
     return len({row.get(axis) for row in rows if row.get(axis) is not None}) > 1
 
 
-def save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
 def _mean(values) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -361,6 +354,7 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     rows = collect_rows(sweep_dir)
     write_csv(sweep_dir / "aggregate.csv", rows)
     plots = make_plots(rows, sweep_dir)
+    write_generations(sweep_dir)  # pooled over the sweep's jobs, per condition
     failed = [row for row in rows if row.get("status") != "ok"]
     summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
                "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots],
