@@ -51,7 +51,7 @@ def _manual_steering(model, vectors, alpha, index):
             handle.remove()
 
 
-def _cache_keyword(model) -> str:
+def cache_keyword(model) -> str:
     """The keyword this transformers version's forward takes the KV cache under (the test's own
     bookkeeping; the library code finds the cache by type)."""
     params = inspect.signature(model.forward).parameters
@@ -88,7 +88,7 @@ def reference_generate(model, batch, vectors, alpha, positions, steps):
             with _manual_steering(model, vectors, alpha, (slice(None), slice(None)) if decode else None):
                 out = model(input_ids=tokens[-1][:, None], attention_mask=mask,
                             position_ids=mask.sum(1, keepdim=True) - 1, use_cache=True,
-                            **{_cache_keyword(model): _cache_of(out)})
+                            **{cache_keyword(model): _cache_of(out)})
     return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
 
 

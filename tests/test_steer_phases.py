@@ -70,14 +70,16 @@ def test_prompt_tokens_after_a_cached_part_are_refused(family_model, batch):
     cannot know which is the prompt's last, so it refuses instead of steering the wrong token."""
     from transformers import DynamicCache
 
+    from tests.phases import cache_keyword
     from unlock.steer import Steering
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     cache = DynamicCache(config=family_model.config)
     with torch.no_grad():
-        family_model(input_ids=ids[:, :5], attention_mask=mask[:, :5], past_key_values=cache, use_cache=True)
+        keyword = {cache_keyword(family_model): cache}  # the keyword this transformers version takes
+        family_model(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True, **keyword)
         with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="one prefill pass"):
-            family_model(input_ids=ids[:, 5:8], attention_mask=mask[:, :8], past_key_values=cache, use_cache=True)
+            family_model(input_ids=ids[:, 5:8], attention_mask=mask[:, :8], use_cache=True, **keyword)
 
 
 def test_static_cache_generation_equals_reference(batch):
