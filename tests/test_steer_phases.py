@@ -14,6 +14,7 @@ import torch
 
 from tests.phases import assert_same_generation, reference_generate
 from unlock.models import hidden_size, num_layers
+from unlock.steer import Steering
 from unlock.tiny import TINY_FAMILIES, tiny_model
 
 STEPS = 6
@@ -58,8 +59,6 @@ def test_default_rule_does_not_steer_decoding_steps(family_model, batch):
 
 
 def test_a_mask_longer_than_the_input_without_a_cache_is_an_error(family_model, batch):
-    from unlock.steer import Steering
-
     mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1)
     with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="cannot tell the prefill"):
         family_model(input_ids=batch["input_ids"][:, -1:], attention_mask=mask, use_cache=False)
@@ -71,7 +70,6 @@ def test_prompt_tokens_after_a_cached_part_are_refused(family_model, batch):
     from transformers import DynamicCache
 
     from tests.phases import cache_keyword
-    from unlock.steer import Steering
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     cache = DynamicCache(config=family_model.config)
@@ -89,7 +87,7 @@ def test_static_cache_generation_equals_reference(batch):
 
     model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
     vectors = _vectors(model)
-    with torch.no_grad(), __import__("unlock.steer").steer.Steering(model, vectors, 1.0):
+    with torch.no_grad(), Steering(model, vectors, 1.0):
         out = model.generate(**batch, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, cache_implementation="static")
     _, reference = reference_generate(model, batch, vectors, 1.0, "last", STEPS)
