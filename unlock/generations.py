@@ -87,9 +87,11 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [length_bin(edge) for edge in LENGTH_BINS]  # every bin in order, as positions
     for condition, r in result.items():
-        bins = list(r["acc_by_length"])
-        ax.plot(bins, [r["acc_by_length"][b]["acc"] for b in bins], marker="o", label=condition)
+        xs = [labels.index(b) for b in r["acc_by_length"]]
+        ax.plot(xs, [v["acc"] for v in r["acc_by_length"].values()], marker="o", label=condition)
+    ax.set_xticks(range(len(labels)), labels)
     ax.set(xlabel="generation length (words)", ylabel="accuracy", title="accuracy by generation length")
     ax.legend(fontsize=8)
     paths = [save_figure(fig, out_dir / "acc_by_length.png")]
