@@ -249,20 +249,17 @@ def test_unlocked_model_of_another_shape_is_rejected(tmp_path):
         make_plan(cfg)
 
 
-def test_icl_capability_runs_end_to_end(tmp_path):
-    """capability=icl on the shipped task: the Unlocked captures differ from the plain CoT run's
-    (their prompts carry worked examples), the Locked ones are the same cache entries."""
-    plain = results(_only_run(tmp_path / "plain", launch([*TINY, "eval.conditions=[unsteered,unlock]"], tmp_path / "plain")))
-    icl = results(_only_run(tmp_path / "icl", launch([*TINY, "capability=icl", "eval.conditions=[unsteered,unlock]"],
-                                                     tmp_path / "icl")))
+def test_icl_capability_runs_end_to_end(single_run):
+    """capability=icl on the shipped task, in the plain run's cache: the Locked captures are the same
+    cache entries, the Unlocked ones are new (their prompts carry worked examples), and so is the vector."""
+    tmp, runs, _, _ = single_run
+    plain = results(runs[0])
+    launch([*TINY, "capability=icl", "eval.conditions=[unsteered,unlock]"], tmp)
+    icl = results(sorted((tmp / "logs" / "runs").iterdir())[-1])
+    assert icl["stages"]["capture"]["hits"] >= 4 and icl["stages"]["capture"]["misses"] == 1
     assert icl["status"] == "ok" and icl["capability"] == "icl" and icl["config"]["capability"]["n_shots"] == 8
     assert icl["checker"].startswith("math-verify") and "dropped_rows" in icl
     assert icl["vector_norms"] != plain["vector_norms"]
-
-
-def _only_run(tmp: Path, _proc) -> Path:
-    (job,) = list((tmp / "logs" / "runs").iterdir())
-    return job
 
 
 def test_analyze_from_cached_activations(single_run):
