@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from statistics import fmean
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,10 @@ from unlock.artifacts import atomic_write_json
 from unlock.capture import Activations
 from unlock.config import register_configs
 from unlock.fidelity import summarise, transfer_fidelity
-from unlock.harness import Captures, Session, capture_all, make_plan, map_settings, prompt_sets
-from unlock.pipeline import MapSettings, fit_maps, map_directions
 from unlock.extract import extract_directions
-from unlock.plots import save_figure
+from unlock.harness import Captures, Session, capture_all, make_plan, map_settings, mean_quality, prompt_sets
+from unlock.pipeline import MapSettings, transfer
+from unlock.plots import pyplot, rank_n_heatmap, save_figure
 from unlock.track import wandb_mode, write_csv
 
 N_GRID = (4, 16, 32, 64, 128, 256, 512)
@@ -55,29 +56,23 @@ def spectral_entropy(x: torch.Tensor) -> float:
 
 
 def grid_row(captures: Captures, pairs: dict[int, int], base: MapSettings, n: int, rank: int, seed: int) -> dict[str, Any]:
-    """Held-out fit and transfer fidelity of the maps fit on the first n prompts at this rank."""
-    src, tgt = head(captures.source_locked.value, n), head(captures.target_locked.value, n)
+    """Held-out fit and transfer fidelity of the method run on the first n prompts at this rank."""
+    locked = head(captures.target_locked.value, n)
     held = (captures.held_out[0].value, captures.held_out[1].value) if captures.held_out else None
-    alignment = fit_maps(src, tgt, pairs, replace(base, rank=rank), held)
-    row: dict[str, Any] = {"n_prompts": n, "rank": rank, "rank_effective": min(
-        m.rank_effective for m in alignment.maps.values())}
-    key = "r2" if held else "train_r2"
-    row["r2"] = _mean(q[key] for q in alignment.quality.values())
-    row["rel_error"] = _mean(q["rel_error" if held else "train_rel_error"] for q in alignment.quality.values())
+    result = transfer(head(captures.source_unlocked.value, n), head(captures.source_locked.value, n), locked, pairs,
+                      replace(base, rank=rank), held)
+    maps = result.alignment.value.maps
+    quality = mean_quality(result.alignment.value.quality)
+    prefix = "" if held else "train_"
+    row: dict[str, Any] = {"n_prompts": n, "rank": rank, "rank_effective": min(m.rank_effective for m in maps.values()),
+                           "r2": quality[f"{prefix}r2"], "rel_error": quality[f"{prefix}rel_error"]}
     if captures.target_unlocked is not None:
-        directions = extract_directions(head(captures.source_unlocked.value, n), src, base.aggregation)
-        native = extract_directions(head(captures.target_unlocked.value, n), tgt, base.aggregation)
-        fidelity = transfer_fidelity(alignment.maps, map_directions(directions, alignment),
-                                     {j: native.vectors[j] for j in pairs}, NULL_DRAWS, seed)
-        summary = summarise(fidelity)
+        native = extract_directions(head(captures.target_unlocked.value, n), locked, base.aggregation)
+        summary = summarise(transfer_fidelity(maps, result.target_vectors, {j: native.vectors[j] for j in pairs},
+                                              NULL_DRAWS, seed))
         row.update(fidelity=summary["mean_cos"], fidelity_null_p95=summary["mean_null_p95"],
                    layers_beating_null=summary["beat_null"], layers=summary["layers"])
     return row
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def entropy_rows(captures: Captures, ns: list[int]) -> list[dict[str, Any]]:
@@ -86,7 +81,7 @@ def entropy_rows(captures: Captures, ns: list[int]) -> list[dict[str, Any]]:
         row = {"n_prompts": n}
         for side, acts in (("source", captures.source_locked.value), ("target", captures.target_locked.value)):
             part = head(acts, n)
-            row[f"{side}_entropy"] = _mean(spectral_entropy(part[layer]) for layer in part.layers)
+            row[f"{side}_entropy"] = fmean(spectral_entropy(part[layer]) for layer in part.layers)
         rows.append(row)
     return rows
 
@@ -106,11 +101,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 
 def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     grid, paths = result["grid"], []
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in sorted({row["n_prompts"] for row in grid}):
@@ -132,24 +123,10 @@ def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def _fidelity_heatmap(grid: list[dict[str, Any]], out_dir: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    ranks, ns = sorted({r["rank"] for r in grid}), sorted({r["n_prompts"] for r in grid})
-    cell = {(r["n_prompts"], r["rank"]): r for r in grid}
-    values = [[cell[(n, k)]["fidelity"] if (n, k) in cell else float("nan") for k in ranks] for n in ns]
-    fig, ax = plt.subplots(figsize=(1.1 * len(ranks) + 2.5, 0.7 * len(ns) + 2))
-    image = ax.imshow(values, cmap="coolwarm", vmin=-1, vmax=1, aspect="auto", origin="lower")
-    for i, n in enumerate(ns):
-        for j, k in enumerate(ranks):
-            if (n, k) in cell:
-                c = cell[(n, k)]
-                ax.text(j, i, f"{c['fidelity']:.2f}\n{c['layers_beating_null']}/{c['layers']}", ha="center",
-                        va="center", fontsize=7)
-    ax.set_xticks(range(len(ranks)), [str(k) for k in ranks])
-    ax.set_yticks(range(len(ns)), [str(n) for n in ns])
-    ax.set(xlabel="rank", ylabel="N prompts", title="mean cos(UNLOCK, native); layers beating the null")
-    fig.colorbar(image, ax=ax)
-    return save_figure(fig, out_dir / "fidelity_heatmap.png")
+    cells = {(r["n_prompts"], r["rank"]): (r["fidelity"], f"{r['fidelity']:.2f}\n{r['layers_beating_null']}/{r['layers']}")
+             for r in grid}
+    return rank_n_heatmap(cells, "mean cos(UNLOCK, native); layers beating the null", out_dir / "fidelity_heatmap.png",
+                          cmap="coolwarm", limits=(-1, 1), text_color="black")
 
 
 def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> list[Path]:

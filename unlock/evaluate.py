@@ -140,8 +140,8 @@ def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_set
     model, prompt and steering set each uses); per-sample outputs go to output_dir."""
     evaluator = Evaluator(cfg, models)
     out: dict[str, Any] = {}
-    for name in cfg.eval.conditions:
-        condition = CONDITIONS[str(name)]
+    for condition_name in cfg.eval.conditions:
+        condition = CONDITIONS[str(condition_name)]
         if condition.vectors is not None and condition.vectors not in steering_sets:
             out[condition.name] = {"skipped": "no Target-Unlocked activations for a native direction "
                                               "(checkpoint contrast needs eval.reference_model)"}
@@ -152,9 +152,9 @@ def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_set
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
         out[condition.name] = {}
         for task in cfg.eval.tasks:
-            name_ = eval_task_name(prompt_task(cfg, task) if condition.prompt == "unlocked" else task, cfg.eval.split)
-            result = _evaluate_cached(cfg, cache, evaluator, model_cfg, name_, steering)
-            out[condition.name][task] = {**result["metrics"], "lm_eval_task": name_}
+            name = eval_task_name(prompt_task(cfg, task) if condition.prompt == "unlocked" else task, cfg.eval.split)
+            result = _evaluate_cached(cfg, cache, evaluator, model_cfg, name, steering)
+            out[condition.name][task] = {**result["metrics"], "lm_eval_task": name}
             rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
             atomic_write_bytes(output_dir / "samples" / f"{condition.name}__{task}.jsonl", rows.encode())
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unlock.artifacts import atomic_write_bytes, atomic_write_json
-from unlock.plots import save_figure
+from unlock.plots import pyplot, save_figure
 
 LENGTH_BINS = (0, 25, 50, 100, 200, 400, 800)  # words; the last bin is open
 
@@ -81,11 +81,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = [length_bin(edge) for edge in LENGTH_BINS]  # every bin in order, as positions
     for condition, r in result.items():

@@ -40,15 +40,15 @@ from unlock.capture import Activations, capture_activations
 from unlock.config import validate
 from unlock.evaluate import evaluate_conditions
 from unlock.fidelity import summarise as summarise_fidelity
-from unlock.lens import TOP, lens_table, logit_lens
 from unlock.fidelity import transfer_fidelity
+from unlock.lens import TOP, lens_table, logit_lens
 from unlock.loading import LoadedModel, load_model, model_identity, model_skeleton, read_shape
 from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
 from unlock.pipeline import Alignment, Cached, MapSettings, Transfer, extract, transfer
 from unlock.prompts import PromptSets, build_prompt_sets, load_task
 from unlock.tasks.answers import CHECKER
-from unlock.tasks.hub import DROPPED
+from unlock.tasks.hub import DROPPED, dropped_rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,11 +285,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     session.models.release_all()
     artifacts = export_steering(Path(output_dir), sets, cfg,
                                 block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
-    record = make_record(cfg, plan, session, result, conditions, time.perf_counter() - started)
     atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
-    return {**record, "artifacts": artifacts, "logit_lens": lenses,
-            "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
-            "transfer_fidelity_summary": summarise_fidelity(fidelity)}
+    findings = {"artifacts": artifacts, "logit_lens": lenses, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
+                "transfer_fidelity_summary": summarise_fidelity(fidelity)}
+    return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)
 
 
 def prompt_sets(cfg: DictConfig) -> PromptSets:
@@ -315,11 +314,12 @@ def data_report(cfg: DictConfig) -> dict[str, Any]:
     splits = {"train": (task.has_training_docs, task.training_docs),
               "validation": (task.has_validation_docs, task.validation_docs), "test": (task.has_test_docs, task.test_docs)}
     return {"items": {name: len(list(docs())) for name, (has, docs) in splits.items() if has()},
-            "dropped_rows": {path: dict(counts) for path, counts in DROPPED.items()}}
+            "dropped_rows": dropped_rows()}
 
 
 def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer, conditions: dict[str, Any],
-                seconds: float) -> dict[str, Any]:
+                findings: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """results.json's content; ``findings``: the run's files and its analyses (lens, fidelity)."""
     quality = result.alignment.value.quality
     return {
         "status": "ok",
@@ -333,10 +333,11 @@ def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer,
         "vector_norms": {str(k): float(v.norm()) for k, v in result.target_vectors.items()},
         "conditions": conditions,
         "checker": CHECKER,
-        "dropped_rows": {path: dict(splits) for path, splits in DROPPED.items()},
+        "dropped_rows": dropped_rows(),
         "stages": session.cache.summary(),
         "model_load_seconds": session.models.load_seconds,
         "timings": {"total": seconds},
+        **findings,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 

@@ -27,7 +27,7 @@ from unlock.artifacts import atomic_write_bytes, atomic_write_json
 from unlock.conditions import BASELINE
 from unlock.conditions import steered as steered_conditions
 from unlock.generations import write as write_generations
-from unlock.plots import save_figure
+from unlock.plots import pyplot, rank_n_heatmap, save_figure
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
 SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
@@ -127,15 +127,10 @@ def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
     fidelity = record.get("transfer_fidelity") or {}
     if not fidelity:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = sorted(fidelity, key=int)
     xs = [int(j) for j in layers]
     band = [fidelity[j]["null_p95"] for j in layers]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(xs) + 2), 3.8))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 0.35 * len(xs) + 2), 3.8))
     ax.fill_between(xs, [-b for b in band], band, color="grey", alpha=0.3, label="null: 95% of random |cos|")
     ax.plot(xs, [fidelity[j]["cos"] for j in layers], marker="o", label="cos(UNLOCK, native)")
     ax.axhline(0, color="black", linewidth=0.5)
@@ -237,9 +232,6 @@ def _mean(values) -> float:
 
 def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Accuracy and generation length against each swept axis, a rank x N heatmap, lengths per condition."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     ok = [row for row in rows if row.get("status") == "ok" and row.get("task")]
     if not ok:
         return []
@@ -256,9 +248,7 @@ def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) -> Path:
     """Accuracy and generation length of each steered condition against one swept axis."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for condition in steered_conditions():
         subset = [row for row in ok if row["condition"] == condition]
         xs = sorted({row[axis] for row in subset}, key=lambda v: (isinstance(v, str), v))
@@ -281,31 +271,19 @@ def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) ->
 
 
 def _rank_n_heatmap(steered: list[dict[str, Any]], task: str, out_dir: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    ranks = sorted({row["rank"] for row in steered})
-    ns = sorted({row["n_prompts"] for row in steered})
-    grid = [[_mean(row["acc"] for row in steered if row["rank"] == r and row["n_prompts"] == n) for r in ranks] for n in ns]
-    fig, ax = plt.subplots(figsize=(1.2 * len(ranks) + 2, 0.8 * len(ns) + 2))
-    image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
-    ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
-    ax.set_yticks(range(len(ns)), [str(n) for n in ns])
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            ax.text(j, i, _fmt(value, 2), ha="center", va="center", color="white", fontsize=8)
-    ax.set(xlabel="rank", ylabel="N prompts", title=f"{task}: UNLOCK accuracy, rank x N")
-    fig.colorbar(image, ax=ax)
-    return save_figure(fig, out_dir / "rank_x_n_heatmap.png")
+    cells = {}
+    for n, k in {(row["n_prompts"], row["rank"]) for row in steered}:
+        value = _mean(row["acc"] for row in steered if row["rank"] == k and row["n_prompts"] == n)
+        cells[(n, k)] = (value, _fmt(value, 2))
+    return rank_n_heatmap(cells, f"{task}: UNLOCK accuracy, rank x N", out_dir / "rank_x_n_heatmap.png")
 
 
 def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | None:
-    import matplotlib.pyplot as plt
-
     conditions = list(dict.fromkeys(row["condition"] for row in ok))
     lengths = [_mean(row.get("gen_tokens") for row in ok if row["condition"] == c) for c in conditions]
     if all(math.isnan(v) for v in lengths):
         return None
-    fig, ax = plt.subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
+    fig, ax = pyplot().subplots(figsize=(1.4 * len(conditions) + 2, 3.6))
     ax.bar(conditions, lengths, color="tab:blue")
     ax.set(title=f"{task}: mean generation length per condition", ylabel="generated tokens")
     return save_figure(fig, out_dir / "gen_length_by_condition.png")

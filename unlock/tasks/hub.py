@@ -41,6 +41,11 @@ class NoAnswer(ValueError):
 DROPPED: dict[str, dict[str, int]] = {}
 
 
+def dropped_rows() -> dict[str, dict[str, int]]:
+    """A copy of the counts so far, for a record."""
+    return {path: dict(splits) for path, splits in DROPPED.items()}
+
+
 def _first_field(row: dict, names: tuple[str, ...], what: str) -> Any:
     present = [name for name in names if name in row]
     for name in present:
@@ -62,14 +67,6 @@ def generic_fields(row: dict) -> dict[str, str]:
     return fields
 
 
-def boxed_solution_fields(row: dict) -> dict[str, str]:
-    """Qwen2.5-Math's Minerva file: the answer is the last \\boxed{} of ``solution``."""
-    answer = boxed_answer(str(row.get("solution") or ""))
-    if not answer:
-        raise NoAnswer("solution without a \\boxed answer")
-    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer.strip()}
-
-
 def gsm8k_fields(row: dict) -> dict[str, str]:
     """GSM8K's answer is a worked solution ending in '#### <number>' (kept for in-context examples)."""
     solution, _, answer = row["answer"].rpartition("####")
@@ -77,11 +74,13 @@ def gsm8k_fields(row: dict) -> dict[str, str]:
 
 
 def math_fields(row: dict) -> dict[str, str]:
-    """MATH keeps the answer as the last \\boxed{} of the reference solution."""
-    answer = boxed_answer(row["solution"])  # \\boxed{...}, or the brace-less \\boxed 2 of two train rows
+    """MATH (and Qwen2.5-Math's Minerva file) keep the answer as the last \\boxed{} of the solution."""
+    solution = str(row.get("solution") or "")
+    answer = boxed_answer(solution)  # \\boxed{...}, or the brace-less \\boxed 2 of two train rows
     if not answer:
-        raise NoAnswer(f"MATH solution without a \\boxed answer: {row['solution'][:80]!r}")
-    return {"question": row["problem"].strip(), "answer": answer.strip(), "solution": row["solution"].strip()}
+        raise NoAnswer(f"solution without a \\boxed answer: {solution[:80]!r}")
+    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer.strip(),
+            "solution": solution.strip()}
 
 
 def svamp_fields(row: dict) -> dict[str, str]:
@@ -103,7 +102,7 @@ def agieval_fields(row: dict) -> dict[str, str]:
 
 FIELDS: dict[str, Callable[[dict], dict[str, str]]] = {
     "generic": generic_fields, "gsm8k": gsm8k_fields, "math": math_fields, "svamp": svamp_fields,
-    "agieval": agieval_fields, "boxed_solution": boxed_solution_fields,
+    "agieval": agieval_fields,
 }
 
 
