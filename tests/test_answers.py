@@ -4,9 +4,11 @@ table of answer forms the paper's benchmarks use; the step-wise marker is not fo
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
+from unlock.tasks import answers
 from unlock.tasks.answers import CHECKER, boxed_answer, check, extract_answer, is_equivalent, reasons_in_steps
 from unlock.tasks.utils import process_generation
 
@@ -21,6 +23,11 @@ from unlock.tasks.utils import process_generation
         ("The final answer is \\boxed{42}.", "42"),
         ("The final answer is $4.5 \\times 10^{33}$.", "$4.5 \\times 10^{33}$"),
         ("Hence the answer is \\boxed 2.", "2"),  # brace-less, as two MATH train solutions write it
+        ("The final answer is $-\\frac{1}{3}$.", "$-\\frac{1}{3}$"),
+        ("The final answer is -1. / 3.", "-1. / 3"),  # a./b's dot is not the full stop
+        ("The final answer is 3. Then 4 more", "3"),
+        ("so x = -1./3 in the end", "-1./3"),  # a./b as the last number, whole
+        ("the answer is 3./", "3"),
         ("no numbers here", None),
     ],
 )
@@ -68,6 +75,9 @@ PAIRS = [
     # a word-problem answer with its unit (the prediction's number; never a reference's leading one)
     ("8 stickers", "8", True), ("15 years old", "15", True), ("5 shells", "5", True), ("18 dollars", "18", True),
     ("$1,200 dollars", "1200", True), ("8 stickers", "9", False), ("2 x", "2", False),
+    # a./b, a Python float fraction (Qwen2.5-Math's Minerva items 38 and 49), on either side
+    ("-\\frac{1}{3}", "-1./3", True), ("-1", "-1./3", False), ("-1.5", "-3./2", True), ("-3", "-3./2", False),
+    ("-1./3", "-\\frac{1}{3}", True), ("1/3", "1. / 3", True), ("3.", "3", True), ("2.5/3", "0.8333333", True),
     # no answer, unparsable text
     (None, "3", False), ("", "3", False), ("banana split", "3", False),
 ]
@@ -120,5 +130,81 @@ def test_reasons_in_steps(text, stepwise):
 
 def test_process_generation_scores_one_sample():
     metrics = process_generation({"answer": "25"}, ["First, 35 - 10 = 25.\nSo Ava has 25 left.\nThe final answer is 25."])
-    assert metrics == {"acc": 1.0, "gen_words": 16.0, "stepwise": 1.0, "has_final_phrase": 1.0, "unparsable": 0.0}
+    assert metrics == {"acc": 1.0, "gen_words": 16.0, "stepwise": 1.0, "has_final_phrase": 1.0, "unparsable": 0.0,
+                       "checker_timeout": 0.0}
     assert process_generation({"answer": "25"}, ["The final answer is \\frac{."])["unparsable"] == 1.0
+
+
+@pytest.mark.parametrize(("response", "acc"), [
+    ("So x = -1/3.\nThe final answer is $-\\frac{1}{3}$.", 1.0),
+    ("So x = -1.\nThe final answer is $-1$.", 0.0),
+    ("So x = -1/3.\nThe final answer is -1./3.", 1.0),
+])
+def test_dot_fraction_reference_through_extraction(response, acc):
+    """Minerva (Qwen2.5-Math) items 38 and 49 hold -1./3 and -3./2: the fraction, not -1 and -3."""
+    metrics = process_generation({"answer": "-1./3"}, [response])
+    assert metrics["acc"] == acc and metrics["unparsable"] == 0.0 and metrics["checker_timeout"] == 0.0
+
+
+@pytest.fixture
+def fresh_checker():
+    """The checker's caches cleared before and after, so forced verdicts neither meet nor leave stale ones."""
+    check.cache_clear()
+    answers._parse.cache_clear()
+    yield
+    check.cache_clear()
+    answers._parse.cache_clear()
+
+
+def test_comparison_timeout_scores_zero_and_is_counted(monkeypatch, fresh_checker):
+    """A real SIGALRM timeout inside math-verify's verify (its comparison made slow; sympy_expr_eq is
+    math-verify's internal comparison, patched only here): not equal, counted, not unparsable. Guards
+    that verify(raise_on_error=True) raises math_verify.errors.TimeoutException on a timeout."""
+    import math_verify.grader
+
+    def slow(*_args, **_kwargs):
+        time.sleep(10)  # the 1 s alarm interrupts it
+        return True
+
+    monkeypatch.setattr(answers, "TIMEOUT_SECONDS", 1)
+    monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", slow)
+    verdict = check("2\\sqrt{3}", "\\sqrt{12}")  # equal, but the comparison never finishes
+    assert verdict == answers.Check(False, parsed=True, timed_out=True)
+    metrics = process_generation({"answer": "\\sqrt{12}"}, ["Step 1: work.\nThe final answer is 2\\sqrt{3}."])
+    assert metrics["acc"] == 0.0 and metrics["checker_timeout"] == 1.0 and metrics["unparsable"] == 0.0
+
+
+def test_parse_timeout_scores_zero_and_is_counted(monkeypatch, fresh_checker):
+    """A parse that times out (math-verify's alarm handler raises TimeoutException inside it) is not
+    equal and counted; it is not cached, so the next try parses again."""
+    import math_verify.parser
+    from math_verify.errors import TimeoutException
+
+    real = math_verify.parser.extract_target_from_pred
+
+    def timing_out(pred, *args, **kwargs):
+        if "7" in pred:
+            raise TimeoutException("Operation timed out!")  # what math-verify's SIGALRM handler raises
+        return real(pred, *args, **kwargs)
+
+    monkeypatch.setattr(math_verify.parser, "extract_target_from_pred", timing_out)
+    assert check("7", "\\frac{14}{2}") == answers.Check(False, parsed=False, timed_out=True)  # prediction
+    assert check("\\frac{14}{2}", "7").timed_out  # reference
+    assert check("7", "7") == answers.Check(True, parsed=False, timed_out=False)  # identical texts still equal
+    metrics = process_generation({"answer": "14/2"}, ["The final answer is 7."])
+    assert metrics["acc"] == 0.0 and metrics["checker_timeout"] == 1.0 and metrics["unparsable"] == 0.0
+    monkeypatch.setattr(math_verify.parser, "extract_target_from_pred", real)
+    check.cache_clear()
+    assert check("7", "\\frac{14}{2}") == answers.Check(True, parsed=True, timed_out=False)
+
+
+def test_other_checker_errors_are_not_equal_not_timeouts(monkeypatch, fresh_checker):
+    """raise_on_error=True is only for timeouts: any other error in a comparison is "not equal", as
+    math-verify's default, and is not counted as a timeout."""
+    import math_verify.grader
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("sympy failed")
+
+    monkeypatch.setattr(math_verify.grader, "sympy_expr_eq", broken)
+    assert check("2\\sqrt{3}", "\\sqrt{12}") == answers.Check(False, parsed=True, timed_out=False)

@@ -121,7 +121,7 @@ CHOICES = [
     ("capability.contrast", ["prompt", "checkpoint"]),
     ("capability.aggregation", ["mean", "pca"]),
     ("capability.position", ["last", "mean"]),
-    ("capability.activation_storage", ["float32", "float16"]),
+    ("capability.activation_storage", ["float32", "bfloat16"]),
     ("layer.mode", ["all", "list", "single"]),
     ("rank.method", ["unlock", "ridge", "procrustes"]),
     ("alpha.rule", ["norm_preserving", "add"]),

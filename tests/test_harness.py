@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, compose_run, launch, results
+from unlock.artifacts import load_activations
 from unlock.harness import make_plan, run
 
 TINY = ["experiment=tiny", "eval.limit=3", "eval.max_new_tokens=8"]
@@ -170,11 +171,25 @@ def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
         (["capability.n_prompts=0"], r"capability.n_prompts 0 is out of range"),
         (["capability.n_prompts=300"], r"n_prompts \+ capability.n_heldout = 304 is out of range.*200 items"),
         (["eval.conditions=[unsteered,reference]"], r"'reference' but eval.reference_model is not set"),
+        (["eval.batch_size=0"], r"eval.batch_size 0 is out of range: must be >= 1"),
+        (["capability.batch_size=0"], r"capability.batch_size 0 is out of range: must be >= 1"),
+        (["layer.explicit_pairs={0:99}"], r"layer.explicit_pairs: Source layer 99 is out of range.*\[0, 3\]"),
+        (["layer.explicit_pairs={9:0}"], r"layer.explicit_pairs: Target layer 9 is out of range.*\[0, 5\]"),
+        (["layer.explicit_pairs=3"], r"layer.explicit_pairs 3 is not allowed: must be a non-empty map"),
+        (["target_model.device=bogus"], r"target_model.device 'bogus' is not allowed: use cpu, cuda, cuda:N or mps"),
+        (["source_model.device=cuda:99"], r"source_model.device 'cuda:99' is not available here"),
     ]
     for overrides, message in cases:
         cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
         with pytest.raises(ValueError, match=message):
             run(cfg, tmp_path / "out")
+    missing = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "target_model=hf", f"target_model.path={tmp_path}/none"])
+    with pytest.raises(FileNotFoundError, match=rf"path '{tmp_path}/none' is not a directory; an hf model's path is"):
+        run(missing, tmp_path / "out")
+
+
+def test_explicit_pairs_from_the_command_line_steer_those_layers():
+    assert make_plan(compose_run([*TINY, "layer.explicit_pairs={0:3,5:1}"])).pairs == {0: 3, 5: 1}
 
 
 def test_failed_run_leaves_a_failure_record(tmp_path):
@@ -217,6 +232,41 @@ def test_lm_eval_cli_with_unlock_model(tmp_path):
     assert outputs["plain"] != outputs["steered"], "steering must change loglikelihoods"
 
 
+def test_readme_cli_example_reproduces_the_runs_unlock_condition(tmp_path):
+    """README's `lm_eval --model unlock --model_args pretrained=DIR,steer=<run>/steering_vectors.safetensors`
+    gives the run's own unlock condition: the file carries alpha, rule and positions (here not the
+    class defaults), and explicit model args still override them. Loglikelihoods of a multiple-choice
+    task, which a random tiny model's near-constant generations could not tell apart."""
+    from unlock.tiny import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "target"
+    tiny_model("qwen2", hidden_size=48, num_layers=6, seed=1).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    overrides = [*TINY, "eval.tasks=[unlock_mc]", "eval.conditions=[unlock]", "alpha.value=2.0", "alpha.rule=add",
+                 "alpha.positions=all", "target_model=hf", f"target_model.path={model_dir}",
+                 "target_model.dtype=float32", "target_model.device=cpu", "progress=false"]
+    launch(overrides, tmp_path)
+    (run_dir,) = list((tmp_path / "logs" / "runs").iterdir())
+    rows = [json.loads(line)["response"] for line in (run_dir / "samples" / "unlock__unlock_mc.jsonl").open()]
+    expected = [float(choice[0]) for row in rows for choice in json.loads(row)]
+
+    def cli(extra: str) -> list[float]:
+        out = tmp_path / f"cli{len(extra)}"
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "lm_eval"), "--model", "unlock", "--model_args",
+             f"pretrained={model_dir},steer={run_dir / 'steering_vectors.safetensors'}{extra}", "--tasks", "unlock_mc",
+             "--include_path", str(ROOT / "unlock" / "tasks"), "--limit", "3", "--batch_size", "4",
+             "--output_path", str(out), "--log_samples"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (samples,) = list(out.rglob("samples_unlock_mc_*.jsonl"))
+        return [float(choice[0][0]) for line in samples.open() for choice in json.loads(line)["resps"]]
+
+    assert cli("") == pytest.approx(expected, abs=1e-5)
+    assert cli(",alpha=0.1,rule=norm_preserving,positions=last") != pytest.approx(expected, abs=1e-3), \
+        "explicit args override the file"
+
+
 def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_path):
     cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.conditions=[unsteered,reference]",
                        "reference_model@eval.reference_model=tiny_llama", "eval.reference_model.seed=5"])
@@ -238,7 +288,7 @@ def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
     assert cfg.capability.locked_task == cfg.capability.unlocked_task == "unlock_arith_cot"
     assert record["conditions"]["unlock"]["unlock_arith_cot"]["lm_eval_task"] == "unlock_arith_cot"
     assert "skipped" in record["conditions"]["native"], "native needs a post-trained Target (reference model)"
-    keys = [json.loads(p.read_text())["spec"] for p in (tmp_path / "capture").glob("*.key.json")]
+    keys = [load_activations(p)[1]["cache"]["spec"] for p in (tmp_path / "capture").glob("*.safetensors")]
     assert {k["model"]["seed"] for k in keys if k["model"]["family"] == "llama"} == {0, 7}
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import torch
 from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
 
+from unlock.artifacts import load_tensors, save_steering_vectors, save_tensors
 from unlock.evaluate import wilson_interval
-from unlock.lm_eval_model import UnlockLM, parse_layers
-from unlock.steer import Steering
+from unlock.lm_eval_model import UnlockLM, parse_layers, steering_settings
+from unlock.steer import STEER_POSITIONS, STEER_RULES, Steering
 
 PAIRS = [("Question: What is 3 plus 4?\nAnswer:", " 7"), ("Hi", " there 12"), ("Q: 6 times 9? A:", " 54")]
 
@@ -125,7 +130,8 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     assert found == block_path == block_path_under_base_model(model)
     generator = torch.Generator().manual_seed(1)
     vectors = {j: torch.randn(64, generator=generator) for j in (0, 2)}
-    files = export_steering(tmp_path, {"unlock": Cached(vectors)}, OmegaConf.create({"alpha": {"value": 0.5}}), found)
+    cfg = OmegaConf.create({"alpha": {"value": 0.5, "rule": "add", "positions": "all"}})
+    files = export_steering(tmp_path, {"unlock": Cached(vectors)}, cfg, found)
     assert set(files) == {"steering_vectors", "lm_eval_steered"}
     exported = torch.load(tmp_path / "lm_eval_steered.pt", weights_only=True)
     assert set(exported) == {f"{block_path}.0", f"{block_path}.2"}
@@ -140,3 +146,120 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
             ours = model(ids).logits
     assert not torch.allclose(plain, theirs)
     torch.testing.assert_close(theirs, ours)
+
+
+# --- the steer file's settings and bad inputs ----------------------------------------------------
+def _steer_file(tmp_path, meta=None, name="steering_vectors.safetensors"):
+    """A steer file for the llama stand-in (width 64, 4 layers), as the harness writes it."""
+    generator = torch.Generator().manual_seed(2)
+    path = tmp_path / name
+    save_steering_vectors(path, {layer: torch.randn(64, generator=generator) for layer in range(4)}, meta)
+    return path
+
+
+def _settings(lm):
+    steering = lm._steering
+    return steering.alpha, steering.rule, steering.positions, steering.layers
+
+
+def test_the_steer_files_settings_are_the_defaults_and_model_args_override(llama, tokenizer, tmp_path):
+    path = str(_steer_file(tmp_path, {"alpha": 0.05, "rule": "add", "positions": "prompt", "layers": [1, 3]}))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*steer file")  # a file with its settings: no warning
+        assert _settings(UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path)) == (0.05, "add", "prompt", [1, 3])
+    assert _settings(UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path, alpha=0.2)) == (0.2, "add", "prompt", [1, 3])
+    # As the CLI hands them over: text.
+    overridden = UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path, alpha="0.2", rule="norm_preserving",
+                          positions="last", layers="all")
+    assert _settings(overridden) == (0.2, "norm_preserving", "last", [0, 1, 2, 3])
+
+
+def test_a_file_without_settings_gets_todays_defaults_and_one_warning_naming_it(llama, tokenizer, tmp_path):
+    path = str(_steer_file(tmp_path))  # records only its layers (every file does): all four
+    with pytest.warns(UserWarning) as record:
+        lm = UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path)
+    ours = [str(w.message) for w in record if path in str(w.message)]
+    assert ours == [f"steer file {path} records no alpha, rule, positions; using alpha=0.1, "
+                    "rule=norm_preserving, positions=last (model args override)"]
+    assert _settings(lm) == (0.1, "norm_preserving", "last", [0, 1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*steer file")  # everything given: nothing defaulted
+        _, settings = steering_settings(path, alpha=0.3, rule="add", positions="all", layers="0-1")
+    assert settings == {"alpha": 0.3, "rule": "add", "positions": "all", "layers": [0, 1]}
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading weights (HFLM.__init__) fails the test: the error under test must come first."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("weights would load here")
+
+    monkeypatch.setattr(HFLM, "__init__", refuse)
+
+
+def test_good_inputs_do_reach_the_weights(no_weights, tmp_path):
+    """The control for the tests below: with nothing wrong, the refusal is what stops it."""
+    with pytest.raises(AssertionError, match="weights would load here"):
+        UnlockLM(pretrained="no/such-model", steer=str(_steer_file(tmp_path)), alpha="0.2", rule="add",
+                 positions="last")
+
+
+def _truncated(tmp_path):
+    real = _steer_file(tmp_path, name="real.safetensors")
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(real.read_bytes()[:100])
+    return path
+
+
+def _not_safetensors(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("alpha=0.1, rule=add\n")
+    return path
+
+
+def _directions(tmp_path):
+    path = tmp_path / "directions.safetensors"
+    save_tensors(path, {"direction.0": torch.ones(64)}, {"kind": "directions"})
+    return path
+
+
+@pytest.mark.parametrize(("make_file", "error", "message"), [
+    (lambda tmp: tmp / "missing.safetensors", FileNotFoundError, "no artifact at {path}"),
+    (lambda tmp: tmp, FileNotFoundError, "no artifact at {path}"),
+    (_directions, ValueError, "{path} holds a 'directions' artifact, expected 'steering_vectors'"),
+    (_truncated, ValueError, "{path} is truncated or not a safetensors file"),
+    (_not_safetensors, ValueError, "{path} is truncated or not a safetensors file"),
+], ids=["missing", "directory", "wrong-kind", "truncated", "not-safetensors"])
+def test_a_bad_steer_file_fails_before_weights_load_naming_it(no_weights, tmp_path, make_file, error, message):
+    path = make_file(tmp_path)
+    with pytest.raises(error, match=re.escape(message.format(path=path))):
+        UnlockLM(pretrained="no/such-model", steer=str(path))
+
+
+def test_load_tensors_wraps_a_truncated_file_naming_it(tmp_path):
+    path = _truncated(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is truncated or not a safetensors file")) as caught:
+        load_tensors(path)
+    assert type(caught.value) is ValueError  # not safetensors' own SafetensorError
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"alpha": "abc"}, "alpha 'abc' is not allowed: must be a finite number"),
+    ({"alpha": "nan"}, "alpha nan is out of range: must be a finite number"),
+    ({"alpha": float("inf")}, "alpha inf is out of range: must be a finite number"),
+    ({"rule": "sideways"}, f"rule 'sideways' is not allowed; allowed: {', '.join(STEER_RULES)}"),
+    ({"positions": "middle"}, f"positions 'middle' is not allowed; allowed: {', '.join(STEER_POSITIONS)}"),
+    ({"layers": "a-b"}, "layers 'a-b' is not understood"),
+], ids=["alpha-text", "alpha-nan", "alpha-inf", "rule", "positions", "layers"])
+@pytest.mark.parametrize("with_file", [True, False], ids=["steer-file", "no-steer-file"])
+def test_a_bad_steering_arg_fails_before_weights_load_naming_it(no_weights, tmp_path, args, message, with_file):
+    steer = str(_steer_file(tmp_path, {"alpha": 0.05, "rule": "add"})) if with_file else None
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UnlockLM(pretrained="no/such-model", steer=steer, **args)
+
+
+def test_a_bad_recorded_setting_names_the_file(no_weights, tmp_path):
+    path = _steer_file(tmp_path, {"rule": "bogus"})
+    expected = f"steer file {path}: its recorded rule 'bogus' is not allowed; allowed: {', '.join(STEER_RULES)}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        UnlockLM(pretrained="no/such-model", steer=str(path))

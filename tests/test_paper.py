@@ -62,7 +62,7 @@ def test_preset_names_models_bf16_resources_tasks_and_paper_numbers(preset):
     budget = 512 if cfg.capability.contrast == "prompt" else (3584 if "OLMo-2" in cfg.target_model.path else 4096)
     assert cfg.eval.max_new_tokens == budget
     assert cfg.eval.tasks == [cfg.capability.locked_task] and cfg.capability.locked_task.startswith("unlock_")
-    assert cfg.capability.activation_storage == "float16"
+    assert cfg.capability.activation_storage == "bfloat16"
     if cfg.paper.setup:
         assert dict(cfg.paper.numbers) == PAPER[cfg.paper.setup]["results"][cfg.benchmark.name]
     else:
@@ -266,14 +266,14 @@ def test_half_precision_activation_storage_is_a_separate_cache_entry(tmp_path):
     overrides = ["experiment=tiny", "eval.limit=2", "eval.max_new_tokens=4", "eval.conditions=[unsteered,unlock]",
                  f"paths.cache_dir={tmp_path / 'cache'}", "progress=false"]
     full = run(compose_run(overrides), tmp_path / "full")
-    half = run(compose_run([*overrides, "capability.activation_storage=float16"]), tmp_path / "half")
+    half = run(compose_run([*overrides, "capability.activation_storage=bfloat16"]), tmp_path / "half")
     assert half["stages"]["capture"]["misses"] == full["stages"]["capture"]["misses"] > 0, "not reused across precisions"
     captures = sorted((tmp_path / "cache" / "capture").glob("*.safetensors"))
     dtypes = set()
     for path in captures:
         with safe_open(str(path), "pt") as f:
             dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
-    assert dtypes == {"F32", "F16"}
+    assert dtypes == {"F32", "BF16"}
     # Half storage changes the map only by rounding: the steering vectors agree closely.
     from unlock.artifacts import load_steering_vectors
 

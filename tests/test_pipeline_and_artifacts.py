@@ -171,3 +171,33 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("interrupted")
     assert json.loads(target.read_text()) == {"ok": 1}
     assert os.listdir(tmp_path) == ["result.json"]
+
+
+def test_half_storage_keeps_massive_activations_that_float16_cannot_hold(tmp_path):
+    """Residual streams of large models carry activations in the tens of thousands; float16 stops at
+    65504 (and would store inf), bfloat16 has float32's range at the same size."""
+    from unlock.artifacts import load_activations, save_activations
+    from unlock.capture import Activations
+
+    values = torch.tensor([[70000.0, -1.0e5, 3.0, 1e-3]])
+    assert not torch.isfinite(values.to(torch.float16)).all(), "float16 overflows on these"
+    save_activations(tmp_path / "a.safetensors", Activations({0: values}, "last", [1], 1), storage="bfloat16")
+    loaded, _ = load_activations(tmp_path / "a.safetensors")
+    assert loaded[0].dtype == torch.float32
+    assert torch.allclose(loaded[0], values, rtol=2 ** -8), "bfloat16 keeps 8 significant bits and the range"
+    with pytest.raises(ValueError, match="activation storage 'float16' is not allowed; allowed: float32, bfloat16"):
+        save_activations(tmp_path / "b.safetensors", Activations({0: values}, "last", [1], 1), storage="float16")
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_no_artifact_is_written_with_non_finite_values(tmp_path, bad):
+    from unlock.artifacts import save_activations, save_steering_vectors
+    from unlock.capture import Activations
+
+    vector = torch.ones(4)
+    vector[2] = bad
+    with pytest.raises(ValueError, match=r"tensor 'vector.3' holds 1 non-finite value"):
+        save_steering_vectors(tmp_path / "v.safetensors", {1: torch.ones(4), 3: vector})
+    with pytest.raises(ValueError, match=r"tensor 'layer.5' holds 1 non-finite value"):
+        save_activations(tmp_path / "a.safetensors", Activations({5: vector[None]}, "last", [1], 1))
+    assert not list(tmp_path.iterdir()), "nothing written, not even a temporary file"

@@ -1,8 +1,7 @@
 """UNLOCK: carry a capability direction from a Source model to a Target model through a low-rank map.
 
 Stages, one module each: capture (activations) -> extract (direction) -> align (map) -> steer.
-Names below are imported lazily so that `import unlock` (done at start-up by the lm-eval CLI
-plugin) costs nothing until a name is used.
+Names below are imported lazily so that `import unlock` costs nothing until a name is used.
 """
 
 from importlib import import_module

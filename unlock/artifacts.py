@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from unlock.align import LinearMap
@@ -88,12 +88,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def atomic_create_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``path`` only where no file is: the finished temporary file is hard-linked into place,
+    which fails atomically with FileExistsError when another writer got there first (also on NFS)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse to store inf or NaN: a direction or map built from one is silently wrong (or NaN)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = (~torch.isfinite(tensor)).sum().item()
+            raise ValueError(f"{path}: tensor {name!r} holds {bad} non-finite value(s) (inf or NaN) in "
+                             f"{tensor.dtype}; refusing to write it")
+
+
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    """Atomically write tensors plus JSON metadata (library versions added) to a safetensors file."""
+    """Atomically write tensors plus JSON metadata (library versions added) to a safetensors file;
+    non-finite values are refused, naming the tensor (``layer.12``, ``vector.3``, ...)."""
+    check_finite(path, tensors)
     full_meta = {"format_version": FORMAT_VERSION, "library_versions": library_versions(), **meta}
     header = {METADATA_KEY: json.dumps(full_meta, sort_keys=True, default=str)}
     with atomic_path(path) as tmp:
@@ -101,18 +128,28 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read tensors and metadata back; safetensors cannot execute code, unlike pickle."""
+    """Read tensors and metadata back; safetensors cannot execute code, unlike pickle.
+
+    Every failure names the file: missing (FileNotFoundError), or truncated / not safetensors / not an
+    UNLOCK artifact (ValueError), never a bare SafetensorError.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no artifact at {path}")
     tensors = {}
-    with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata() or {}
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except SafetensorError as error:
+        raise ValueError(f"{path} is truncated or not a safetensors file ({error})") from error
     if METADATA_KEY not in header:
         raise ValueError(f"{path} is not an UNLOCK artifact: its safetensors header has no '{METADATA_KEY}' key")
-    return tensors, json.loads(header[METADATA_KEY])
+    try:
+        return tensors, json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not an UNLOCK artifact: its '{METADATA_KEY}' metadata is not JSON ({error})") from error
 
 
 # --- directions ---------------------------------------------------------------------------------
@@ -204,11 +241,19 @@ def _expect_kind(path: str | os.PathLike, meta: Mapping[str, Any], kind: str) ->
 
 
 # --- activations (the capture stage's cache) ----------------------------------------------------
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def save_activations(
-    path: str | os.PathLike, activations: Activations, meta: Mapping[str, Any] | None = None, half: bool = False
+    path: str | os.PathLike, activations: Activations, meta: Mapping[str, Any] | None = None,
+    storage: str = "float32",
 ) -> None:
-    """Per-layer activations; ``half`` stores float16 (big pairs) and loads back as float32."""
-    store = torch.float16 if half else torch.float32
+    """Per-layer activations, stored as ``storage`` and loaded back as float32. Half storage is
+    bfloat16: float32's range (residual streams of large models carry activations in the tens of
+    thousands, past float16's 65504) at float16's size."""
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"activation storage {storage!r} is not allowed; allowed: {', '.join(STORAGE_DTYPES)}")
+    store = STORAGE_DTYPES[storage]
     tensors = {f"layer.{layer}": value.to(store) for layer, value in activations.per_layer.items()}
     info = {
         "kind": "activations",

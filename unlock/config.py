@@ -10,8 +10,11 @@ weights live in :func:`validate`.
 from __future__ import annotations
 
 import math
+import os
+import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ DType = _choices("DType", ("float32", "bfloat16", "float16", "auto"))
 Contrast = _choices("Contrast", ("prompt", "checkpoint"))
 Aggregation = _choices("Aggregation", ("mean", "pca"))
 ExtractionPosition = _choices("ExtractionPosition", ("last", "mean"))  # capture's "all" gives unpaired rows
-Storage = _choices("Storage", ("float32", "float16"))
+Storage = _choices("Storage", ("float32", "bfloat16"))  # unlock.artifacts.STORAGE_DTYPES
 LayerMode = _choices("LayerMode", ("all", "list", "single"))
 MapMethod = _choices("MapMethod", ("unlock", "ridge", "procrustes"))
 SteerRule = _choices("SteerRule", ("norm_preserving", "add"))
@@ -84,8 +87,9 @@ class CapabilityConfig:
     batch_size: int = 16
     max_length: int | None = None
     n_shots: int = 0  # worked examples before each Unlocked prompt (capability=icl; paper: 8 GSM8K, 5 MATH)
-    # On-disk precision of captured activations: float16 halves the cache for big pairs (a 14B pair
-    # at N=512 stores ~1 GB per capture in float32); tensors come back as float32 either way.
+    # On-disk precision of captured activations: bfloat16 halves the cache for big pairs (a 14B pair
+    # at N=512 stores ~1 GB per capture in float32) and keeps float32's range, which float16 (max 65504)
+    # lacks for the massive activations of large models; tensors come back as float32 either way.
     activation_storage: Storage = Storage.float32
 
 
@@ -112,7 +116,10 @@ class LayerConfig:
     mode: LayerMode = LayerMode.all
     indices: list[int] = field(default_factory=list)  # mode=list, or mode=single with one index
     depth: float | None = None  # mode=single by relative depth in [0, 1] instead of an index
-    explicit_pairs: dict[int, int] | None = None  # {target_layer: source_layer}
+    # {target_layer: source_layer}, e.g. layer.explicit_pairs={0:3,5:11}; null: linear in depth. Typed
+    # Any because OmegaConf 2.3 cannot take a command-line dict into an Optional[Dict[int, int]] node
+    # (AttributeError) nor new keys into a Dict one (struct); make_plan checks it instead.
+    explicit_pairs: Any = None
 
 
 @dataclass
@@ -214,6 +221,17 @@ def project_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
+@lru_cache(maxsize=1)
+def run_tag() -> str:
+    """What makes this process's run directory unique beside others started in the same second: the
+    SLURM job (array job and task) where there is one, and random hex always (a requeued job gets a
+    new directory; its stages come from the cache)."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}-{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ else (
+        os.environ.get("SLURM_JOB_ID"))
+    return f"j{job}_{secrets.token_hex(3)}" if job else secrets.token_hex(3)
+
+
 def register_configs() -> None:
     """The schema for conf/config.yaml, and resolvers for locations that depend on the install."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -221,6 +239,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("unlock_root", project_root)
         OmegaConf.register_new_resolver("unlock_tasks_dir", lambda: str(TASKS_DIR))
         OmegaConf.register_new_resolver("unlock_paper", paper_numbers)
+        OmegaConf.register_new_resolver("unlock_run_tag", run_tag, use_cache=True)  # kept in the config, so
+        # a submitit job process resolves the directory its launcher chose
         OmegaConf.register_new_resolver("unlock_source_task", lambda task, name, source: source_task(task, name, str(source)))
 
 
@@ -250,6 +270,12 @@ def validate(cfg: Any) -> None:
     if not math.isfinite(cfg.alpha.value):
         raise ValueError(f"alpha.value {cfg.alpha.value} is out of range: must be finite (paper grid 0.05..0.5)")
     _check_eval(cfg)
+    for name in ("source_model", "target_model"):
+        check_device(name, cfg[name].device)
+    for name, model in (("capability.unlocked_model", cfg.capability.unlocked_model),
+                        ("eval.reference_model", cfg.eval.reference_model)):
+        if model is not None:
+            check_device(name, model.device)
     for key in ("gpus_per_node", "gpu_mem_gb", "cpus_per_task", "mem_gb", "timeout_min"):
         low = 0 if key == "gpus_per_node" else 1
         if cfg.resources[key] < low:
@@ -265,6 +291,8 @@ def _check_capability(cap: Any) -> None:
         raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range for pca: must be >= 2")
     if cap.n_shots < 0:
         raise ValueError(f"capability.n_shots {cap.n_shots} is out of range: must be >= 0")
+    if cap.batch_size < 1:
+        raise ValueError(f"capability.batch_size {cap.batch_size} is out of range: must be >= 1")
     if cap.n_heldout < 0:
         raise ValueError(f"capability.n_heldout {cap.n_heldout} is out of range: must be >= 0")
 
@@ -278,6 +306,31 @@ def _check_layer(layer: Any) -> None:
             raise ValueError(f"layer.depth {layer.depth} is out of range: must be in [0, 1]")
     if layer.mode == "list" and not layer.indices:
         raise ValueError("layer.mode=list needs a non-empty layer.indices")
+    explicit_pairs(layer)
+
+
+def explicit_pairs(layer: Any) -> dict[int, int] | None:
+    """layer.explicit_pairs as {Target layer: Source layer}, or None (linear pairing); ranges are
+    checked against the models' depths in make_plan."""
+    raw = layer.explicit_pairs
+    if raw is None:
+        return None
+    pairs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw
+    if not (isinstance(pairs, dict) and pairs and all(
+            type(k) is int and type(v) is int for k, v in pairs.items())):  # noqa: E721 (bool is no layer)
+        raise ValueError(f"layer.explicit_pairs {pairs!r} is not allowed: must be a non-empty map of Target layer "
+                         "to Source layer indices, e.g. layer.explicit_pairs={0:3,5:11}")
+    return pairs
+
+
+def check_device(name: str, device: Any) -> None:
+    """A device string torch understands (cpu, cuda, cuda:N, mps, ...), checked before anything loads."""
+    import torch
+
+    try:
+        torch.device(str(device))
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"{name}.device {device!r} is not allowed: use cpu, cuda, cuda:N or mps ({error})") from None
 
 
 def _check_eval(cfg: Any) -> None:
@@ -290,5 +343,7 @@ def _check_eval(cfg: Any) -> None:
         raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
     if ev.limit is not None and ev.limit < 1:
         raise ValueError(f"eval.limit {ev.limit} is out of range: must be >= 1 or null")
+    if ev.batch_size < 1:
+        raise ValueError(f"eval.batch_size {ev.batch_size} is out of range: must be >= 1")
     if ev.max_new_tokens < 1:
         raise ValueError(f"eval.max_new_tokens {ev.max_new_tokens} is out of range: must be >= 1")

@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from unlock.artifacts import atomic_write_bytes, atomic_write_json
-from unlock.cache import StageCache
+from unlock.artifacts import atomic_write_bytes
+from unlock.cache import StageCache, load_json, save_json
 from unlock.conditions import CONDITIONS
 from unlock.config import prompt_task
 from unlock.loading import model_identity
@@ -89,7 +89,7 @@ def _sample_rows(samples: list[dict]) -> list[dict]:
             "target": sample.get("target"),
             "prompt": (sample.get("arguments") or [[None]])[0][0] if sample.get("arguments") else None,
             "response": response if isinstance(response, str) else json.dumps(response, default=str),
-            **{k: sample[k] for k in ("acc", "gen_words", "stepwise") if k in sample},
+            **{k: sample[k] for k in ("acc", "gen_words", "stepwise", "unparsable", "checker_timeout") if k in sample},
         })
     return rows
 
@@ -173,7 +173,7 @@ def _evaluate_cached(cfg: DictConfig, cache: StageCache, evaluator: Evaluator, m
     }
     result, _ = cache.get_or_compute(
         "eval", spec, ".json", compute=lambda: _computed(evaluator.evaluate(model_cfg, task, steering)),
-        save=atomic_write_json, load=lambda path: json.loads(Path(path).read_text()),
+        save=save_json, load=load_json,
     )
     return result
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from unlock.cache import ForeignArtifact, lease
 from unlock.models import ModelShape
 
 # Shapes are those of the pinned files (checked against config.json once converted); knowing them
@@ -91,12 +93,39 @@ def sha256_of(path: Path) -> str:
 
 
 def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
-    """A safetensors checkpoint directory for the package's model, converting it on first use."""
+    """A safetensors checkpoint directory for the package's model, converting it on first use (once
+    across concurrent jobs); a directory that does not say it was converted from this GGUF (by its
+    SHA-256) is foreign: named in a warning and converted anew."""
     gguf = gguf_path(package, cache_dir)
-    target = Path(cache_dir) / "models" / sha256_of(gguf)[:16]
-    if (target / "config.json").is_file():
+    source = {"package": package, "gguf": gguf.name, "sha256": sha256_of(gguf)}
+    target = Path(cache_dir) / "models" / source["sha256"][:16]
+    if _converted_from(target, source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with lease(target, f"the conversion of {package}"):
+        if not _converted_from(target, source, quiet=True):
+            if target.exists():
+                shutil.rmtree(target)
+            _convert(package, gguf, source, target)
+    return target
+
+
+def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -> bool:
+    if not (target / "config.json").is_file():
+        return False
+    try:
+        recorded = json.loads((target / "unlock_source.json").read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == source:
+        return True
+    if not quiet:
+        warnings.warn(f"[cache] {target} was not converted from {source['gguf']} (sha256 {source['sha256'][:16]}...): "
+                      f"it records {recorded}; not used, converting again", ForeignArtifact, stacklevel=3)
+    return False
+
+
+def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         with tqdm(total=2, desc=f"convert {package} GGUF -> safetensors (once)") as bar:
@@ -110,16 +139,11 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
                 del model.config.quantization_config
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / "unlock_source.json").write_text(json.dumps({"package": package, "gguf": gguf.name}))
+            (tmp / "unlock_source.json").write_text(json.dumps(source))
             bar.update(1)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
-                raise
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def package_shape(package: str) -> ModelShape:

@@ -12,6 +12,7 @@ import json
 import math
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unlock.align import pair_layers
 from unlock.artifacts import (
+    atomic_create_bytes,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
@@ -35,9 +37,9 @@ from unlock.artifacts import (
     save_maps,
     save_steering_vectors,
 )
-from unlock.cache import StageCache, fingerprint
+from unlock.cache import StageCache, fingerprint, load_json, save_json
 from unlock.capture import Activations, capture_activations
-from unlock.config import validate
+from unlock.config import explicit_pairs, validate
 from unlock.evaluate import evaluate_conditions
 from unlock.fidelity import summarise as summarise_fidelity
 from unlock.fidelity import transfer_fidelity
@@ -84,11 +86,12 @@ def make_plan(cfg: DictConfig) -> Plan:
                 f"capability.unlocked_model has {other.n_layers} layers x {other.hidden_size} wide, but the Source "
                 f"has {source.n_layers} x {source.hidden_size}; a checkpoint contrast needs one architecture"
             )
-    explicit = OmegaConf.to_container(cfg.layer.explicit_pairs) if cfg.layer.explicit_pairs else None
-    pairs = pair_layers(
-        source.n_layers, target.n_layers, target_layers=target_layer_selection(cfg.layer, target.n_layers),
-        explicit=explicit,
-    )
+    explicit = explicit_pairs(cfg.layer)
+    try:
+        pairs = pair_layers(source.n_layers, target.n_layers,
+                            target_layers=target_layer_selection(cfg.layer, target.n_layers), explicit=explicit)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"layer.{'explicit_pairs' if explicit else 'indices'}: {error}") from None
     width_limit = min(source.hidden_size, target.hidden_size)
     if cfg.rank.value > width_limit:
         raise ValueError(
@@ -130,22 +133,37 @@ class ModelPool:
 # --------------------------------------------------------------------------------------------------
 # Caching around the method: each stage's file format, and the pipeline step that uses the cache.
 # --------------------------------------------------------------------------------------------------
-def _load_alignment(path: Path) -> Alignment:
+def _load_alignment(path: Path) -> tuple[Alignment, dict[str, Any] | None]:
     maps, pairs, meta = load_maps(path)
-    return Alignment(pairs=pairs, maps=maps, quality={int(k): v["quality"] for k, v in meta["layers"].items()})
+    quality = {int(k): v["quality"] for k, v in meta["layers"].items()}
+    return Alignment(pairs=pairs, maps=maps, quality=quality), _provenance(meta)
 
 
-# stage -> (suffix, save(path, value, spec), load(path))
-CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path], Any]]] = {
-    "capture": (".safetensors", lambda path, acts, spec: save_activations(
-        path, acts, {"spec": spec}, half=spec.get("storage") == "float16"), lambda path: load_activations(path)[0]),
-    "extract": (".safetensors", lambda path, d, spec: save_directions(path, d, {"spec": spec}),
-                lambda path: load_directions(path)[0]),
-    "align": (".safetensors", lambda path, a, spec: save_maps(path, a.maps, a.pairs, a.quality, {"spec": spec}),
+def _provenance(meta: dict[str, Any]) -> dict[str, Any] | None:
+    return meta.get("cache")
+
+
+def _carrying(loader: Callable[[Path], tuple[Any, dict[str, Any]]]) -> Callable[[Path], tuple[Any, dict | None]]:
+    """A (value, metadata) loader as a (value, envelope) one."""
+    def load(path: Path) -> tuple[Any, dict | None]:
+        value, meta = loader(path)
+        return value, _provenance(meta)
+    return load
+
+
+# stage -> (suffix, save(path, value, envelope), load(path) -> (value, envelope)); unlock.cache checks
+# the envelope (stage, key, full spec) against the one asked for before a value is used.
+CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path], tuple[Any, dict | None]]]] = {
+    "capture": (".safetensors", lambda path, acts, env: save_activations(
+        path, acts, {"cache": env}, storage=env["spec"].get("storage", "float32")),
+        _carrying(load_activations)),
+    "extract": (".safetensors", lambda path, d, env: save_directions(path, d, {"cache": env}),
+                _carrying(load_directions)),
+    "align": (".safetensors", lambda path, a, env: save_maps(path, a.maps, a.pairs, a.quality, {"cache": env}),
               _load_alignment),
-    "vectors": (".safetensors", lambda path, v, spec: save_steering_vectors(path, v, {"spec": spec}),
-                lambda path: load_steering_vectors(path)[0]),
-    "lens": (".json", lambda path, value, spec: atomic_write_json(path, value), lambda path: json.loads(Path(path).read_text())),
+    "vectors": (".safetensors", lambda path, v, env: save_steering_vectors(path, v, {"cache": env}),
+                _carrying(load_steering_vectors)),
+    "lens": (".json", save_json, load_json),
 }
 
 
@@ -170,14 +188,14 @@ class Session:
             return value, int(getattr(value, "n_forward_passes", 0))
 
         value, key = self.cache.get_or_compute(stage, full, suffix, computed,
-                                               save=lambda path, v: save(path, v, full), load=load)
+                                               save=save, load=load)
         return Cached(value, key)
 
     def capture(self, model_cfg: Any, prompts: list[str], label: str) -> Cached[Activations]:
         cap = self.cfg.capability
         spec = {"model": model_identity(model_cfg), "prompts": fingerprint(prompts, 32), "n": len(prompts),
                 "position": cap.position, "padding_side": "left", "max_length": cap.max_length, "layers": "all"}
-        if cap.activation_storage == "float16":  # float32 storage keeps the keys it always had
+        if cap.activation_storage != "float32":  # float32 storage keeps the keys it always had
             spec["storage"] = cap.activation_storage
 
         def compute() -> Activations:
@@ -271,6 +289,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     DROPPED.clear()  # this run's benchmark only (a multirun may run many in one process)
     if cfg.dry_run:
         return dry_run(cfg, plan)
+    check_devices_present(cfg)
     session = Session(cfg)
     captures = capture_all(session, prompt_sets(cfg))
     result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
@@ -289,6 +308,20 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     findings = {"artifacts": artifacts, "logit_lens": lenses, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
                 "transfer_fidelity_summary": summarise_fidelity(fidelity)}
     return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)
+
+
+def check_devices_present(cfg: DictConfig) -> None:
+    """Every model's device exists on this machine, checked before the first model loads (not in a
+    dry run, which may plan a GPU job on a login node)."""
+    models = {"source_model": cfg.source_model, "target_model": cfg.target_model,
+              "capability.unlocked_model": cfg.capability.unlocked_model, "eval.reference_model": cfg.eval.reference_model}
+    for name, model in models.items():
+        device = torch.device(str(model.device)) if model is not None else None
+        if device is not None and device.type == "cuda":
+            count = torch.cuda.device_count()
+            if count == 0 or (device.index or 0) >= count:
+                raise ValueError(f"{name}.device {model.device!r} is not available here: this machine has {count} "
+                                 f"CUDA device(s){'; use cpu' if count == 0 else f', cuda:0..cuda:{count - 1}'}")
 
 
 def prompt_sets(cfg: DictConfig) -> PromptSets:
@@ -364,10 +397,13 @@ def export_steering(output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictCo
     vectors = sets["unlock"].value
     files = {"steering_vectors": output_dir / "steering_vectors.safetensors",
              "lm_eval_steered": output_dir / "lm_eval_steered.pt"}
-    save_steering_vectors(files["steering_vectors"], vectors, {"alpha": cfg.alpha.value, "condition": "unlock"})
+    # The `unlock` lm-eval model reads alpha, rule, positions and layers from this file as its
+    # defaults, so `--model_args pretrained=DIR,steer=FILE` reproduces the run's unlock condition.
+    how = {"alpha": float(cfg.alpha.value), "rule": str(cfg.alpha.rule), "positions": str(cfg.alpha.positions)}
+    save_steering_vectors(files["steering_vectors"], vectors, {**how, "condition": "unlock"})
     if "native" in sets:
         files["native_vectors"] = output_dir / "native_vectors.safetensors"
-        save_steering_vectors(files["native_vectors"], sets["native"].value, {"condition": "native"})
+        save_steering_vectors(files["native_vectors"], sets["native"].value, {**how, "condition": "native"})
     # lm-eval's SteeredModel adds steering_coefficient * vector at every position of the modules it
     # names under model.base_model: "<block_path>.{j}" is the Target's decoder block j. That class has
     # no norm-preserving or last-token rule, so it reproduces UNLOCK only approximately; the `unlock`
@@ -417,10 +453,37 @@ def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+class RecordExists(RuntimeError):
+    """results.json already holds another run's results: it is never replaced."""
+
+
 def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
-    """results.json, atomically, with the environment that made it (added to ``record`` in place, so
-    W&B logs the same)."""
+    """results.json, atomically, with the environment that made it and a run id (added to ``record``
+    in place, so W&B logs the same). Another run's finished results.json is never replaced: this
+    run's record then goes beside it as results.<run_id>.json and :class:`RecordExists` is raised.
+    A failed run's record may be replaced (a retry of that point)."""
     record.setdefault("environment", environment())
+    record.setdefault("run_id", uuid.uuid4().hex[:12])
     path = Path(output_dir) / "results.json"
-    atomic_write_json(path, record)
-    return path
+    data = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
+    try:
+        atomic_create_bytes(path, data)
+        return path
+    except FileExistsError:
+        pass
+    existing = _read_json(path)
+    if existing.get("status") == "failed" or existing.get("run_id") == record["run_id"]:
+        atomic_write_bytes(path, data)
+        return path
+    aside = path.with_name(f"results.{record['run_id']}.json")
+    atomic_write_bytes(aside, data)
+    raise RecordExists(f"{path} holds the results of another run (run_id {existing.get('run_id')}, status "
+                       f"{existing.get('status')}); it is not replaced. This run's record is at {aside}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

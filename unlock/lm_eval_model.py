@@ -1,7 +1,12 @@
 """A steering-aware lm-eval model: HFLM with UNLOCK's Steering around every forward pass.
 
 Registered as ``unlock``, so both the harness and the CLI use it:
-    lm_eval --model unlock --model_args pretrained=DIR,steer=vectors.safetensors,alpha=0.1 --tasks ...
+    lm_eval --model unlock --model_args pretrained=DIR,steer=steering_vectors.safetensors --tasks ...
+alpha, rule, positions and layers default to what the steer file records (a run's file records the
+settings it steered with); explicit model args override them; a file that records none of them gets
+alpha 0.1, norm_preserving, last and every layer with a vector, with a warning naming the file.
+The steer file and the model args are checked before any weights load.
+
 Generation requests are steered through the prefill pass (last prompt token by default). For
 loglikelihood requests, one pass holds context and continuation; the prompt boundary of each row is
 recovered from the request's context length, so "last prompt token" means the last context token.
@@ -11,7 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +25,10 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from unlock.artifacts import load_steering_vectors
-from unlock.steer import Steering
+from unlock.steer import STEER_POSITIONS, STEER_RULES, Steering, check_alpha
+
+# What steering a steer file that records no settings gets (today's defaults; layers None = all).
+STEER_DEFAULTS: dict[str, Any] = {"alpha": 0.1, "rule": "norm_preserving", "positions": "last", "layers": None}
 
 
 def parse_layers(spec: str | list[int] | None) -> list[int] | None:
@@ -40,6 +49,58 @@ def parse_layers(spec: str | list[int] | None) -> list[int] | None:
     return layers
 
 
+def parse_alpha(value: float | str) -> float:
+    """A finite steering strength; the CLI hands it over as text when it is not a number."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"alpha {value!r} is not allowed: must be a finite number, e.g. alpha=0.1") from None
+    return check_alpha(value)
+
+
+def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.strip() not in allowed:
+        raise ValueError(f"{name} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value.strip()
+
+
+_PARSERS = {
+    "alpha": parse_alpha,
+    "rule": lambda value: _choice(value, "rule", STEER_RULES),
+    "positions": lambda value: _choice(value, "positions", STEER_POSITIONS),
+    "layers": parse_layers,
+}
+
+
+def steering_settings(steer: str | None, **given: Any) -> tuple[dict[int, torch.Tensor] | None, dict[str, Any]]:
+    """The steer file's vectors and the settings to steer with: each of alpha, rule, positions and
+    layers from ``given`` (model args) unless None, else from the file's metadata, else
+    :data:`STEER_DEFAULTS` (one warning naming the file). Reads only the small steer file, so a bad
+    file or value fails before any weights load. Without a file: no vectors, the given values checked."""
+    if not steer:
+        return None, {key: _PARSERS[key](value) for key, value in given.items() if value is not None}
+    vectors, meta = load_steering_vectors(steer)
+    settings: dict[str, Any] = {}
+    defaulted: dict[str, Any] = {}
+    for key, parse in _PARSERS.items():
+        if given.get(key) is not None:
+            settings[key] = parse(given[key])
+        elif meta.get(key) is not None:
+            try:
+                settings[key] = parse(meta[key])
+            except ValueError as error:
+                raise ValueError(f"steer file {steer}: its recorded {error}") from None
+        else:
+            settings[key] = STEER_DEFAULTS[key]
+            defaulted[key] = "all" if STEER_DEFAULTS[key] is None else STEER_DEFAULTS[key]
+    if defaulted:
+        using = ", ".join(f"{key}={value}" for key, value in defaulted.items())
+        warnings.warn(f"steer file {steer} records no {', '.join(defaulted)}; using {using} "
+                      "(model args override)", stacklevel=3)
+    return vectors, settings
+
+
 def _flag(value: bool | str, name: str) -> bool:
     """A boolean model arg; the CLI may hand it over as text."""
     if isinstance(value, bool):
@@ -58,9 +119,9 @@ class UnlockLM(HFLM):
         self,
         pretrained: Any,
         steer: str | None = None,
-        alpha: float = 0.1,
-        rule: str = "norm_preserving",
-        positions: str = "last",
+        alpha: float | str | None = None,
+        rule: str | None = None,
+        positions: str | None = None,
         layers: str | list[int] | None = None,
         track_entropy: bool = False,
         **kwargs: Any,
@@ -68,15 +129,16 @@ class UnlockLM(HFLM):
         # The harness reads next-token entropy per condition; a softmax over the vocabulary per
         # decoding step (~2% of a step for Gemma's 262k vocabulary on CPU) that CLI runs do not need.
         track_entropy = _flag(track_entropy, "track_entropy")  # checked before any weights load
+        # The steer file and the steering args too: a typo should not cost a model load.
+        vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
         kwargs.setdefault("trust_remote_code", False)
         super().__init__(pretrained=pretrained, **kwargs)
         self.track_entropy = track_entropy
         self._steering: Steering | None = None
         self._boundaries: dict[tuple[int, ...], int] = {}
         self.reset_stats()
-        if steer:
-            vectors, _ = load_steering_vectors(steer)
-            self.set_steering(vectors, float(alpha), rule=rule, positions=positions, layers=parse_layers(layers))
+        if vectors is not None:
+            self.set_steering(vectors, **settings)
 
     # --- steering control ----------------------------------------------------------------------
     def set_steering(

@@ -1,51 +1,45 @@
-"""Make the plain `lm_eval` CLI know `--model unlock`, without importing anything at start-up.
+"""Make the plain `lm_eval` CLI know `--model unlock`, without importing `unlock` at start-up.
 
 lm-eval has no plugin discovery for model classes, so `python -m unlock.lm_eval_plugin` (run by
-`make install`) writes a one-line ``.pth`` file into site-packages that installs the import hook
-below. The hook waits until lm-eval itself imports ``lm_eval.models`` and then registers ``unlock``
-as a lazy placeholder; the class is imported only when a user asks for it.
+`make install`) writes two files into site-packages: ``_unlock_lm_eval_hook.py``, a verbatim copy of
+the standard-library-only :mod:`unlock._lm_eval_hook`, and a one-line ``.pth`` file that imports that
+copy and installs its import hook. The hook waits until lm-eval itself imports ``lm_eval.models`` and
+then registers ``unlock`` as a lazy placeholder; the class is imported only when a user asks for it,
+from the ``unlock`` the interpreter finds then. Nothing of the package is imported at start-up, so a
+second checkout (git worktree, a colleague's copy) sharing the venv runs its own code.
+
+Rerunning it overwrites both files, including an old-style ``.pth`` that imported ``unlock`` itself.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
+import importlib.util
 import sysconfig
 from pathlib import Path
 
+from unlock import _lm_eval_hook
+
 PTH_NAME = "unlock_lm_eval_plugin.pth"
-MODEL_TARGET = "unlock.lm_eval_model:UnlockLM"
-
-
-class _RegisterUnlockModel(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "lm_eval.models":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_register(module):
-            exec_module(module)
-            from lm_eval.api.registry import model_registry
-
-            if model_registry.get("unlock", None) is None:
-                model_registry.register("unlock", target=MODEL_TARGET)
-
-        spec.loader.exec_module = exec_and_register  # type: ignore[method-assign]
-        return spec
+HOOK_MODULE = "_unlock_lm_eval_hook"
+HOOK_SOURCE = Path(_lm_eval_hook.__file__)
+PTH_LINE = f"import {HOOK_MODULE}; {HOOK_MODULE}.install()\n"
 
 
 def install_hook() -> None:
-    if not any(isinstance(finder, _RegisterUnlockModel) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterUnlockModel())
+    """Install the import hook in this interpreter (what the ``.pth`` file does at start-up)."""
+    _lm_eval_hook.install()
 
 
-def install_pth(site_packages: str | None = None) -> Path:
-    target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
-    target.write_text("import unlock.lm_eval_plugin as _unlock_plugin; _unlock_plugin.install_hook()\n")
+def install_pth(site_packages: str | Path | None = None) -> Path:
+    """Write the hook module and its ``.pth`` into ``site_packages`` (default: this interpreter's
+    purelib); returns the ``.pth`` path. The module is written first, so the ``.pth`` never names a
+    missing module."""
+    site = Path(site_packages or sysconfig.get_paths()["purelib"])
+    module = site / f"{HOOK_MODULE}.py"
+    module.write_text(HOOK_SOURCE.read_text())
+    Path(importlib.util.cache_from_source(str(module))).unlink(missing_ok=True)  # no stale bytecode
+    target = site / PTH_NAME
+    target.write_text(PTH_LINE)
     return target
 
 

@@ -13,7 +13,9 @@ safetensors checkpoint keyed by the GGUF's SHA-256; see :mod:`unlock.gguf_models
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -125,6 +127,7 @@ class HFSource(ModelSource):
                 "trust_remote_code": self.trust_remote_code}
 
     def config(self, cache_dir: str | None = None) -> Any:
+        check_local_path(self.cfg)
         return _hub_config(self.cfg["path"], **self._from())
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
@@ -170,6 +173,16 @@ class PackagedGGUFSource(ModelSource):
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         return _pretrained(str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir)), dtype, {})
+
+
+def check_local_path(cfg: dict[str, Any]) -> None:
+    """An ``hf`` path that names a local directory must exist: transformers would read a missing one as
+    a malformed hub id and say only that. A hub id is 'name' or 'org/name'."""
+    path = str(cfg.get("path") or "")
+    local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    if not path or (local and not Path(path).expanduser().is_dir()):
+        raise FileNotFoundError(f"model {cfg.get('name')!r}: path {path!r} is not a directory; an hf model's path is "
+                                "a local directory (with config.json) or a hub id 'name' or 'org/name'")
 
 
 SOURCES: dict[str, type[ModelSource]] = {cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource)}

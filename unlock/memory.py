@@ -2,8 +2,8 @@
 
 The harness holds one model at a time (Source captures, then Target captures, then evaluation;
 ModelPool frees each model before loading the next), so the device must fit the largest model plus
-its generation KV cache, not the pair. Activations go to disk, in float16 where
-``capability.activation_storage=float16`` (the paper presets do so).
+its generation KV cache, not the pair. Activations go to disk, in bfloat16 where
+``capability.activation_storage=bfloat16`` (the paper presets do so).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def memory_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     peak = max(f.weights_gb + f.kv_cache_gb for f in footprints) * 1.2  # + framework and temporaries
     # Captures: Source Locked, held-out, Unlocked; Target Locked, held-out (and Unlocked for native).
     rows = cap.n_prompts * 2 + cap.n_heldout
-    storage = 2 if cap.activation_storage == "float16" else 4
+    storage = 2 if cap.activation_storage == "bfloat16" else 4
     disk = (rows * plan.source_layers * plan.source_width
             + (rows if "native" in ev.conditions else cap.n_prompts + cap.n_heldout) * plan.target_layers * plan.target_width)
     on_gpu = any(str(model_cfg.device).startswith("cuda") for _, model_cfg, _ in roles)

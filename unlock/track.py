@@ -68,7 +68,10 @@ def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     console.print(table)
     stages = record.get("stages", {})
     console.print("stages: " + "; ".join(
-        f"{name} {s['hits']} hit / {s['misses']} computed, {s['forward_passes']} forward passes, {s['seconds']:.1f}s"
+        f"{name} {s['hits']} hit / {s['misses']} computed"
+        + (f" / {s['shared']} from another job" if s.get("shared") else "")
+        + (f" / {s['foreign']} foreign file(s) replaced" if s.get("foreign") else "")
+        + f", {s['forward_passes']} forward passes, {s['seconds']:.1f}s"
         for name, s in stages.items()))
     quality = record.get("fit_quality_mean", {})
     if quality:

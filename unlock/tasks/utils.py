@@ -25,8 +25,9 @@ def load_splits(name: str, **_metadata):
 
 
 def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
-    """Accuracy by mathematical equivalence, behaviour metrics that show whether CoT moved, and the
-    share of extracted answers the checker could not parse (scored wrong, counted here)."""
+    """Accuracy by mathematical equivalence, behaviour metrics that show whether CoT moved, the share
+    of extracted answers the checker could not parse, and the share whose parse or comparison timed
+    out (both scored wrong, counted here; a timed-out answer is not also counted as unparsable)."""
     text = results[0]
     predicted = extract_answer(text)
     verdict = check(predicted, doc["answer"])
@@ -35,5 +36,6 @@ def process_generation(doc: dict, results: list[str]) -> dict[str, float]:
         "gen_words": float(len(text.split())),
         "stepwise": float(reasons_in_steps(text)),
         "has_final_phrase": float("final answer is" in text.lower()),
-        "unparsable": float(predicted is not None and not verdict.parsed),
+        "unparsable": float(predicted is not None and not verdict.parsed and not verdict.timed_out),
+        "checker_timeout": float(verdict.timed_out),
     }
