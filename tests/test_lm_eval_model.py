@@ -11,7 +11,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from unlock.artifacts import load_tensors, save_steering_vectors, save_tensors
-from unlock.evaluate import wilson_interval
+from unlock.scores import wilson_interval
 from unlock.lm_eval_model import UnlockLM, parse_layers, steering_settings
 from unlock.steer import STEER_POSITIONS, STEER_RULES, Steering
 

@@ -206,7 +206,7 @@ def test_hub_task_loads_through_lm_eval_with_disjoint_splits(monkeypatch):
 # Report: paper vs run
 # --------------------------------------------------------------------------------------------------
 def _record(acc: float, n: int, split: str = "test", status: str = "ok", benchmark: str = "math") -> dict:
-    from unlock.evaluate import wilson_interval
+    from unlock.scores import wilson_interval
 
     task = f"unlock_{benchmark}"
     metrics = {"acc": acc, "n": n, "acc_ci95": list(wilson_interval(acc * n, n))}

@@ -19,6 +19,7 @@ import sys
 # lm-eval model name -> "module:Class", imported by lm-eval only when that model is asked for.
 MODELS: dict[str, str] = {
     "unlock": "unlock.lm_eval_model:UnlockLM",
+    "unlock_vllm": "unlock.lm_eval_vllm:UnlockVLLM",
 }
 
 

