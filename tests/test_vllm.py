@@ -289,3 +289,29 @@ def test_packaged_models_generate_as_on_the_hf_path(package):
     assert changed >= 4, f"{package}: steering changed only {changed} of 8 settings"
     del vl
     gc.collect()
+
+
+def test_the_lm_eval_cli_runs_unlock_vllm_with_a_steer_file(llama_dir, tmp_path):
+    """`lm_eval --model unlock_vllm --model_args pretrained=DIR,steer=FILE` (README's line) gives what
+    `unlock` gives with the same file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from unlock.artifacts import save_steering_vectors
+
+    steer = tmp_path / "v.safetensors"
+    save_steering_vectors(steer, vectors(6), {"alpha": 3.0, "rule": "add", "positions": "all"})
+    outputs = {}
+    for model in ("unlock", "unlock_vllm"):
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--device", "cpu", "--model_args",
+             f"pretrained={llama_dir},steer={steer},dtype=float32", "--tasks", "unlock_arith",
+             "--include_path", str(TASKS_DIR), "--limit", "3", "--gen_kwargs", "max_gen_toks=8",
+             "--output_path", str(tmp_path / model), "--log_samples"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (samples,) = (tmp_path / model).rglob("samples_unlock_arith_*.jsonl")
+        rows = sorted((json.loads(line) for line in samples.open()), key=lambda r: r["doc_id"])
+        outputs[model] = [r["filtered_resps"][0].replace("\ufffd", "") for r in rows]
+    assert outputs["unlock_vllm"] == outputs["unlock"]
