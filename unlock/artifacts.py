@@ -124,8 +124,13 @@ def atomic_create_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How every JSON artifact is written: indented, sorted keys, non-JSON values as strings."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -> None:

@@ -28,6 +28,7 @@ from unlock.artifacts import (
     atomic_write_bytes,
     atomic_write_json,
     environment,
+    json_bytes,
     load_activations,
     load_directions,
     load_maps,
@@ -465,7 +466,7 @@ def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
     record.setdefault("environment", environment())
     record.setdefault("run_id", uuid.uuid4().hex[:12])
     path = Path(output_dir) / "results.json"
-    data = (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode()
+    data = json_bytes(record)
     try:
         atomic_create_bytes(path, data)
         return path

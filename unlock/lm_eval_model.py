@@ -101,6 +101,18 @@ def steering_settings(steer: str | None, **given: Any) -> tuple[dict[int, torch.
     return vectors, settings
 
 
+def context_boundaries(requests, limit: int, drop_last: bool) -> dict[tuple[int, ...], int]:
+    """For loglikelihood requests (_, context tokens, continuation tokens): the model input each one
+    becomes (its last ``limit`` tokens, without the final one when ``drop_last``) -> the index of its
+    last context token there, the prompt boundary steering reads. Identical inputs keep the first."""
+    boundaries: dict[tuple[int, ...], int] = {}
+    for _, context_enc, continuation_enc in requests:
+        window = (context_enc + continuation_enc)[-limit:]
+        dropped = max(0, len(context_enc) + len(continuation_enc) - limit)
+        boundaries.setdefault(tuple(window[:-1] if drop_last else window), max(len(context_enc) - 1 - dropped, 0))
+    return boundaries
+
+
 def _flag(value: bool | str, name: str) -> bool:
     """A boolean model arg; the CLI may hand it over as text."""
     if isinstance(value, bool):
@@ -161,11 +173,8 @@ class UnlockLM(HFLM):
 
     # --- loglikelihood -------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, *args, **kwargs):
-        limit = self.max_length + 1
-        for _, context_enc, continuation_enc in requests:
-            tokens = (context_enc + continuation_enc)[-limit:][:-1]
-            dropped = max(0, len(context_enc) + len(continuation_enc) - limit)
-            self._boundaries.setdefault(tuple(tokens), max(len(context_enc) - 1 - dropped, 0))
+        # HFLM feeds the last max_length + 1 tokens without the final one (it is only predicted).
+        self._boundaries = context_boundaries(requests, self.max_length + 1, drop_last=True)
         try:
             return super()._loglikelihood_tokens(requests, *args, **kwargs)
         finally:

