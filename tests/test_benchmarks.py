@@ -255,3 +255,23 @@ def test_dry_run_of_the_offline_benchmark_checks_its_data(tmp_path):
 
     record = run(compose_run(["experiment=tiny", "dry_run=true", f"paths.cache_dir={tmp_path}"]), tmp_path)
     assert record["data"]["items"] == {"train": 200, "validation": 80, "test": 120}
+
+
+def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
+    """The planned items are the split's, cut by eval.limit; the effect is stats.effect where the paper
+    reports none, its gain where it does (qwen15 7B -> 14B, GSM8K: 74.2 - 15.9 points)."""
+    from tests.helpers import compose_run
+    from unlock.harness import planned_power, run
+    from unlock.paired import items_needed, power_at
+
+    record = run(compose_run(["experiment=tiny", "dry_run=true", "eval.limit=100", "stats.effect=0.2",
+                              f"paths.cache_dir={tmp_path}"]), tmp_path)
+    plan = record["power"]["unlock vs unsteered"]
+    assert (plan["n"], plan["effect"], plan["effect_from"]) == (100, 0.2, "default")
+    assert plan["power"] == pytest.approx(power_at(100, 0.2, 0.2)) and plan["items_needed"] == items_needed(0.2, 0.2)
+    assert set(record["power"]) == {"unlock vs unsteered", "unlock vs random", "prompting vs unsteered",
+                                    "native vs unsteered", "native vs random", "random vs unsteered"}
+    assert "power of the paired tests on 100 test items" in capsys.readouterr().out
+    paper = compose_run(["experiment=paper/cot_qwen15_7b_to_14b", "benchmark=gsm8k", f"paths.cache_dir={tmp_path}"])
+    gain = planned_power(paper, 1319)["unlock vs unsteered"]
+    assert gain["effect_from"] == "paper" and gain["effect"] == pytest.approx(0.583) and gain["power"] > 0.99

@@ -87,3 +87,62 @@ def test_spectral_entropy_is_log_of_the_number_of_equal_directions():
     rows = torch.cat([basis.T, -basis.T])  # centred already, 5 equal singular values
     assert spectral_entropy(rows) == pytest.approx(np.log(5), abs=1e-9)
     assert spectral_entropy(torch.outer(signs[:, 0], basis[:, 0])) == pytest.approx(0.0, abs=1e-9)
+
+
+def _random_pair(seed: int, n: int = 24):
+    gen = torch.Generator().manual_seed(seed)
+    source = torch.randn(n, D_S, generator=gen) @ torch.randn(D_S, D_S, generator=gen) * 0.3
+    target = torch.randn(n, D_T, generator=gen) @ torch.randn(D_T, D_T, generator=gen) * 0.3 + 0.5
+    return source, target, gen
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_self_ceiling_is_the_float64_projection_onto_the_targets_top_k_subspace(centre):
+    """The paper's map: ||V_k V_k^T n|| / ||n||, V_k the top-k right singular vectors of the Target's
+    (centred, for the pca variant) activations, computed here with numpy in float64."""
+    from unlock.fidelity import self_ceiling
+
+    source, target, gen = _random_pair(5)
+    native = torch.randn(D_T, generator=gen)
+    for rank in (1, 3, 8, 23):  # centred, 24 rows span 23 directions: a 24th would be arbitrary
+        linear_map = fit_map(source, target, rank=rank, centre=centre)
+        x = target.double().numpy()
+        x = x - x.mean(axis=0) if centre else x
+        v_k = np.linalg.svd(x, full_matrices=False)[2][:rank]
+        n = native.double().numpy()
+        expected = np.linalg.norm(v_k.T @ (v_k @ n)) / np.linalg.norm(n)
+        assert self_ceiling(linear_map, native) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["unlock", "ridge", "procrustes"])
+def test_no_mapped_direction_exceeds_the_self_ceiling(method):
+    """Random and planted data, every solver, several ranks: |cos(v^T W, n)| <= the ceiling for any v,
+    and some v (the one whose image is the projection of n) comes close on the paper's map."""
+    from unlock.fidelity import self_ceiling
+
+    for seed in range(4):
+        source, target, gen = _random_pair(seed) if seed % 2 else _planted(seed)[:2] + (torch.Generator().manual_seed(seed),)
+        natives = [torch.randn(D_T, generator=gen), _planted(seed)[3]]
+        for rank in (1, 4, 12):
+            linear_map = fit_map(source, target, rank=rank, method=method)
+            for native in natives:
+                ceiling = self_ceiling(linear_map, native)
+                assert 0.0 <= ceiling <= 1.0 + 1e-9
+                vs = torch.randn(200, D_S, generator=gen)
+                cos = torch.nn.functional.cosine_similarity(
+                    torch.stack([linear_map.map_direction(v) for v in vs]).double(), native.double()[None], dim=1)
+                assert float(cos.abs().max()) <= ceiling + 1e-6
+
+
+def test_with_source_equal_to_target_fidelity_equals_the_self_ceiling():
+    """One model on both sides: W = V_k V_k^T, so the native direction maps to its own projection."""
+    from unlock.fidelity import self_ceiling
+
+    _, target, gen = _random_pair(9, n=32)
+    for rank in (2, 6, 20):
+        linear_map = fit_map(target, target, rank=rank)
+        for _ in range(3):
+            native = torch.randn(D_T, generator=gen)
+            result = layer_fidelity(linear_map, linear_map.map_direction(native), native, draws=10)
+            assert result["cos"] == pytest.approx(self_ceiling(linear_map, native), abs=1e-5)
+            assert result["self_ceiling"] == pytest.approx(result["cos"], abs=1e-5)

@@ -47,6 +47,9 @@ def test_single_run_writes_results_for_every_condition(single_run):
     assert set(exported) == {f"layers.{j}" for j in range(6)}, "the tiny Llama Target's blocks under base_model"
     assert (runs[0] / "steering_vectors.safetensors").is_file()
     assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
+    assert "vs unsteered" in first.stdout and "paired comparisons (same items" in first.stdout
+    assert set(record["paired"]) == CONDITIONS - {"unsteered"}
+    assert record["paired"]["unlock"]["unlock_arith"]["unsteered"]["n"] == 3
 
 
 def test_transfer_fidelity_is_recorded_with_its_null(single_run):
@@ -59,6 +62,7 @@ def test_transfer_fidelity_is_recorded_with_its_null(single_run):
     for layer in fidelity.values():
         assert -1 <= layer["cos"] <= 1 and 0 < layer["null_p95"] <= 1 and 0 < layer["p_value"] <= 1
         assert layer["draws"] >= 200
+        assert abs(layer["cos"]) <= layer["self_ceiling"] + 1e-6, "no map reaches past its subspace"
     summary = record["transfer_fidelity_summary"]
     assert summary["layers"] == 6 and summary["beat_null"] == sum(f["cos"] > f["null_p95"] + 1e-6 for f in fidelity.values())
     unlock = load_steering_vectors(record["artifacts"]["steering_vectors"])[0]
@@ -67,6 +71,8 @@ def test_transfer_fidelity_is_recorded_with_its_null(single_run):
         cos = torch.nn.functional.cosine_similarity(unlock[int(j)].double(), native[int(j)].double(), dim=0)
         assert layer["cos"] == pytest.approx(float(cos), abs=1e-6)
     assert (runs[0] / "transfer_fidelity.png").is_file() and "transfer fidelity:" in first.stdout
+    assert summary["mean_self_ceiling"] == pytest.approx(sum(f["self_ceiling"] for f in fidelity.values()) / 6)
+    assert f"against a self-transfer ceiling of {summary['mean_self_ceiling']:.2f}" in first.stdout
 
 
 def test_logit_lens_of_every_steering_set(single_run):
@@ -330,7 +336,50 @@ def test_analyze_from_cached_activations(single_run):
     assert cells == {(4, 1), (4, 4), (8, 1), (8, 4), (8, 8)}  # N <= 8 prompts, rank <= min(N, widths)
     for row in result["grid"]:
         assert row["rel_error"] > 0 and row["layers"] == 6 and 0 <= row["layers_beating_null"] <= 6
+        assert abs(row["fidelity"]) <= row["self_ceiling"] + 1e-6 <= 1 + 1e-6
+    ceiling = {(row["n_prompts"], row["rank"]): row["self_ceiling"] for row in result["grid"]}
+    assert ceiling[(8, 1)] <= ceiling[(8, 4)] <= ceiling[(8, 8)] + 1e-9, "nested subspaces: a higher rank holds more"
     assert [row["n_prompts"] for row in result["entropy"]] == [4, 8]
     assert all(0 < row["source_entropy"] <= math.log(8) + 1e-9 for row in result["entropy"])
     assert (run_dir / "analysis.csv").read_text().startswith("n_prompts,rank,")
     assert all((run_dir / name).is_file() for name in ("error_vs_rank.png", "fidelity_heatmap.png", "entropy_vs_n.png"))
+
+
+def _read_samples(path: Path) -> dict:
+    return {row["doc_id"]: bool(row["acc"]) for row in map(json.loads, path.read_text().splitlines())}
+
+
+def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
+    """Multiple choice on the tiny Target with a strong push, so conditions disagree on some items:
+    wins and losses recounted from samples/*.jsonl, the interval and p-value from their counts."""
+    from unlock.paired import mcnemar_exact, newcombe_interval
+
+    cfg = compose_run(["experiment=tiny", f"paths.cache_dir={tmp_path}", "eval.tasks=[unlock_mc]", "eval.limit=24",
+                       "eval.conditions=[unsteered,unlock,random]", "alpha=add", "alpha.value=8", "alpha.positions=all"])
+    record = run(cfg, tmp_path)
+    paired = record["paired"]
+    assert {c: set(paired[c]["unlock_mc"]) for c in paired} == {"unlock": {"unsteered", "random"}, "random": {"unsteered"}}
+    disagreements = 0
+    for condition, versus in paired.items():
+        for baseline, result in versus["unlock_mc"].items():
+            ours, theirs = (_read_samples(tmp_path / "samples" / f"{c}__unlock_mc.jsonl") for c in (condition, baseline))
+            wins = sum(ours[i] and not theirs[i] for i in ours)
+            losses = sum(theirs[i] and not ours[i] for i in ours)
+            both = sum(ours[i] and theirs[i] for i in ours)
+            assert (result["n"], result["wins"], result["losses"]) == (24, wins, losses)
+            assert result["diff"] == pytest.approx((wins - losses) / 24)
+            assert result["diff_ci95"] == pytest.approx(list(newcombe_interval(both, wins, losses, 24 - both - wins - losses)))
+            assert result["p_mcnemar"] == mcnemar_exact(wins, losses) and result["effect_from"] == "default"
+            disagreements += wins + losses
+    assert disagreements > 0, "the test needs conditions that disagree on some items"
+
+
+def test_with_source_equal_to_target_fidelity_reaches_the_ceiling_in_the_run(tmp_path):
+    """The run's UNLOCK and native directions come from one model: each layer's cos is its ceiling."""
+    cfg = compose_run(["experiment=tiny", f"paths.cache_dir={tmp_path}", "target_model=tiny_llama", "eval.limit=1",
+                       "eval.max_new_tokens=1", "eval.conditions=[native]"])
+    record = run(cfg, tmp_path)
+    fidelity = record["transfer_fidelity"]
+    assert len(fidelity) == 4 and all(0 < f["self_ceiling"] <= 1 for f in fidelity.values())
+    for layer in fidelity.values():
+        assert layer["cos"] == pytest.approx(layer["self_ceiling"], abs=1e-4)

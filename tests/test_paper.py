@@ -231,6 +231,29 @@ def test_report_rows_compare_with_the_paper():
     assert rows["prompting"]["ours"] is None, "conditions not run are listed, not invented"
 
 
+def test_report_puts_the_papers_gain_beside_our_paired_gain():
+    """200 items: UNLOCK right on items 0-49, the unsteered Target on items 30-49 and 150-159, so
+    UNLOCK wins 30 and loses 10 (+10 points); the paper's gain for this setup is 20.1 - 8.0."""
+    from unlock.paired import PowerSettings, comparisons
+    from unlock.paper import paper_gains
+
+    unlock = {i: i < 50 for i in range(200)}
+    unsteered = {i: 30 <= i < 50 or 150 <= i < 160 for i in range(200)}
+    record = _record(0.25, 200)
+    gains = paper_gains("qwen15_cot_14b_to_7b", "math", "unlock_math")
+    record["paired"] = comparisons({"unlock": {"unlock_math": unlock}, "unsteered": {"unlock_math": unsteered}},
+                                   gains, PowerSettings())
+    paired = record["paired"]["unlock"]["unlock_math"]["unsteered"]
+    assert paired["effect"] == pytest.approx(0.121) and paired["effect_from"] == "paper"
+    row = {r["condition"]: r for r in comparison_rows("qwen15_cot_14b_to_7b", "math", record)}["unlock"]
+    assert row["paper_gain"] == pytest.approx(12.1) and row["gain"] == pytest.approx(10.0)
+    assert row["gain_ci"][0] > 0, "30 wins to 10 losses on 200 items exclude no gain"
+    assert row["underpowered"] == (paired["power"] < 0.8)
+    text = render({("qwen15_cot_14b_to_7b", "math", "hub, cot"): (Path("r/results.json"), record)})
+    low, high = row["gain_ci"]
+    assert f"| +12.1 | +10.0 [{low:+.1f}, {high:+.1f}], p={paired['p_mcnemar']:.2g} |" in text
+
+
 def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path):
     import os
     import time

@@ -34,3 +34,37 @@ def test_unknown_objective_and_schema_choice():
         select_best(ROWS, "luck")
     assert compose_run(["selection.objective=fidelity"]).selection.objective == "fidelity"
     assert select_best([], "acc") is None
+
+
+def _paired(diff, low, high):
+    return {"n": 20, "wins": 4, "losses": 2, "diff": diff, "diff_ci95": [low, high], "p_mcnemar": 0.69,
+            "items_needed": 168, "power": 0.2, "underpowered": True}
+
+
+def _record(acc, unsteered, paired):
+    return {"status": "ok", "config": {"eval": {"split": "validation"}}, "settings": {"alpha": acc},
+            "conditions": {"unsteered": {"t": {"acc": unsteered, "n": 20}}, "unlock": {"t": {"acc": acc, "n": 20}}},
+            "paired": {"unlock": {"t": {"unsteered": paired}}}}
+
+
+def test_validation_selection_ranks_by_the_paired_gain_and_says_when_no_interval_excludes_zero(tmp_path, capsys):
+    """Point 1 has the higher accuracy, point 2 the higher gain over the unsteered Target on its items."""
+    import json
+
+    from unlock.track import aggregate
+
+    records = {"1": _record(0.5, 0.5, _paired(0.0, -0.2, 0.2)), "2": _record(0.4, 0.2, _paired(0.2, -0.05, 0.4))}
+    for job, record in records.items():
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "results.json").write_text(json.dumps(record))
+    summary = aggregate(tmp_path)
+    chosen = summary["selected_on_validation"]
+    assert chosen["job"] == "2" and chosen["vs_unsteered_diff"] == 0.2 and chosen["points_excluding_zero"] == []
+    assert "no sweep point's paired 95% interval against the unsteered Target excludes 0" in capsys.readouterr().out
+    header = (tmp_path / "aggregate.csv").read_text().splitlines()[0].split(",")
+    assert {"vs_unsteered_diff", "vs_unsteered_ci_low", "vs_unsteered_p_mcnemar", "vs_unsteered_underpowered"} <= set(header)
+
+    records["2"]["paired"]["unlock"]["t"]["unsteered"] = _paired(0.2, 0.05, 0.4)
+    (tmp_path / "2" / "results.json").write_text(json.dumps(records["2"]))
+    assert aggregate(tmp_path)["selected_on_validation"]["points_excluding_zero"] == ["2"]
+    assert "no sweep point's paired" not in capsys.readouterr().out

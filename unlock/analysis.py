@@ -8,7 +8,8 @@ captured again:
 
 On the paper's grids, clipped to what the activations allow (N up to capability.n_prompts, in nested
 subsets as the research code grows N; rank up to min(N, d_s, d_t)): held-out fit of the maps (R^2,
-relative error), transfer fidelity against its null (unlock.fidelity), and the spectral entropy of the
+relative error), transfer fidelity against its null and its self-transfer ceiling (unlock.fidelity: the
+most any map into the Target's top-k subspace can reach at that rank and N), and the spectral entropy of the
 Source and Target activations against N. Writes analysis.json (a ``grid`` list of rows), analysis.csv
 and PNG plots to the run directory, and logs them to W&B with logger=wandb.
 """
@@ -71,7 +72,8 @@ def grid_row(captures: Captures, pairs: dict[int, int], base: MapSettings, n: in
         summary = summarise(transfer_fidelity(maps, result.target_vectors, {j: native.vectors[j] for j in pairs},
                                               NULL_DRAWS, seed))
         row.update(fidelity=summary["mean_cos"], fidelity_null_p95=summary["mean_null_p95"],
-                   layers_beating_null=summary["beat_null"], layers=summary["layers"])
+                   self_ceiling=summary["mean_self_ceiling"], layers_beating_null=summary["beat_null"],
+                   layers=summary["layers"])
     return row
 
 
@@ -123,10 +125,11 @@ def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def _fidelity_heatmap(grid: list[dict[str, Any]], out_dir: Path) -> Path:
-    cells = {(r["n_prompts"], r["rank"]): (r["fidelity"], f"{r['fidelity']:.2f}\n{r['layers_beating_null']}/{r['layers']}")
+    cells = {(r["n_prompts"], r["rank"]): (r["fidelity"], f"{r['fidelity']:.2f}/{r['self_ceiling']:.2f}\n"
+                                                         f"{r['layers_beating_null']}/{r['layers']}")
              for r in grid}
-    return rank_n_heatmap(cells, "mean cos(UNLOCK, native); layers beating the null", out_dir / "fidelity_heatmap.png",
-                          cmap="coolwarm", limits=(-1, 1), text_color="black")
+    return rank_n_heatmap(cells, "mean cos(UNLOCK, native) / self-transfer ceiling; layers beating the null",
+                          out_dir / "fidelity_heatmap.png", cmap="coolwarm", limits=(-1, 1), text_color="black")
 
 
 def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from unlock.conditions import CONDITIONS
+from unlock.paired import PowerSettings
 from unlock.paper import paper_numbers
 from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
 
@@ -193,6 +194,16 @@ class SelectionConfig:
 
 
 @dataclass
+class StatsConfig:
+    """Paired comparisons' power (unlock.paired.PowerSettings): the gain a comparison should detect at
+    80% power and the 5% level is the paper's for the setup, else ``effect``."""
+
+    effect: float = 0.10  # an absolute accuracy difference (0.10 = ten points)
+    power: float = 0.8
+    discordance: float = 0.2  # the dry run's guess of the share of items two conditions disagree on
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     cache_dir: str = MISSING
@@ -215,6 +226,7 @@ class RunConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     seed: int = 0
     progress: bool = True
     dry_run: bool = False
@@ -275,6 +287,7 @@ def validate(cfg: Any) -> None:
     if not math.isfinite(cfg.alpha.value):
         raise ValueError(f"alpha.value {cfg.alpha.value} is out of range: must be finite (paper grid 0.05..0.5)")
     _check_eval(cfg)
+    stats_settings(cfg)
     for name in ("source_model", "target_model"):
         check_device(name, cfg[name].device)
     for name, model in (("capability.unlocked_model", cfg.capability.unlocked_model),
@@ -285,6 +298,12 @@ def validate(cfg: Any) -> None:
         low = 0 if key == "gpus_per_node" else 1
         if cfg.resources[key] < low:
             raise ValueError(f"resources.{key} {cfg.resources[key]} is out of range: must be >= {low}")
+
+
+def stats_settings(cfg: Any) -> PowerSettings:
+    """The config's ``stats`` as the settings unlock.paired takes (its checks name the bad value)."""
+    return PowerSettings(effect=float(cfg.stats.effect), power=float(cfg.stats.power),
+                         discordance=float(cfg.stats.discordance))
 
 
 def _check_capability(cap: Any) -> None:

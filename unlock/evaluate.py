@@ -23,6 +23,7 @@ from unlock.cache import StageCache, fingerprint, load_json, save_json
 from unlock.conditions import CONDITIONS
 from unlock.config import prompt_task
 from unlock.loading import model_identity
+from unlock.paired import item_outcomes
 from unlock.pipeline import Cached
 from unlock.prompts import task_manager
 from unlock.scores import EvalItem, sample_rows, summarise
@@ -111,11 +112,13 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
 
 
 def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]],
-                        output_dir: Path) -> dict[str, Any]:
-    """{condition: {task: metrics}} for every configured condition; per-sample outputs go to
-    output_dir. Each evaluation is its own cache entry; the missing ones of each model are evaluated
-    together (with eval.engine=vllm, in one engine pass)."""
+                        output_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, dict[Any, bool]]]]:
+    """{condition: {task: metrics}} for every configured condition, and {condition: {task: {item:
+    correct}}} for the paired comparisons; per-sample outputs go to output_dir. Each evaluation is its
+    own cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in
+    one engine pass)."""
     items, out = plan_items(cfg, steering_sets)
+    outcomes: dict[str, dict[str, dict[Any, bool]]] = {}
     evaluator = engine(cfg, models)
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
@@ -128,9 +131,12 @@ def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_set
             save=save_json, load=load_json)
         for item, result in zip(group, results, strict=True):
             out.setdefault(item.condition, {})[item.task] = {**result["metrics"], "lm_eval_task": item.lm_task}
+            scored = item_outcomes(result["samples"])
+            if scored is not None:
+                outcomes.setdefault(item.condition, {})[item.task] = scored
             rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
             atomic_write_bytes(output_dir / "samples" / f"{item.condition}__{item.task}.jsonl", rows.encode())
-    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}
+    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, outcomes
 
 
 def eval_spec(cfg: DictConfig, item: EvalItem) -> dict[str, Any]:

@@ -5,6 +5,12 @@ same contrast run on the Target) more than a random Source direction sent throug
 The comparison needs that null: every mapped vector lies in the Target's top-k activation subspace,
 so even random directions reach |cos| far above the naive 1/sqrt(d) there. The null here draws
 isotropic Gaussian Source directions u (seeded), maps each through W_j and measures |cos(u^T W_j, n_j)|.
+
+The same fact bounds it from above: every mapped vector lies in the row space of W_j (for the paper's
+map, the span of the Target's top-k right singular vectors of its Locked activations, with the map's
+rank, N and centring), so |cos(r_j, n_j)| <= ||P n_j|| / ||n_j||, P the projection onto that space.
+This self-transfer ceiling is what the map reaches with Source == Target; a fidelity far below a
+high ceiling locates the loss in the cross-model correspondence, a low ceiling in the subspace.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a @ b) / (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b)).clamp_min(1e-300)
 
 
+def self_ceiling(linear_map: LinearMap, native: torch.Tensor) -> float:
+    """||P n|| / ||n||, P the orthogonal projection onto the row space of W = left @ right (float64):
+    the largest |cos| any mapped vector can have with ``native``."""
+    q, r = torch.linalg.qr(linear_map.left.double())
+    rows = r @ linear_map.right.double()  # (k, d_t): W's row space, since x^T W = (x^T q) rows
+    _, sigma, vh = torch.linalg.svd(rows, full_matrices=False)
+    basis = vh[sigma > sigma.max().clamp_min(1e-300) * 1e-6]
+    n = native.double()
+    norm = torch.linalg.vector_norm(n)
+    return float(torch.linalg.vector_norm(basis @ n) / norm) if norm > 0 else 0.0
+
+
 def layer_fidelity(linear_map: LinearMap, mapped: torch.Tensor, native: torch.Tensor, draws: int = NULL_DRAWS,
                    seed: int = 0) -> dict[str, float]:
     """cos(mapped, native), the null's 95th percentile of |cos| over ``draws`` random Source
@@ -42,6 +60,7 @@ def layer_fidelity(linear_map: LinearMap, mapped: torch.Tensor, native: torch.Te
         # A tie counts against the mapped vector: at rank 1 every draw maps onto the same line.
         "p_value": float((1 + (null >= abs(cos) - TIE).sum()) / (1 + draws)),
         "draws": draws,
+        "self_ceiling": self_ceiling(linear_map, native),
     }
 
 
@@ -61,4 +80,15 @@ def summarise(fidelity: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     layers = list(fidelity.values())
     return {"layers": len(layers), "beat_null": sum(f["cos"] > f["null_p95"] + TIE for f in layers),
             "mean_cos": sum(f["cos"] for f in layers) / len(layers),
-            "mean_null_p95": sum(f["null_p95"] for f in layers) / len(layers)}
+            "mean_null_p95": sum(f["null_p95"] for f in layers) / len(layers),
+            "mean_self_ceiling": sum(f["self_ceiling"] for f in layers) / len(layers)}
+
+
+def verdict(summary: Mapping[str, float]) -> str:
+    """Where the transfer loses the native direction, read from fidelity against its ceiling."""
+    ceiling, cos = summary["mean_self_ceiling"], summary["mean_cos"]
+    if ceiling < 0.5:
+        return "the map's subspace misses much of the native direction (a higher rank or N may help)"
+    if cos < 0.5 * ceiling:
+        return "the map's subspace holds the direction, the cross-model correspondence does not"
+    return "the map reaches most of what its subspace allows"

@@ -40,7 +40,7 @@ from unlock.artifacts import (
 )
 from unlock.cache import StageCache, fingerprint, load_json, save_json
 from unlock.capture import Activations, capture_activations
-from unlock.config import explicit_pairs, validate
+from unlock.config import explicit_pairs, stats_settings, validate
 from unlock.evaluate import evaluate_conditions
 from unlock.fidelity import summarise as summarise_fidelity
 from unlock.fidelity import transfer_fidelity
@@ -48,6 +48,8 @@ from unlock.lens import TOP, lens_table, logit_lens
 from unlock.loading import LoadedModel, load_model, model_identity, model_skeleton, read_shape
 from unlock.memory import format_memory_plan, memory_plan
 from unlock.models import block_path_under_base_model
+from unlock.paired import baselines, comparisons, items_needed, power_at
+from unlock.paper import paper_gains
 from unlock.pipeline import Alignment, Cached, MapSettings, Transfer, extract, transfer
 from unlock.prompts import PromptSets, build_prompt_sets, load_task
 from unlock.tasks.answers import CHECKER
@@ -301,13 +303,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
               for name, vectors in sets.items()}
     fidelity = (transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value,
                                   seed=cfg.seed) if "native" in sets else {})
-    conditions = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
+    conditions, outcomes = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
     session.models.release_all()
     artifacts = export_steering(Path(output_dir), sets, cfg,
                                 block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
     atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
     findings = {"artifacts": artifacts, "logit_lens": lenses, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
-                "transfer_fidelity_summary": summarise_fidelity(fidelity)}
+                "transfer_fidelity_summary": summarise_fidelity(fidelity),
+                "paired": comparisons(outcomes, paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task),
+                                      stats_settings(cfg))}
     return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)
 
 
@@ -338,7 +342,44 @@ def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
         record["data"] = data_report(cfg)
         print(f"data {cfg.capability.locked_task}: items per split {record['data']['items']}; rows dropped for "
               f"want of an answer (per hub split): {record['data']['dropped_rows'] or 'none'}")
+    split_items = record.get("data", {}).get("items", {}).get(str(cfg.eval.split))
+    known = [n for n in (split_items, cfg.eval.limit) if n is not None]
+    planned = min(known) if known else None
+    record["power"] = planned_power(cfg, planned)
+    print(power_lines(cfg, planned, record["power"]))
     return record
+
+
+def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
+    """{"<condition> vs <baseline>": effect, its source, power on n items, items for the target power}
+    for the paired tests the run will make, at the assumed discordance (stats.discordance)."""
+    if n is None:
+        return {}
+    stats, task = stats_settings(cfg), cfg.capability.locked_task
+    gains = paper_gains(cfg.paper.setup, cfg.benchmark.name, task)
+    conditions = [str(c) for c in cfg.eval.conditions]
+    out = {}
+    for condition in conditions:
+        for baseline in (b for b in baselines(condition) if b in conditions):
+            paper = gains.get((condition, task, baseline))
+            effect = abs(paper) if paper else stats.effect
+            out[f"{condition} vs {baseline}"] = {
+                "n": n, "effect": effect, "effect_from": "paper" if paper else "default",
+                "power": power_at(n, effect, stats.discordance),
+                "items_needed": items_needed(effect, stats.discordance, stats.power)}
+    return out
+
+
+def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]) -> str:
+    if n is None:
+        return ("power of the paired tests: the number of test items is unknown until the data is loaded "
+                "(add check_data=true, or set eval.limit)")
+    stats = stats_settings(cfg)
+    head = (f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar, 5% level, discordance "
+            f"assumed {stats.discordance:.2f}; a run reports its own):")
+    rows = [f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}); {p['items_needed']} items "
+            f"give {stats.power:.0%}" + (" - underpowered" if p["power"] < stats.power else "") for name, p in power.items()]
+    return "\n".join([head, *rows])
 
 
 def data_report(cfg: DictConfig) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from unlock.paired import baselines
+
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 
 
@@ -28,3 +30,11 @@ def paper_numbers(setup: str | None, benchmark: str | None = None) -> dict[str, 
     if benchmark is None:
         return results
     return dict(results.get(benchmark, {}))
+
+
+def paper_gains(setup: str | None, benchmark: str, task: str) -> dict[tuple[str, str, str], float]:
+    """The paper's accuracy differences (as fractions) for the paired comparisons of ``task`` (the
+    benchmark's Locked task, which its numbers are for): {(condition, task, baseline): gain}."""
+    numbers = paper_numbers(setup, benchmark)
+    return {(condition, task, baseline): (numbers[condition] - numbers[baseline]) / 100
+            for condition in numbers for baseline in baselines(condition) if baseline in numbers}

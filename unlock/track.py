@@ -25,8 +25,11 @@ from rich.table import Table
 
 from unlock.artifacts import atomic_write_bytes, atomic_write_json
 from unlock.conditions import BASELINE
+from unlock.fidelity import verdict
 from unlock.conditions import steered as steered_conditions
 from unlock.generations import write as write_generations
+from unlock.paired import CONTROL, excludes_zero
+from unlock.paired import cell as paired_cell
 from unlock.plots import pyplot, rank_n_heatmap, save_figure
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
@@ -51,21 +54,26 @@ def _acc_cell(metrics: dict[str, Any]) -> str:
 
 def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     """One screen: conditions side by side, stage cache hits, fit quality."""
-    console = Console(file=sys.stdout, width=140)
+    console = Console(file=sys.stdout, width=200)
     settings = record.get("settings", {})
     title = (f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): "
              + ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("n_prompts", "rank_effective", "alpha", "aggregation", "method")))
     table = Table(title=title)
-    for column in ("condition", "task", "acc [95% CI]", "n", "gen tokens", "gen words", "stepwise", "entropy"):
+    for column in ("condition", "task", "acc [95% CI]", "n", "gen tokens", "gen words", "stepwise", "entropy",
+                   "vs unsteered: paired diff [95% CI] p", "vs random"):
         table.add_column(column, justify="left" if column in ("condition", "task") else "right")
+    paired = record.get("paired", {})
     for condition, per_task in record.get("conditions", {}).items():
         if "skipped" in per_task:
-            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", "", "", "", "", "")
+            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", *[""] * 7)
             continue
         for task, metrics in per_task.items():
+            versus = paired.get(condition, {}).get(task, {})
             table.add_row(condition, task, _acc_cell(metrics), _fmt(metrics.get("n")), _fmt(metrics.get("gen_tokens"), 1),
-                          _fmt(metrics.get("gen_words"), 1), _fmt(metrics.get("stepwise"), 2), _fmt(metrics.get("entropy"), 2))
+                          _fmt(metrics.get("gen_words"), 1), _fmt(metrics.get("stepwise"), 2), _fmt(metrics.get("entropy"), 2),
+                          paired_cell(versus.get(BASELINE)), paired_cell(versus.get(CONTROL)))
     console.print(table)
+    console.print(paired_line(paired))
     stages = record.get("stages", {})
     console.print("stages: " + "; ".join(
         f"{name} {s['hits']} hit / {s['misses']} computed"
@@ -114,15 +122,48 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
         out[f"fit/{name}"] = value
     for name, value in record.get("transfer_fidelity_summary", {}).items():
         out[f"fidelity/{name}"] = value
+    for condition, per_task in record.get("paired", {}).items():
+        for task, versus in per_task.items():
+            for baseline, result in versus.items():
+                for name, value in paired_columns(result).items():
+                    out[f"paired/{condition}/{task}/vs_{baseline}/{name}"] = value
     return out
+
+
+def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
+    """A paired comparison as flat columns (W&B, the sweep CSV)."""
+    if not result or not result.get("n"):
+        return {}
+    low, high = result["diff_ci95"]
+    return {"diff": result["diff"], "ci_low": low, "ci_high": high, "p_mcnemar": result["p_mcnemar"],
+            "wins": result["wins"], "losses": result["losses"], "items_needed": result["items_needed"],
+            "power": result["power"], "underpowered": int(result["underpowered"])}
+
+
+def paired_line(paired: dict[str, Any]) -> str:
+    """What the paired tests say, in words: which comparisons' intervals exclude zero, and power."""
+    results = [(f"{c} vs {b} ({t})", r) for c, per_task in paired.items() for t, versus in per_task.items()
+               for b, r in versus.items() if r.get("n")]
+    if not results:
+        return "paired comparisons: none (no per-item correctness to pair)"
+    clear = [name for name, r in results if excludes_zero(r)]
+    weak = [name for name, r in results if r["underpowered"]]
+    return ("paired comparisons (same items; Newcombe 95% interval, exact McNemar): "
+            + (f"interval excludes 0 for {', '.join(clear)}" if clear else "no interval excludes 0")
+            + (f"; {len(weak)} of {len(results)} underpowered for the paper's gain or stats.effect (items needed "
+               "in brackets)" if weak else ""))
 
 
 def fidelity_line(summary: dict[str, Any]) -> str | None:
     if not summary:
         return None
-    return (f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
+    line = (f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
             f"native) above the 95th percentile of random Source directions' |cos| through the same map); mean cos "
             f"{summary['mean_cos']:.3f}, mean null p95 {summary['mean_null_p95']:.3f}")
+    if "mean_self_ceiling" not in summary:  # a record from before the ceiling was measured
+        return line
+    return (f"{line}\nfidelity {summary['mean_cos']:.2f} against a self-transfer ceiling of "
+            f"{summary['mean_self_ceiling']:.2f} (the most any map into its subspace reaches): {verdict(summary)}")
 
 
 def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
@@ -136,6 +177,10 @@ def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
     fig, ax = pyplot().subplots(figsize=(max(6.0, 0.35 * len(xs) + 2), 3.8))
     ax.fill_between(xs, [-b for b in band], band, color="grey", alpha=0.3, label="null: 95% of random |cos|")
     ax.plot(xs, [fidelity[j]["cos"] for j in layers], marker="o", label="cos(UNLOCK, native)")
+    if all("self_ceiling" in fidelity[j] for j in layers):
+        ceiling = [fidelity[j]["self_ceiling"] for j in layers]
+        ax.plot(xs, ceiling, color="tab:red", linestyle="--", label="self-transfer ceiling (|cos| cannot exceed)")
+        ax.plot(xs, [-c for c in ceiling], color="tab:red", linestyle="--")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set(xlabel="Target layer", ylabel="cosine", ylim=(-1.05, 1.05),
            title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer")
@@ -166,10 +211,16 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
             run.log({"fit_quality": table})
         fidelity = record.get("transfer_fidelity") or {}
         if fidelity:
-            columns = ["target_layer", "cos", "null_p95", "p_value"]
-            table = wandb.Table(columns=columns, data=[[int(j), f["cos"], f["null_p95"], f["p_value"]]
+            columns = ["target_layer", "cos", "null_p95", "p_value", "self_ceiling"]
+            table = wandb.Table(columns=columns, data=[[int(j), *[f.get(c) for c in columns[1:]]]
                                                        for j, f in sorted(fidelity.items(), key=lambda kv: int(kv[0]))])
             run.log({"transfer_fidelity": table})
+        rows = [[c, t, b, *paired_columns(r).values()] for c, per_task in record.get("paired", {}).items()
+                for t, versus in per_task.items() for b, r in versus.items() if r.get("n")]
+        if rows:
+            columns = ["condition", "task", "baseline", "diff", "ci_low", "ci_high", "p_mcnemar", "wins", "losses",
+                       "items_needed", "power", "underpowered"]
+            run.log({"paired": wandb.Table(columns=columns, data=rows)})
         run.finish()
     except Exception as error:  # results are already on disk
         print(f"[unlock] W&B logging failed ({type(error).__name__}: {error}); results.json is intact", file=sys.stderr)
@@ -204,11 +255,14 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 if not isinstance(metrics, dict):
                     continue
                 ci = metrics.get("acc_ci95") or [None, None]
+                versus = record.get("paired", {}).get(condition, {}).get(task, {})
                 rows.append({
                     **base, "status": "ok", **settings, "condition": condition, "task": task,
                     **{m: metrics.get(m) for m in ("n", *SHOWN_METRICS)},
                     "acc_ci_low": ci[0], "acc_ci_high": ci[1], "fit_r2": fit.get("r2"), "fit_rel_error": fit.get("rel_error"),
                     "fidelity": fidelity.get("mean_cos"), "layers_beating_null": fidelity.get("beat_null"),
+                    "fidelity_ceiling": fidelity.get("mean_self_ceiling"),
+                    **{f"vs_{b}_{k}": v for b in (BASELINE, CONTROL) for k, v in paired_columns(versus.get(b)).items()},
                 })
     return rows
 
@@ -295,22 +349,30 @@ def _length_bars(ok: list[dict[str, Any]], task: str, out_dir: Path) -> Path | N
 def print_sweep_table(rows: list[dict[str, Any]]) -> None:
     axes = [axis for axis in SWEEP_AXES if _varying(rows, axis)]
     table = Table(title=f"sweep: {len({r['job'] for r in rows})} jobs")
-    for column in ("job", *axes, "condition", "task", "acc", "gen tokens", "status"):
+    for column in ("job", *axes, "condition", "task", "acc", "vs unsteered [95% CI]", "gen tokens", "status"):
         table.add_column(column)
     for row in rows:
         if row.get("status") != "ok":
-            table.add_row(row["job"], *["" for _ in axes], "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}")
+            table.add_row(row["job"], *["" for _ in axes], "", "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}")
             continue
         if row["condition"] not in (BASELINE, "unlock", "random"):
             continue
         table.add_row(row["job"], *[_fmt(row.get(a)) for a in axes], row["condition"], row["task"],
-                      _fmt(row.get("acc")), _fmt(row.get("gen_tokens"), 1), "ok")
+                      _fmt(row.get("acc")), _versus_cell(row), _fmt(row.get("gen_tokens"), 1), "ok")
     Console(file=sys.stdout, width=160).print(table)
+
+
+def _versus_cell(row: dict[str, Any]) -> str:
+    if row.get("vs_unsteered_diff") is None:
+        return "-"
+    mark = " underpowered" if row.get("vs_unsteered_underpowered") else ""
+    return f"{row['vs_unsteered_diff']:+.3f} [{row['vs_unsteered_ci_low']:+.2f}, {row['vs_unsteered_ci_high']:+.2f}]{mark}"
 
 
 # selection.objective -> the keys a sweep point is ranked by, in order (later keys break ties).
 OBJECTIVES = {
-    "acc": ("acc", "stepwise", "gen_words"),  # the paper's: validation accuracy, ties to the CoT signal
+    # the paper's: validation accuracy, as the paired gain over the unsteered Target on the same items
+    "acc": ("vs_unsteered_diff", "acc", "stepwise", "gen_words"),
     "stepwise": ("stepwise", "acc", "gen_words"),  # behaviour: share of generations that reason in steps
     "fidelity": ("layers_beating_null", "fidelity", "acc"),  # geometry: layers whose transfer beats the null
 }
@@ -326,8 +388,11 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
     if not candidates:
         return None
     best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in keys))
+    paired = ("vs_unsteered_ci_low", "vs_unsteered_ci_high", "vs_unsteered_p_mcnemar", "vs_unsteered_underpowered")
+    clear = [row["job"] for row in candidates if (row.get("vs_unsteered_ci_low") or 0) > 0
+             or (row.get("vs_unsteered_ci_high") or 0) < 0]
     return {"objective": objective, **{k: best.get(k) for k in ("job", *SWEEP_AXES, *dict.fromkeys(
-        (*keys, *OBJECTIVES["acc"])), "overrides")}}
+        (*keys, *OBJECTIVES["acc"])), *paired, "overrides")}, "points_excluding_zero": clear}
 
 
 def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objective: str = "acc") -> dict[str, Any]:
@@ -343,9 +408,12 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     atomic_write_json(sweep_dir / "aggregate.json", summary)
     print_sweep_table(rows)
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
-    if summary["selected_on_validation"]:
-        print(f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): "
-              f"{summary['selected_on_validation']}")
+    selected = summary["selected_on_validation"]
+    if selected:
+        print(f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): {selected}")
+        if not selected["points_excluding_zero"]:
+            print("no sweep point's paired 95% interval against the unsteered Target excludes 0: the selected "
+                  "point is not distinguishable from no steering on these validation items")
     if logger_cfg is not None and logger_cfg.name == "wandb":
         try:
             import wandb
