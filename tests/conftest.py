@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlock.tiny import tiny_model, tiny_tokenizer
+from unlock.models.tiny import tiny_model, tiny_tokenizer
 
 PROMPTS = [
     "Question: What is 3 plus 4?\nAnswer:",

@@ -14,9 +14,9 @@ import inspect
 import torch
 from transformers import Cache
 
-from unlock.capture import position_ids_from_mask
-from unlock.models import decoder_layers
-from unlock.steer import Steering, apply_rule
+from unlock.method.blocks import decoder_layers
+from unlock.method.capture import position_ids_from_mask
+from unlock.method.steer import Steering, apply_rule
 
 # What each Steering ``positions`` mode steers, by phase: (prefill positions, decoding steps steered).
 PHASES = {"last": ("last", False), "generated": (None, True), "all": ("valid", True), "prompt": ("valid", False)}

@@ -9,7 +9,14 @@ import time
 import pytest
 
 from unlock.tasks import answers
-from unlock.tasks.answers import CHECKER, boxed_answer, check, extract_answer, is_equivalent, reasons_in_steps
+from unlock.tasks.answers import (
+    CHECKER,
+    boxed_answer,
+    check,
+    extract_answer,
+    is_equivalent,
+    reasons_in_steps,
+)
 from unlock.tasks.utils import process_generation
 
 

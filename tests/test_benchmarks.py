@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.helpers import ROOT
-from unlock.prompts import load_task
+from unlock.lm_eval.prompts import load_task
 from unlock.tasks import hub
 from unlock.tasks.utils import process_generation
 
@@ -170,7 +170,7 @@ def test_olympiadbench_answer_is_final_answer_0_without_math_mode(qwen_files):
 @pytest.mark.parametrize("bench", ["svamp", "gsm8k", "agieval_math", "deepmind_math", "arith"])
 def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_path):
     from tests.helpers import compose_run
-    from unlock.harness import run
+    from unlock.run.harness import run
 
     cfg = compose_run([f"benchmark={bench}", "benchmark.source=qwen25_math", "experiment=tiny", "dry_run=true",
                        f"paths.cache_dir={tmp_path}"])
@@ -183,7 +183,7 @@ def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_pa
 # capability=icl: worked examples before the Unlocked prompt
 # --------------------------------------------------------------------------------------------------
 def test_icl_prompts_carry_train_examples_disjoint_from_the_questions():
-    from unlock.prompts import build_prompt_sets
+    from unlock.lm_eval.prompts import build_prompt_sets
 
     plain = build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR)
     icl = build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR, n_shots=4)
@@ -202,7 +202,7 @@ def test_icl_prompts_carry_train_examples_disjoint_from_the_questions():
 @pytest.mark.parametrize("bench", ["arith", "gsm8k", "math"])
 def test_icl_composes_with_benchmarks_that_have_worked_solutions(bench):
     from tests.helpers import compose_run
-    from unlock.config import validate
+    from unlock.run.config import validate
 
     cfg = compose_run([f"benchmark={bench}", "capability=icl"])
     validate(cfg)
@@ -213,7 +213,7 @@ def test_icl_composes_with_benchmarks_that_have_worked_solutions(bench):
                                    "gaokao2023en", "amc23"])
 def test_icl_is_a_clear_error_without_worked_solutions(bench):
     from tests.helpers import compose_run
-    from unlock.config import validate
+    from unlock.run.config import validate
 
     with pytest.raises(ValueError, match=f"needs worked solutions, and benchmark '{bench}' has none; "
                                          "benchmarks with them: arith, gsm8k, math"):
@@ -222,7 +222,7 @@ def test_icl_is_a_clear_error_without_worked_solutions(bench):
 
 @pytest.mark.parametrize("task", ["unlock_gsm8k", "unlock_math"])
 def test_icl_examples_from_hub_solutions(task, mocked_hub):
-    from unlock.prompts import build_prompt_sets
+    from unlock.lm_eval.prompts import build_prompt_sets
 
     sets = build_prompt_sets(task, f"{task}_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=3)
     context = sets.unlocked[0].split("\n\n")[:3]
@@ -231,7 +231,7 @@ def test_icl_examples_from_hub_solutions(task, mocked_hub):
 
 
 def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub):
-    from unlock.prompts import build_prompt_sets
+    from unlock.lm_eval.prompts import build_prompt_sets
 
     with pytest.raises(ValueError, match="needs worked solutions, but task 'unlock_minerva_math_cot' has items without one"):
         build_prompt_sets("unlock_minerva_math", "unlock_minerva_math_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=2)
@@ -239,7 +239,7 @@ def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub)
 
 def test_dry_run_reports_items_and_dropped_rows(mocked_hub, tmp_path, capsys):
     from tests.helpers import compose_run
-    from unlock.harness import run
+    from unlock.run.harness import run
 
     cfg = compose_run(["experiment=tiny", "benchmark=gaokao2023en", "dry_run=true", "check_data=true",
                        f"paths.cache_dir={tmp_path}"])
@@ -251,7 +251,7 @@ def test_dry_run_reports_items_and_dropped_rows(mocked_hub, tmp_path, capsys):
 
 def test_dry_run_of_the_offline_benchmark_checks_its_data(tmp_path):
     from tests.helpers import compose_run
-    from unlock.harness import run
+    from unlock.run.harness import run
 
     record = run(compose_run(["experiment=tiny", "dry_run=true", f"paths.cache_dir={tmp_path}"]), tmp_path)
     assert record["data"]["items"] == {"train": 200, "validation": 80, "test": 120}
@@ -261,8 +261,9 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     """The planned items are the split's, cut by eval.limit; the effect is stats.effect where the paper
     reports none, its gain where it does (qwen15 7B -> 14B, GSM8K: 74.2 - 15.9 points)."""
     from tests.helpers import compose_run
-    from unlock.harness import planned_power, run
-    from unlock.paired import items_needed, power_at
+    from unlock.analysis.paired import items_needed, power_at
+    from unlock.run.harness import run
+    from unlock.run.plan import planned_power
 
     record = run(compose_run(["experiment=tiny", "dry_run=true", "eval.limit=100", "stats.effect=0.2",
                               f"paths.cache_dir={tmp_path}"]), tmp_path)

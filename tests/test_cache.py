@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, compose_run, launch, results
-from unlock import cache as cache_module
-from unlock.cache import ForeignArtifact, StageCache, load_json, save_json
-from unlock.harness import CODECS, RecordExists, run, write_record
+from unlock.run.harness import run
+from unlock.run.record import RecordExists, write_record
+from unlock.run.session import CODECS
+from unlock.store import cache as cache_module
+from unlock.store.cache import ForeignArtifact, StageCache, load_json, save_json
 
 TINY = ["experiment=tiny", "eval.limit=2", "eval.max_new_tokens=4", "progress=false"]
 STAGES = ("capture", "extract", "align", "vectors", "lens", "eval")
@@ -140,7 +142,7 @@ def test_a_waiting_job_reads_what_the_computing_job_wrote(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from unlock.cache import lease
+from unlock.store.cache import lease
 with lease(Path(sys.argv[1]), "test"):
     print("held", flush=True)
     time.sleep(600)
@@ -233,7 +235,7 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
 
 def test_the_run_directory_carries_the_slurm_job_and_a_random_tag(tmp_path):
     env = {**os.environ, "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_ID": "4249"}
-    code = ("from unlock.config import run_tag; from tests.helpers import compose_run; "
+    code = ("from unlock.run.config import run_tag; from tests.helpers import compose_run; "
             "from hydra.core.hydra_config import HydraConfig; print(run_tag())")
     tags = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(2)}
@@ -272,7 +274,7 @@ def test_a_run_that_cannot_write_its_record_exits_at_once_naming_the_path(tmp_pa
 def test_a_converted_model_directory_is_checked_against_its_gguf(tmp_path, monkeypatch):
     """The GGUF -> safetensors conversion is a cached stage too: a directory that does not record this
     GGUF's SHA-256 (copied from another model, or converted by an older harness) is converted anew."""
-    from unlock import gguf_models
+    from unlock.models import gguf as gguf_models
 
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF weights of one model")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlock.capture import capture_activations, last_token_index, position_ids_from_mask
-from unlock.tiny import TINY_FAMILIES, tiny_model
+from unlock.method.capture import (
+    capture_activations,
+    last_token_index,
+    position_ids_from_mask,
+)
+from unlock.models.tiny import TINY_FAMILIES, tiny_model
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from tests.helpers import CONF, compose_run
+from tests.helpers import CONF, ROOT, compose_run
+from unlock.run.config import RunConfig
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 # Options in sub-folders (experiment=paper/...) count; files starting with "_" are shared includes.
@@ -90,7 +93,8 @@ def test_a_chosen_option_keeps_its_own_values(group, option):
     node = OmegaConf.select(cfg, PACKAGED.get(group, group))
     composed = OmegaConf.to_container(node, resolve=False)
     expected = _option_values(group, option)
-    assert expected, f"{group}/{option}.yaml sets no values"
+    if not expected:  # an option that keeps the schema's defaults (alpha=default: SteeringSettings')
+        expected = OmegaConf.to_container(OmegaConf.structured(RunConfig)[PACKAGED.get(group, group)])
     # A required value ("???") stays unset; an optional model slot composes it as null.
     required = [k for k, v in expected.items() if v == "???"]
     assert all(composed[k] in ("???", None) for k in required)
@@ -149,27 +153,36 @@ def test_a_bad_condition_fails_at_compose():
     assert "expected one of [unsteered, unlock, prompting, native, random, reference]" in str(info.value.__cause__)
 
 
-def test_schema_choices_are_the_method_modules_own():
-    """The schema spells out its choices (so config.py imports no torch); they must be the ones the
-    method modules, the model sources and the conditions table accept."""
-    from unlock import config
-    from unlock.align import METHODS
-    from unlock.capture import POSITION_RULES
-    from unlock.conditions import CONDITIONS
-    from unlock.extract import AGGREGATIONS
-    from unlock.loading import SOURCES
-    from unlock.steer import STEER_POSITIONS, STEER_RULES
-
-    def values(enum):
-        return [member.value for member in enum]
-
-    assert values(config.ModelKind) == list(SOURCES)
-    assert values(config.MapMethod) == list(METHODS)
-    assert set(values(config.ExtractionPosition)) < set(POSITION_RULES)
-    assert values(config.Aggregation) == list(AGGREGATIONS)
-    assert values(config.SteerRule) == list(STEER_RULES)
-    assert values(config.SteerPositions) == list(STEER_POSITIONS)
-    assert values(config.ConditionName) == list(CONDITIONS)
-    from unlock.track import OBJECTIVES
-
-    assert values(config.Objective) == list(OBJECTIVES)
+def test_a_new_row_in_a_method_table_is_a_config_choice_with_its_own_options():
+    """The schema derives its choices from the method tables: a solver or position rule registered
+    before the config is imported composes, its options are checked against its signature, and the
+    map and steering accept it (in a fresh interpreter, as a user's plugin module would run)."""
+    script = """
+import torch
+from unlock.method import align, steer
+def scaled(xs, xt, k, scale=2.0):
+    left, right = align.SOLVERS["unlock"](xs, xt, k)
+    return scale * left, right
+align.SOLVERS["scaled"] = scaled
+steer.POSITION_RULES["before_last"] = steer.PositionRule(before=True, last=False, after=False)
+from unlock.run.config import map_settings, steering_settings
+from tests.helpers import compose_run
+cfg = compose_run(["experiment=tiny", "rank.method=scaled", "+rank.options.scale=3.0", "alpha.positions=before_last"])
+settings = map_settings(cfg)
+assert settings.spec() == {"rank": 4, "method": "scaled", "centre": False, "scale": 3.0}, settings.spec()
+assert steering_settings(cfg).positions == "before_last"
+x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+fitted = align.fit_map(x, x, 2, "scaled", scale=3.0)
+assert torch.allclose(fitted.weight, 3 * align.fit_map(x, x, 2).weight, atol=1e-5)
+try:
+    compose_run(["experiment=tiny", "rank.method=scaled", "+rank.options.size=3"])
+    from unlock.run.config import validate
+    validate(compose_run(["experiment=tiny", "rank.method=scaled", "+rank.options.size=3"]))
+except ValueError as error:
+    assert "size is not an option of the 'scaled' alignment method; its options: scale" in str(error), error
+else:
+    raise AssertionError("an unknown option composed")
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlock.capture import Activations, capture_activations
-from unlock.extract import direction_from_pairs, extract_directions
+from unlock.method.capture import Activations, capture_activations
+from unlock.method.extract import direction_from_pairs, extract_directions
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -71,7 +71,7 @@ def test_prompt_contrast_on_one_model(llama, tokenizer):
 
 def test_checkpoint_contrast_on_two_models(tokenizer, prompts):
     """Contrast (b): base vs post-trained checkpoints of one architecture, same prompts."""
-    from unlock.tiny import tiny_model
+    from unlock.models.tiny import tiny_model
 
     base, tuned = tiny_model("llama", seed=10), tiny_model("llama", seed=11)
     locked = capture_activations(base, tokenizer, prompts, progress=False)

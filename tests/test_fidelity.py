@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlock.align import fit_map
-from unlock.fidelity import layer_fidelity, summarise, transfer_fidelity
+from unlock.analysis.fidelity import layer_fidelity, summarise, transfer_fidelity
+from unlock.method.align import fit_map
 
 N, D_S, D_T, R = 64, 48, 40, 6
 
@@ -80,7 +80,7 @@ def test_at_rank_one_nothing_beats_the_null():
 
 
 def test_spectral_entropy_is_log_of_the_number_of_equal_directions():
-    from unlock.analysis import spectral_entropy
+    from unlock.analysis.grid import spectral_entropy
 
     basis = torch.linalg.qr(torch.randn(30, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
     signs = torch.tensor([[1.0], [-1.0]], dtype=torch.float64).repeat(5, 1)
@@ -100,7 +100,7 @@ def _random_pair(seed: int, n: int = 24):
 def test_self_ceiling_is_the_float64_projection_onto_the_targets_top_k_subspace(centre):
     """The paper's map: ||V_k V_k^T n|| / ||n||, V_k the top-k right singular vectors of the Target's
     (centred, for the pca variant) activations, computed here with numpy in float64."""
-    from unlock.fidelity import self_ceiling
+    from unlock.analysis.fidelity import self_ceiling
 
     source, target, gen = _random_pair(5)
     native = torch.randn(D_T, generator=gen)
@@ -118,7 +118,7 @@ def test_self_ceiling_is_the_float64_projection_onto_the_targets_top_k_subspace(
 def test_no_mapped_direction_exceeds_the_self_ceiling(method):
     """Random and planted data, every solver, several ranks: |cos(v^T W, n)| <= the ceiling for any v,
     and some v (the one whose image is the projection of n) comes close on the paper's map."""
-    from unlock.fidelity import self_ceiling
+    from unlock.analysis.fidelity import self_ceiling
 
     for seed in range(4):
         source, target, gen = _random_pair(seed) if seed % 2 else _planted(seed)[:2] + (torch.Generator().manual_seed(seed),)
@@ -136,7 +136,7 @@ def test_no_mapped_direction_exceeds_the_self_ceiling(method):
 
 def test_with_source_equal_to_target_fidelity_equals_the_self_ceiling():
     """One model on both sides: W = V_k V_k^T, so the native direction maps to its own projection."""
-    from unlock.fidelity import self_ceiling
+    from unlock.analysis.fidelity import self_ceiling
 
     _, target, gen = _random_pair(9, n=32)
     for rank in (2, 6, 20):

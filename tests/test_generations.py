@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from unlock.generations import analyse, length_bin, longest_repeat_share, read_samples, write
+from unlock.analysis.generations import (
+    analyse,
+    length_bin,
+    longest_repeat_share,
+    read_samples,
+    write,
+)
 
 
 @pytest.mark.parametrize(("text", "share"), [

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, compose_run, launch, results
-from unlock.artifacts import load_activations
-from unlock.harness import make_plan, run
+from unlock.run.harness import run
+from unlock.run.plan import make_plan
+from unlock.store.artifacts import load_activations
 
 TINY = ["experiment=tiny", "eval.limit=3", "eval.max_new_tokens=8"]
 CONDITIONS = {"unsteered", "unlock", "prompting", "native", "random"}
@@ -53,7 +54,7 @@ def test_single_run_writes_results_for_every_condition(single_run):
 
 
 def test_transfer_fidelity_is_recorded_with_its_null(single_run):
-    from unlock.artifacts import load_steering_vectors
+    from unlock.store.artifacts import load_steering_vectors
 
     _, runs, first, _ = single_run
     record = results(runs[0])
@@ -142,7 +143,10 @@ def test_sweep_writes_every_point_wandb_runs_and_aggregate(sweep):
         assert list((job / "wandb").glob("offline-run-*")), f"no offline W&B run in {job}"
     csv = (sweep_dir / "aggregate.csv").read_text().splitlines()
     assert csv[0].startswith("job,") and len(csv) == 1 + 4 * len(CONDITIONS)
-    assert {p.name for p in sweep_dir.glob("*.png")} >= {"acc_vs_alpha.png", "acc_vs_rank.png", "gen_length_by_condition.png"}
+    assert {p.name for p in sweep_dir.glob("*.png")} >= {"acc_vs_alpha.value.png", "acc_vs_rank.value.png",
+                                                      "gen_length_by_condition.png"}
+    header = csv[0].split(",")
+    assert {"alpha.value", "rank.value", "experiment option", "eval.limit"} <= set(header), "overrides become columns"
     assert list((sweep_dir / "wandb").glob("offline-run-*")), "aggregate W&B run"
     assert "sweep: 4 jobs" in proc.stdout
 
@@ -164,13 +168,13 @@ def test_alpha_sweep_reuses_capture_extract_and_align(sweep):
 
 
 def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
-    import unlock.loading
+    import unlock.models.loading
 
     def no_weights(*_args, **_kwargs):
         raise AssertionError("model weights were loaded before the config was checked")
 
-    monkeypatch.setattr(unlock.loading, "load_model", no_weights)
-    monkeypatch.setattr("unlock.harness.load_model", no_weights)
+    monkeypatch.setattr(unlock.models.loading, "load_model", no_weights)
+    monkeypatch.setattr("unlock.run.session.load_model", no_weights)
     cases = [
         (["layer=list", "layer.indices=[9]"], r"Target layer 9 is out of range.*\[0, 5\]"),
         (["rank.value=100"], r"rank.value 100 is out of range for these models: must be <= min\(d_s, d_t\) = min\(64, 48\) = 48"),
@@ -216,8 +220,8 @@ def test_layer_selection_and_pairing_in_plan():
 
 def test_lm_eval_cli_with_unlock_model(tmp_path):
     """`lm_eval --model unlock` on a saved tiny model and a shipped task, steering from an artifact."""
-    from unlock.artifacts import save_steering_vectors
-    from unlock.tiny import tiny_model, tiny_tokenizer
+    from unlock.models.tiny import tiny_model, tiny_tokenizer
+    from unlock.store.artifacts import save_steering_vectors
 
     model_dir = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model_dir)
@@ -243,7 +247,7 @@ def test_readme_cli_example_reproduces_the_runs_unlock_condition(tmp_path):
     gives the run's own unlock condition: the file carries alpha, rule and positions (here not the
     class defaults), and explicit model args still override them. Loglikelihoods of a multiple-choice
     task, which a random tiny model's near-constant generations could not tell apart."""
-    from unlock.tiny import tiny_model, tiny_tokenizer
+    from unlock.models.tiny import tiny_model, tiny_tokenizer
 
     model_dir = tmp_path / "target"
     tiny_model("qwen2", hidden_size=48, num_layers=6, seed=1).save_pretrained(model_dir)
@@ -352,7 +356,7 @@ def _read_samples(path: Path) -> dict:
 def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
     """Multiple choice on the tiny Target with a strong push, so conditions disagree on some items:
     wins and losses recounted from samples/*.jsonl, the interval and p-value from their counts."""
-    from unlock.paired import mcnemar_exact, newcombe_interval
+    from unlock.analysis.paired import mcnemar_exact, newcombe_interval
 
     cfg = compose_run(["experiment=tiny", f"paths.cache_dir={tmp_path}", "eval.tasks=[unlock_mc]", "eval.limit=24",
                        "eval.conditions=[unsteered,unlock,random]", "alpha=add", "alpha.value=8", "alpha.positions=all"])

@@ -78,8 +78,8 @@ def test_no_function_in_unlock_is_longer_than_60_lines():
     assert not long
 
 
-@pytest.mark.parametrize("module", ["unlock.capture", "unlock.extract", "unlock.align", "unlock.steer",
-                                    "unlock.artifacts", "unlock.tiny", "unlock.tasks.answers", "unlock.pipeline"])
+@pytest.mark.parametrize("module", ["unlock.method.capture", "unlock.method.extract", "unlock.method.align", "unlock.method.steer",
+                                    "unlock.store.artifacts", "unlock.models.tiny", "unlock.tasks.answers", "unlock.method.pipeline"])
 def test_notebook_import_paths_stay(module):
     assert importlib.import_module(module)
 
@@ -93,5 +93,49 @@ def test_no_function_local_imports_of_unlock_modules():
              if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
              for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))
              and ((node.module or "") if isinstance(node, ast.ImportFrom) else node.names[0].name).startswith("unlock")]
-    assert local == ["unlock.evaluate.engine: unlock.evaluate_vllm",  # it imports vLLM (tens of seconds)
-                     "unlock.evaluate.lm: unlock.lm_eval_model"]  # it imports lm_eval (seconds)
+    assert local == ["unlock.run.evaluate.lm: unlock.lm_eval.hf_model"]  # it imports lm_eval (seconds)
+
+
+def _imported(tree: ast.Module) -> set[str]:
+    """Every module a file imports, top-level or function-local."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_method_modules_import_no_config_framework_and_nothing_around_them():
+    """capture, extract, align, steer, pipeline and blocks take tensors, models and settings objects:
+    no omegaconf or hydra, and of this package only each other."""
+    for name, tree in _modules().items():
+        if not name.startswith("unlock.method"):
+            continue
+        imported = _imported(tree)
+        assert not {m for m in imported if m.split(".")[0] in ("omegaconf", "hydra")}, name
+        assert {m for m in imported if m.startswith("unlock")} <= {m for m in _modules() if m.startswith("unlock.method")}, name
+
+
+def test_only_the_run_layer_reads_the_composed_config():
+    """The run layer turns the Hydra config into settings objects; elsewhere only `make analyze` (its Hydra
+    entry point and the grid it composes like a run) and the model loader (which takes one model's
+    config node) import omegaconf or hydra."""
+    readers = {name for name, tree in _modules().items()
+               if any(m.split(".")[0] in ("omegaconf", "hydra") for m in _imported(tree))}
+    outside = {name for name in readers if not name.startswith("unlock.run.")}
+    assert outside == {"unlock.analysis.__main__", "unlock.analysis.grid", "unlock.models.loading"}
+
+
+def test_each_concern_has_its_folder():
+    """Besides the notebook import paths (one-line aliases of the moved modules), unlock/ holds only
+    folders named after what they hold."""
+    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert top == ["align", "artifacts", "capture", "extract", "pipeline", "steer", "tiny"]
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    assert folders == ["analysis", "lm_eval", "method", "models", "run", "store", "tasks"]
+    import unlock.capture
+    import unlock.method.capture
+
+    assert unlock.capture is unlock.method.capture, "the old path is the same module, private names included"

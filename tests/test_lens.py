@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from unlock.lens import final_norm, lens_table, logit_lens
-from unlock.tiny import tiny_model, tiny_tokenizer
+from unlock.analysis.lens import final_norm, lens_table, logit_lens
+from unlock.models.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])

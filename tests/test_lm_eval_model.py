@@ -10,10 +10,11 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from unlock.artifacts import load_tensors, save_steering_vectors, save_tensors
-from unlock.scores import wilson_interval
-from unlock.lm_eval_model import UnlockLM, parse_layers, steering_settings
-from unlock.steer import STEER_POSITIONS, STEER_RULES, Steering
+from tests.helpers import compose_run
+from unlock.lm_eval.hf_model import UnlockLM, parse_layers, steering_settings
+from unlock.method.steer import STEER_POSITIONS, STEER_RULES, Steering, SteeringSettings
+from unlock.run.scores import wilson_interval
+from unlock.store.artifacts import load_tensors, save_steering_vectors, save_tensors
 
 PAIRS = [("Question: What is 3 plus 4?\nAnswer:", " 7"), ("Hi", " there 12"), ("Q: 6 times 9? A:", " 54")]
 
@@ -119,10 +120,10 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     from lm_eval.models.hf_steered import SteeredModel, steer
     from omegaconf import OmegaConf
 
-    from unlock.harness import export_steering
-    from unlock.pipeline import Cached
-    from unlock.loading import load_model, model_skeleton
-    from unlock.models import block_path_under_base_model
+    from unlock.method.blocks import block_path_under_base_model
+    from unlock.method.pipeline import Cached
+    from unlock.models.loading import load_model, model_skeleton
+    from unlock.run.record import export_steering
 
     model_cfg = {"kind": "tiny", "family": family, "hidden_size": 64, "num_layers": 3, "seed": 0}
     model = load_model(model_cfg, str(tmp_path)).model
@@ -179,9 +180,11 @@ def test_a_file_without_settings_gets_todays_defaults_and_one_warning_naming_it(
     with pytest.warns(UserWarning) as record:
         lm = UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path)
     ours = [str(w.message) for w in record if path in str(w.message)]
-    assert ours == [f"steer file {path} records no alpha, rule, positions; using alpha=0.1, "
+    default = SteeringSettings()  # the harness's one default, as the run's alpha group gives it
+    assert ours == [f"steer file {path} records no alpha, rule, positions; using alpha={default.alpha}, "
                     "rule=norm_preserving, positions=last (model args override)"]
-    assert _settings(lm) == (0.1, "norm_preserving", "last", [0, 1, 2, 3])
+    assert _settings(lm) == (default.alpha, "norm_preserving", "last", [0, 1, 2, 3])
+    assert default.alpha == compose_run([]).alpha.value
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*steer file")  # everything given: nothing defaulted
         _, settings = steering_settings(path, alpha=0.3, rule="add", positions="all", layers="0-1")

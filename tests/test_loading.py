@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlock.loading import SOURCES, model_source
-from unlock.models import hidden_size, num_layers
-from unlock.tiny import tiny_model, tiny_tokenizer
+from unlock.method.blocks import hidden_size, num_layers
+from unlock.models.loading import SOURCES, model_source
+from unlock.models.tiny import tiny_model, tiny_tokenizer
 
 TINY = {"kind": "tiny", "family": "gpt2", "hidden_size": 32, "num_layers": 3, "seed": 5, "dtype": "float32"}
 

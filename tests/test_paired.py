@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 from scipy.stats import binomtest
 
-from unlock.paired import (
+from unlock.analysis.paired import (
     PowerSettings,
     baselines,
     compare,

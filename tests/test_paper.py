@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from tests.helpers import CONF, ROOT, compose_run, launch
-from unlock.harness import run
-from unlock.paper import PAPER_NUMBERS
-from unlock.report import comparison_rows, find_results, render
+from unlock.analysis.paper import PAPER_NUMBERS
+from unlock.analysis.report import comparison_rows, find_results, render
+from unlock.run.harness import run
 from unlock.tasks.hub import FIELDS, split_rows
 
 STANDINS = ROOT / "tests" / "standin_configs"
@@ -70,7 +70,7 @@ def test_preset_names_models_bf16_resources_tasks_and_paper_numbers(preset):
 
 
 def test_preset_benchmarks_are_lm_eval_tasks():
-    from unlock.prompts import task_manager
+    from unlock.lm_eval.prompts import task_manager
 
     names = [f"unlock_{b.stem}{suffix}" for b in (CONF / "benchmark").glob("*.yaml") for suffix in ("", "_cot", "_val", "_cot_val")]
     manager = task_manager(str(ROOT / "unlock" / "tasks"), names)  # raises on any unknown name
@@ -176,7 +176,7 @@ def test_generic_fields_name_the_columns_when_none_match():
 def test_hub_task_loads_through_lm_eval_with_disjoint_splits(monkeypatch):
     import datasets
 
-    from unlock.prompts import build_prompt_sets, load_task
+    from unlock.lm_eval.prompts import build_prompt_sets, load_task
 
     hub = {"test": [{"query": f"Q: problem {i}? A: The answer is", "answer": str(i)} for i in range(400)]}
     calls = []
@@ -206,7 +206,7 @@ def test_hub_task_loads_through_lm_eval_with_disjoint_splits(monkeypatch):
 # Report: paper vs run
 # --------------------------------------------------------------------------------------------------
 def _record(acc: float, n: int, split: str = "test", status: str = "ok", benchmark: str = "math") -> dict:
-    from unlock.scores import wilson_interval
+    from unlock.run.scores import wilson_interval
 
     task = f"unlock_{benchmark}"
     metrics = {"acc": acc, "n": n, "acc_ci95": list(wilson_interval(acc * n, n))}
@@ -234,8 +234,8 @@ def test_report_rows_compare_with_the_paper():
 def test_report_puts_the_papers_gain_beside_our_paired_gain():
     """200 items: UNLOCK right on items 0-49, the unsteered Target on items 30-49 and 150-159, so
     UNLOCK wins 30 and loses 10 (+10 points); the paper's gain for this setup is 20.1 - 8.0."""
-    from unlock.paired import PowerSettings, comparisons
-    from unlock.paper import paper_gains
+    from unlock.analysis.paired import PowerSettings, comparisons
+    from unlock.analysis.paper import paper_gains
 
     unlock = {i: i < 50 for i in range(200)}
     unsteered = {i: 30 <= i < 50 or 150 <= i < 160 for i in range(200)}
@@ -275,7 +275,7 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
     assert "| UNLOCK | 20.1 | 30.0 (100) |" in text and "+9.9" in text
     assert "qwen15_cot_14b_to_7b/gsm8k" in text, "setups without results are listed"
     out = tmp_path / "report.md"
-    proc = subprocess.run([sys.executable, "-m", "unlock.report", str(tmp_path), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "unlock.analysis.report", str(tmp_path), "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.read_text() == text and "written to" in proc.stdout
 
@@ -298,7 +298,7 @@ def test_half_precision_activation_storage_is_a_separate_cache_entry(tmp_path):
             dtypes |= {f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes == {"F32", "BF16"}
     # Half storage changes the map only by rounding: the steering vectors agree closely.
-    from unlock.artifacts import load_steering_vectors
+    from unlock.store.artifacts import load_steering_vectors
 
     a = load_steering_vectors(full["artifacts"]["steering_vectors"])[0]
     b = load_steering_vectors(half["artifacts"]["steering_vectors"])[0]

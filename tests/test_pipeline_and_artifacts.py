@@ -10,8 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from unlock.align import pair_layers
-from unlock.artifacts import (
+from unlock.method.align import pair_layers
+from unlock.method.capture import capture_activations
+from unlock.method.pipeline import Cached, MapSettings, transfer
+from unlock.method.steer import Steering
+from unlock.store.artifacts import (
     atomic_path,
     atomic_write_json,
     load_directions,
@@ -22,9 +25,6 @@ from unlock.artifacts import (
     save_maps,
     save_steering_vectors,
 )
-from unlock.capture import capture_activations
-from unlock.pipeline import Cached, MapSettings, transfer
-from unlock.steer import Steering
 
 QUESTIONS = [f"Question: What is {a} plus {b}?" for a in range(2, 9) for b in (3, 11)]
 DIRECT, COT = "\nAnswer:\n", "\nAnswer: Let's think step by step.\n"
@@ -84,8 +84,14 @@ def test_a_caching_step_reuses_exactly_what_a_change_does_not_touch(llama, qwen2
 
 
 def test_map_settings_key_only_what_changes_a_map():
-    assert MapSettings(rank=4, ridge=0.5).spec() == MapSettings(rank=4, ridge=0.1).spec()
-    assert MapSettings(rank=4, method="ridge", ridge=0.5).spec() != MapSettings(rank=4, method="ridge", ridge=0.1).spec()
+    ridge = {"rank": 4, "method": "ridge"}
+    assert MapSettings(**ridge, options={"ridge": 0.5}).spec() != MapSettings(**ridge, options={"ridge": 0.1}).spec()
+    assert MapSettings(**ridge).spec() == MapSettings(**ridge, options={"ridge": 0.01}).spec(), "the default is filled in"
+    assert MapSettings(rank=4).spec() == {"rank": 4, "method": "unlock", "centre": False}, "keys as before the table"
+    with pytest.raises(ValueError, match="ridge is not an option of the 'unlock' alignment method; its options: none"):
+        MapSettings(rank=4, options={"ridge": 0.5})
+    with pytest.raises(ValueError, match="lambda is not an option of the 'ridge' alignment method; its options: ridge"):
+        MapSettings(**ridge, options={"lambda": 0.5})
     assert MapSettings(rank=4, aggregation="pca").centre and not MapSettings(rank=4).centre
 
 
@@ -176,8 +182,8 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
 def test_half_storage_keeps_massive_activations_that_float16_cannot_hold(tmp_path):
     """Residual streams of large models carry activations in the tens of thousands; float16 stops at
     65504 (and would store inf), bfloat16 has float32's range at the same size."""
-    from unlock.artifacts import load_activations, save_activations
-    from unlock.capture import Activations
+    from unlock.method.capture import Activations
+    from unlock.store.artifacts import load_activations, save_activations
 
     values = torch.tensor([[70000.0, -1.0e5, 3.0, 1e-3]])
     assert not torch.isfinite(values.to(torch.float16)).all(), "float16 overflows on these"
@@ -191,8 +197,8 @@ def test_half_storage_keeps_massive_activations_that_float16_cannot_hold(tmp_pat
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_no_artifact_is_written_with_non_finite_values(tmp_path, bad):
-    from unlock.artifacts import save_activations, save_steering_vectors
-    from unlock.capture import Activations
+    from unlock.method.capture import Activations
+    from unlock.store.artifacts import save_activations, save_steering_vectors
 
     vector = torch.ones(4)
     vector[2] = bad

@@ -1,4 +1,4 @@
-"""`python -m unlock.lm_eval_plugin` makes lm-eval know `--model unlock` without importing `unlock` at
+"""`python -m unlock.lm_eval.plugin` makes lm-eval know `--model unlock` without importing `unlock` at
 interpreter start-up, so a second checkout (git worktree, a colleague's copy) that shares the venv
 runs its own code and config defaults, not those of the checkout the venv was installed from."""
 
@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from unlock.lm_eval_plugin import HOOK_MODULE, HOOK_SOURCE, PTH_LINE, PTH_NAME, install_pth
+from unlock.lm_eval.plugin import (
+    HOOK_MODULE,
+    HOOK_SOURCE,
+    PTH_LINE,
+    PTH_NAME,
+    install_pth,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PURELIB = Path(sysconfig.get_paths()["purelib"])
-OLD_PTH_LINE = "import unlock.lm_eval_plugin as _unlock_plugin; _unlock_plugin.install_hook()\n"
+OLD_PTH_LINE = "import unlock.lm_eval.plugin as _unlock_plugin; _unlock_plugin.install_hook()\n"
 
 # Run with `python -S`: the interpreter start-up that site.py does, with the venv's own packages and
 # .pth files, except that the plugin's files come from SITE (what install_pth wrote), not from the
@@ -81,8 +87,8 @@ def test_installed_hook_imports_nothing_at_start_up_and_a_second_checkout_runs_i
     assert report["at_start_up"] == []
     assert Path(report["unlock_file"]).resolve() == (copy / "unlock" / "__init__.py").resolve()
     assert report["marker"] == "second"
-    assert report["model"] == "unlock.lm_eval_model:UnlockLM"
-    assert Path(report["model_file"]).resolve() == (copy / "unlock" / "lm_eval_model.py").resolve()
+    assert report["model"] == "unlock.lm_eval.hf_model:UnlockLM"
+    assert Path(report["model_file"]).resolve() == (copy / "unlock" / "lm_eval" / "hf_model.py").resolve()
 
 
 def test_the_hook_is_standard_library_only():
@@ -97,11 +103,11 @@ def test_the_hook_is_standard_library_only():
 
 def test_this_environment_imports_nothing_of_unlock_at_start_up(tmp_path):
     """The venv the tests run in: its installed hook is the current one (else run `make install` or
-    `python -m unlock.lm_eval_plugin`), and a second checkout there imports its own package."""
+    `python -m unlock.lm_eval.plugin`), and a second checkout there imports its own package."""
     installed = PURELIB / PTH_NAME
     if not installed.exists():
         pytest.skip(f"no lm-eval hook installed in {PURELIB}")
-    fix = "run `python -m unlock.lm_eval_plugin` (make install) to replace it"
+    fix = "run `python -m unlock.lm_eval.plugin` (make install) to replace it"
     assert installed.read_text() == PTH_LINE, f"{installed} is stale: {fix}"
     hook = PURELIB / f"{HOOK_MODULE}.py"
     assert hook.exists() and hook.read_text() == HOOK_SOURCE.read_text(), f"{hook} is stale: {fix}"

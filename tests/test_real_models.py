@@ -12,15 +12,15 @@ import os
 import pytest
 import torch
 
-from unlock.align import pair_layers
-from unlock.capture import capture_activations
-from unlock.config import project_root
-from unlock.gguf_models import package_shape
-from unlock.loading import load_model
-from unlock.memory import model_size
-from unlock.models import hidden_size, num_layers
-from unlock.pipeline import MapSettings, transfer
-from unlock.steer import Steering
+from unlock.method.align import pair_layers
+from unlock.method.blocks import hidden_size, num_layers
+from unlock.method.capture import capture_activations
+from unlock.method.pipeline import MapSettings, transfer
+from unlock.method.steer import Steering
+from unlock.models.gguf import package_shape
+from unlock.models.loading import load_model
+from unlock.models.memory import model_size
+from unlock.run.config import project_root
 
 pytestmark = pytest.mark.slow
 CACHE = os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from unlock.capture import capture_activations, position_ids_from_mask
-from unlock.steer import LAST_COLUMN, Steering, apply_rule
-from unlock.tiny import tiny_tokenizer
+from unlock.method.capture import capture_activations, position_ids_from_mask
+from unlock.method.steer import LAST_COLUMN, Steering, apply_rule
+from unlock.models.tiny import tiny_tokenizer
 
 LAYERS = 4
 WIDTH = 64

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.phases import assert_same_generation, reference_generate
-from unlock.models import hidden_size, num_layers
-from unlock.steer import Steering
-from unlock.tiny import TINY_FAMILIES, tiny_model
+from unlock.method.blocks import hidden_size, num_layers
+from unlock.method.steer import Steering
+from unlock.models.tiny import TINY_FAMILIES, tiny_model
 
 STEPS = 6
 PROMPTS = [

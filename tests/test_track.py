@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import compose_run
-from unlock.track import OBJECTIVES, select_best
+from unlock.run.track import OBJECTIVES, select_best
 
 
 def _row(job, acc, stepwise, beat, cos, split="validation", condition="unlock"):
@@ -51,7 +51,7 @@ def test_validation_selection_ranks_by_the_paired_gain_and_says_when_no_interval
     """Point 1 has the higher accuracy, point 2 the higher gain over the unsteered Target on its items."""
     import json
 
-    from unlock.track import aggregate
+    from unlock.run.track import aggregate
 
     records = {"1": _record(0.5, 0.5, _paired(0.0, -0.2, 0.2)), "2": _record(0.4, 0.2, _paired(0.2, -0.05, 0.4))}
     for job, record in records.items():
@@ -68,3 +68,26 @@ def test_validation_selection_ranks_by_the_paired_gain_and_says_when_no_interval
     (tmp_path / "2" / "results.json").write_text(json.dumps(records["2"]))
     assert aggregate(tmp_path)["selected_on_validation"]["points_excluding_zero"] == ["2"]
     assert "no sweep point's paired" not in capsys.readouterr().out
+
+
+def test_any_swept_key_becomes_a_column_and_a_plot_axis(tmp_path, capsys):
+    """A sweep over a key no list names (capability.seed) and over a config group choice (rank)."""
+    import json
+
+    from unlock.run.track import aggregate, override_columns
+
+    assert override_columns(["experiment=tiny", "capability.seed=3", "+eval.vllm.max_model_len=512",
+                             "layer.indices=[1,2]"]) == {
+        "experiment option": "tiny", "capability.seed": 3, "eval.vllm.max_model_len": 512, "layer.indices": "[1,2]"}
+    for job, (seed, rank) in enumerate([(0, "default"), (1, "default"), (0, "ridge"), (1, "ridge")]):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=tiny\n- capability.seed={seed}\n- rank={rank}\n")
+        (tmp_path / str(job) / "results.json").write_text(json.dumps(_record(0.1 * job, 0.0, _paired(0.1, -0.1, 0.3))))
+    summary = aggregate(tmp_path)
+    assert {"acc_vs_capability.seed.png", "acc_vs_rank_option.png"} <= {p.rsplit("/", 1)[-1] for p in summary["plots"]}
+    header = (tmp_path / "aggregate.csv").read_text().splitlines()[0].split(",")
+    assert {"capability.seed", "rank option", "experiment option"} <= set(header)
+    table = capsys.readouterr().out
+    assert "capability.seed" in table and "rank option" in table and "experiment option" not in table.split("sweep:")[1]
+    assert summary["selected_on_validation"]["capability.seed"] == 1 and summary["selected_on_validation"]["rank option"] == "ridge"

@@ -20,12 +20,11 @@ import torch
 from lm_eval.api.instance import Instance
 
 from tests.helpers import launch, results
-from unlock.lm_eval_model import UnlockLM
-from unlock.prompts import task_manager
+from unlock.lm_eval.hf_model import UnlockLM
+from unlock.lm_eval.prompts import task_manager
+from unlock.lm_eval.vllm_model import UnlockVLLM
+from unlock.models.tiny import tiny_model, tiny_tokenizer
 from unlock.tasks import TASKS_DIR
-from unlock.tiny import tiny_model, tiny_tokenizer
-
-from unlock.lm_eval_vllm import UnlockVLLM
 
 pytestmark = pytest.mark.vllm
 
@@ -186,7 +185,7 @@ def test_compiled_mode_is_refused(llama_dir):
 
 
 def test_steer_file_settings_are_the_defaults_as_in_unlock(llama_dir, tmp_path):
-    from unlock.artifacts import save_steering_vectors
+    from unlock.store.artifacts import save_steering_vectors
 
     path = tmp_path / "v.safetensors"
     save_steering_vectors(path, vectors(5), {"alpha": 3.0, "rule": "add", "positions": "all"})
@@ -265,9 +264,9 @@ def test_only_missing_conditions_are_evaluated_and_a_sweep_reuses_the_engine(tmp
 def test_packaged_models_generate_as_on_the_hf_path(package):
     import os
 
-    from unlock.config import project_root
-    from unlock.gguf_models import cached_checkpoint
-    from unlock.models import hidden_size, num_layers
+    from unlock.method.blocks import hidden_size, num_layers
+    from unlock.models.gguf import cached_checkpoint
+    from unlock.run.config import project_root
 
     path = str(cached_checkpoint(package, os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))))
     hf = UnlockLM(pretrained=path, dtype="float32", batch_size=4, device="cpu")
@@ -298,7 +297,7 @@ def test_the_lm_eval_cli_runs_unlock_vllm_with_a_steer_file(llama_dir, tmp_path)
     import sys
     from pathlib import Path
 
-    from unlock.artifacts import save_steering_vectors
+    from unlock.store.artifacts import save_steering_vectors
 
     steer = tmp_path / "v.safetensors"
     save_steering_vectors(steer, vectors(6), {"alpha": 3.0, "rule": "add", "positions": "all"})

@@ -7,17 +7,17 @@ Names below are imported lazily so that `import unlock` costs nothing until a na
 from importlib import import_module
 
 _EXPORTS = {
-    "Activations": "unlock.capture",
-    "capture_activations": "unlock.capture",
-    "Directions": "unlock.extract",
-    "direction_from_pairs": "unlock.extract",
-    "extract_directions": "unlock.extract",
-    "LinearMap": "unlock.align",
-    "fit_map": "unlock.align",
-    "fit_quality": "unlock.align",
-    "pair_layers": "unlock.align",
-    "pair_layers_linear": "unlock.align",
-    "Steering": "unlock.steer",
+    "Activations": "unlock.method.capture",
+    "capture_activations": "unlock.method.capture",
+    "Directions": "unlock.method.extract",
+    "direction_from_pairs": "unlock.method.extract",
+    "extract_directions": "unlock.method.extract",
+    "LinearMap": "unlock.method.align",
+    "fit_map": "unlock.method.align",
+    "fit_quality": "unlock.method.align",
+    "pair_layers": "unlock.method.align",
+    "pair_layers_linear": "unlock.method.align",
+    "Steering": "unlock.method.steer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
-from unlock.artifacts import atomic_write_json
+from unlock.store.artifacts import atomic_write_json
 
 
 class AccountingFreeWatcher(SlurmInfoWatcher):

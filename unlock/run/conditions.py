@@ -1,0 +1,38 @@
+"""The conditions a run evaluates side by side: one table, read by the config schema, evaluation,
+tracking and the paper report. A new condition is one row here (and, if it steers with a new kind of
+vector, the step that makes those vectors in :func:`unlock.run.session.steering_sets`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    model: Literal["target", "reference"]  # which model is evaluated
+    prompt: Literal["locked", "unlocked"]  # the task's own prompt, or its capability-prompt variant
+    vectors: str | None  # the steering set it adds (a key of the run's steering sets), or none
+    label: str  # for tables and the paper report
+
+
+CONDITIONS: dict[str, Condition] = {c.name: c for c in (
+    Condition("unsteered", "target", "locked", None, "Locked (unsteered)"),
+    Condition("unlock", "target", "locked", "unlock", "UNLOCK"),
+    Condition("prompting", "target", "unlocked", None, "CoT prompt"),
+    Condition("native", "target", "locked", "native", "native direction"),
+    Condition("random", "target", "locked", "random", "random direction"),
+    Condition("reference", "reference", "unlocked", None, "post-trained reference"),
+)}
+BASELINE = "unsteered"  # what steered conditions are compared against in plots
+
+
+def steered() -> list[str]:
+    """Conditions that add steering vectors, in table order."""
+    return [c.name for c in CONDITIONS.values() if c.vectors is not None]
+
+
+def label(name: str) -> str:
+    return CONDITIONS[name].label if name in CONDITIONS else name

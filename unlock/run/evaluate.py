@@ -1,0 +1,166 @@
+"""Stage 5: steer the Target and evaluate each condition with lm-eval, side by side.
+
+Conditions: ``unsteered`` (Target, Locked prompt), ``unlock`` (+ mapped Source direction),
+``prompting`` (Target with the capability prompt), ``native`` (+ the Target's own direction, the
+upper reference), ``random`` (+ a random direction of equal norm, the control) and ``reference``
+(another model, e.g. the Target's post-trained sibling, with the capability prompt).
+Each condition's result is a cached artifact, so an alpha sweep re-runs only the steered ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unlock.analysis.paired import item_outcomes
+from unlock.lm_eval.prompts import task_manager
+from unlock.method.pipeline import Cached
+from unlock.method.steer import SteeringSettings
+from unlock.models.loading import model_identity
+from unlock.run.conditions import CONDITIONS
+from unlock.run.config import prompt_task, steering_settings
+from unlock.run.engines import evaluator
+from unlock.run.scores import EvalItem, sample_rows, summarise
+from unlock.store.artifacts import atomic_write_bytes
+from unlock.store.cache import StageCache, fingerprint, load_json, save_json
+from unlock.tasks.answers import CHECKER
+
+
+@lru_cache(maxsize=8)
+def tasks_fingerprint(tasks_dir: str) -> str:
+    """Hash of the local task files (YAML, scoring code, data): editing any of them invalidates
+    cached evaluations, since the prompt, the items or the metric may have changed."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tasks_dir).rglob("*")):
+        if path.is_file() and (path.suffix in (".py", ".yaml", ".jsonl") or path.name.endswith("_yaml")):
+            digest.update(path.relative_to(tasks_dir).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def eval_task_name(task: str, split: str) -> str:
+    """Validation runs use the task's ``_val`` variant (same items' validation split)."""
+    return task if split == "test" else f"{task}_val"
+
+
+class Evaluator:
+    """One lm-eval model object for the loaded model; steering is switched per condition."""
+
+    def __init__(self, cfg: DictConfig, models) -> None:
+        self.cfg, self.models = cfg, models
+        self._lm: Any = None
+
+    def lm(self, model_cfg: Any):
+        from unlock.lm_eval.hf_model import UnlockLM
+
+        loaded = self.models.get(model_cfg)
+        if self._lm is None or self._lm.model is not loaded.model:
+            self._lm = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=self.cfg.eval.batch_size,
+                                device=str(model_cfg.device), track_entropy=True)
+        return self._lm
+
+    def evaluate(self, model_cfg: Any, task: str, steering: Cached[dict] | None,
+                 how: SteeringSettings | None) -> dict[str, Any]:
+        import lm_eval  # heavy: only when something is evaluated
+
+        lm = self.lm(model_cfg)
+        if steering is None or how is None:
+            lm.set_steering(None)
+        else:
+            lm.set_steering(steering.value, how.alpha, how.rule, how.positions)
+        lm.reset_stats()
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=[task], task_manager=task_manager(self.cfg.paths.tasks_dir, [task]),
+            limit=self.cfg.eval.limit, gen_kwargs={"max_gen_toks": int(self.cfg.eval.max_new_tokens)},
+            log_samples=True, bootstrap_iters=int(self.cfg.eval.bootstrap_iters),
+            random_seed=self.cfg.eval.random_seed, verbosity="ERROR",
+        )
+        samples = results["samples"][task]
+        rows = sample_rows(samples)
+        lengths = [len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"])
+                   for row in rows if lm.stats["generated_tokens"]]
+        return {"metrics": summarise(results["results"][task], samples, lm.stats, lengths), "samples": rows}
+
+    def evaluate_many(self, items: list["EvalItem"]) -> list[dict[str, Any]]:
+        """One lm-eval evaluation per item, steering switched between them."""
+        return [self.evaluate(item.model, item.lm_task, item.steering, item.how) for item in items]
+
+
+def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple[list[EvalItem], dict[str, Any]]:
+    """Every (condition, task) the config asks for (conditions.CONDITIONS says which model, prompt and
+    steering set each uses), and the conditions skipped with the reason."""
+    items, skipped = [], {}
+    for condition_name in cfg.eval.conditions:
+        condition = CONDITIONS[str(condition_name)]
+        if condition.vectors is not None and condition.vectors not in steering_sets:
+            skipped[condition.name] = {"skipped": "no Target-Unlocked activations for a native direction "
+                                                  "(checkpoint contrast needs eval.reference_model)"}
+            continue
+        model_cfg = cfg.eval.reference_model if condition.model == "reference" else cfg.target_model
+        steering = steering_sets[condition.vectors] if condition.vectors is not None else None
+        how = steering_settings(cfg)
+        if steering is not None and how.alpha == 0.0:
+            steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
+        for task in cfg.eval.tasks:
+            name = eval_task_name(prompt_task(cfg, task) if condition.prompt == "unlocked" else task, cfg.eval.split)
+            items.append(EvalItem(condition.name, str(task), name, model_cfg, steering, how if steering else None))
+    return items, skipped
+
+
+def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]],
+                        output_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, dict[Any, bool]]]]:
+    """{condition: {task: metrics}} for every configured condition, and {condition: {task: {item:
+    correct}}} for the paired comparisons; per-sample outputs go to output_dir. Each evaluation is its
+    own cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in
+    one engine pass)."""
+    items, out = plan_items(cfg, steering_sets)
+    outcomes: dict[str, dict[str, dict[Any, bool]]] = {}
+    evaluator = engine(cfg, models)
+    groups: dict[str, list[EvalItem]] = {}
+    for item in items:
+        groups.setdefault(fingerprint(model_identity(item.model)), []).append(item)
+    for group in groups.values():
+        results, _ = cache.get_or_compute_many(
+            "eval", [eval_spec(cfg, item) for item in group], ".json",
+            compute=lambda missing, group=group: [_computed(r) for r in evaluator.evaluate_many(
+                [group[i] for i in missing])],
+            save=save_json, load=load_json)
+        for item, result in zip(group, results, strict=True):
+            out.setdefault(item.condition, {})[item.task] = {**result["metrics"], "lm_eval_task": item.lm_task}
+            scored = item_outcomes(result["samples"])
+            if scored is not None:
+                outcomes.setdefault(item.condition, {})[item.task] = scored
+            rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
+            atomic_write_bytes(output_dir / "samples" / f"{item.condition}__{item.task}.jsonl", rows.encode())
+    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, outcomes
+
+
+def eval_spec(cfg: DictConfig, item: EvalItem) -> dict[str, Any]:
+    """All that determines one evaluation (its cache key): the HF engine's keys are those it always had."""
+    ev, how, steering = cfg.eval, item.how, item.steering
+    spec = {
+        "model": model_identity(item.model), "task": item.lm_task, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+        "checker": CHECKER,
+        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
+        "steering": None if steering is None else {
+            "vectors": steering.key, "alpha": how.alpha, "rule": how.rule, "positions": how.positions},
+    }
+    if ev.engine != "hf":
+        spec["engine"] = str(ev.engine)
+    return spec
+
+
+def engine(cfg: DictConfig, models) -> Any:
+    """The evaluator of eval.engine (unlock.run.engines.ENGINES)."""
+    return evaluator(str(cfg.eval.engine), cfg, models)
+
+
+def _computed(result: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    return result, int(result["metrics"].get("forward_passes", 0))

@@ -1,0 +1,105 @@
+"""eval.engine=vllm: a run's conditions on one vLLM engine, in one lm-eval evaluation.
+
+Each (condition, task) becomes a copy of the lm-eval task named ``<task>@<condition>`` whose
+generation kwargs carry ``unlock_steer: <condition>``; the engine registers each condition's steering
+under that name. lm-eval then hands the model every generation request of every condition at once,
+and ``unlock_vllm`` sends them to vLLM in one call, each request steered by its condition (and
+checked). Loglikelihood tasks have no generation kwargs to carry a tag: they are evaluated one
+condition at a time on the same engine.
+
+The engine is kept for the process (one at a time), so consecutive points of a local sweep that
+share the Target reuse it; its start-up is reported apart (``model_load_seconds``, "<name> (vllm
+engine)").
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import lm_eval
+from omegaconf import DictConfig, OmegaConf
+
+from unlock.lm_eval.prompts import task_manager
+from unlock.lm_eval.vllm_model import CONDITION_KEY, UnlockVLLM
+from unlock.models.loading import model_checkpoint
+from unlock.run.scores import EvalItem, sample_rows, summarise
+from unlock.store.cache import fingerprint
+
+_ENGINE: dict[str, UnlockVLLM] = {}  # at most one, by what determines it
+
+
+class VLLMEvaluator:
+    """Evaluates items of one model together on a vLLM engine with per-request steering."""
+
+    def __init__(self, cfg: DictConfig, models) -> None:
+        self.cfg, self.models = cfg, models
+
+    def lm(self, model_cfg: Any) -> UnlockVLLM:
+        path = model_checkpoint(model_cfg, self.cfg.paths.cache_dir)
+        args = {"dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype),
+                **OmegaConf.to_container(self.cfg.eval.vllm, resolve=True)}
+        key = fingerprint({"path": path, **args})
+        if key not in _ENGINE:
+            _ENGINE.clear()
+            self.models.release_all()  # the HF weights are not needed while vLLM holds its own
+            start = time.perf_counter()
+            _ENGINE[key] = UnlockVLLM(pretrained=path, batch_size="auto", **args)
+            # In results.json's model_load_seconds; absent when a sweep's earlier point started it.
+            self.models.load_seconds[f"{model_cfg.name} (vllm engine)"] = time.perf_counter() - start
+        return _ENGINE[key]
+
+    def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:
+        lm = self.lm(items[0].model)
+        names = [f"{item.lm_task}@{item.condition}" for item in items]
+        for item, name in zip(items, names, strict=True):
+            if item.steering is None or item.how is None:
+                lm.add_steering(name, None)
+            else:
+                lm.add_steering(name, item.steering.value, item.how.alpha, item.how.rule, item.how.positions)
+        base = task_manager(self.cfg.paths.tasks_dir, [i.lm_task for i in items]).load_task_or_group(
+            sorted({i.lm_task for i in items}))
+        tagged = [_tagged(base[item.lm_task], name) for item, name in zip(items, names, strict=True)]
+        together = [t for t in tagged if t.OUTPUT_TYPE == "generate_until"]
+        results, steps = self._run(lm, together) if together else ({"results": {}, "samples": {}}, 0)
+        for task, name in zip(tagged, names, strict=True):
+            if task.OUTPUT_TYPE != "generate_until":  # no kwargs to carry the tag: one at a time
+                single, more = self._run(lm, [task], default=name)
+                steps += more
+                for part in ("results", "samples"):
+                    results[part].update(single[part])
+        # The engine's steps serve the conditions together; each is given its share.
+        share = round(steps / len(items))
+        return [self._metrics(lm, results, name, share) for name in names]
+
+    def _run(self, lm: UnlockVLLM, tasks: list[Any], default: str | None = None) -> tuple[dict[str, Any], int]:
+        """One lm-eval evaluation of these tasks; ``default``: the steering of untagged requests."""
+        lm.use_steering(default)
+        lm.reset_stats()
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        ev = self.cfg.eval
+        results = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, limit=ev.limit, gen_kwargs={"max_gen_toks": int(ev.max_new_tokens)},
+            log_samples=True, bootstrap_iters=int(ev.bootstrap_iters), random_seed=ev.random_seed, verbosity="ERROR")
+        lm.use_steering(None)
+        return {"results": dict(results["results"]), "samples": dict(results["samples"])}, lm.stats["forward_passes"]
+
+    def _metrics(self, lm: UnlockVLLM, results: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
+        samples = results["samples"][name]
+        rows = sample_rows(samples)
+        generation = bool(samples) and isinstance((samples[0].get("filtered_resps") or [None])[0], str)
+        lengths = ([len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"]) for row in rows]
+                   if generation else [])
+        return {"metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths),
+                "samples": rows}
+
+
+def _tagged(task: Any, name: str) -> Any:
+    """A copy of an lm-eval task under another name whose generation requests carry the steering tag."""
+    copied = copy.deepcopy(task)
+    copied.set_config(key="task", value=name)
+    if copied.OUTPUT_TYPE == "generate_until":
+        copied.set_config(key="generation_kwargs", value={CONDITION_KEY: name}, update=True)
+    return copied

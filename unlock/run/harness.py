@@ -1,0 +1,63 @@
+"""One UNLOCK run, stage by stage: plan -> capture -> extract -> align -> steer + evaluate -> record.
+
+Every stage goes through the StageCache, so re-running, or sweeping alpha or rank, recomputes only
+what the changed setting determines. Models are loaded lazily and one at a time (Source work first,
+then Target work), and never at all when every stage is a cache hit.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unlock.analysis.fidelity import summarise as summarise_fidelity
+from unlock.analysis.fidelity import transfer_fidelity
+from unlock.analysis.lens import lens_table
+from unlock.analysis.paired import comparisons
+from unlock.analysis.paper import paper_gains
+from unlock.method.blocks import block_path_under_base_model
+from unlock.method.pipeline import transfer
+from unlock.models.loading import model_skeleton
+from unlock.run.config import map_settings, stats_settings
+from unlock.run.evaluate import evaluate_conditions
+from unlock.run.plan import check_devices_present, dry_run, make_plan
+from unlock.run.record import export_steering, make_record
+from unlock.run.session import (
+    Session,
+    capture_all,
+    prompt_sets,
+    steering_sets,
+)
+from unlock.store.artifacts import atomic_write_bytes
+from unlock.tasks.hub import DROPPED
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Run one composed config end to end and return its results record (launch.py writes it)."""
+    started = time.perf_counter()
+    plan = make_plan(cfg)
+    DROPPED.clear()  # this run's benchmark only (a multirun may run many in one process)
+    if cfg.dry_run:
+        return dry_run(cfg, plan)
+    check_devices_present(cfg)
+    session = Session(cfg)
+    captures = capture_all(session, prompt_sets(cfg))
+    result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
+                      map_settings(cfg), captures.held_out, session.step, progress=bool(cfg.progress))
+    sets = steering_sets(session, result, captures, plan)
+    lenses = {name: session.lens(vectors) for name, vectors in sets.items()}
+    fidelity = (transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value,
+                                  seed=cfg.seed) if "native" in sets else {})
+    conditions, outcomes = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
+    session.models.release_all()
+    artifacts = export_steering(Path(output_dir), sets, cfg,
+                                block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
+    atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
+    findings = {"artifacts": artifacts, "logit_lens": lenses, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
+                "transfer_fidelity_summary": summarise_fidelity(fidelity),
+                "paired": comparisons(outcomes, paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task),
+                                      stats_settings(cfg))}
+    return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)
