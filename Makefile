@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run analyze test test-fast test-latest sweep report bench slurm-up slurm-down clean
+.PHONY: install lock run analyze lint test test-fast test-latest sweep report bench slurm-up slurm-down clean
 
 # The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
 # torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
@@ -65,13 +65,19 @@ bench: $(HOOK)
 	$(PY) -m benchmarks.bench $(ARGS)
 	$(PY) -m benchmarks.engines $(ENGINE_ARGS)
 
+# ruff (locked): lint and the formatting check, first in both test targets (seconds); `.pre-commit-config.yaml`
+# runs the same on commit.
+lint: $(HOOK)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
-test: $(HOOK) slurm-up
+test: lint slurm-up
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The edit loop: the fast tests only (no SLURM, no real models), in the project's venv.
-test-fast: $(HOOK)
-	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+# The edit loop: lint, then the fast tests (no SLURM, no real models, no vLLM engines).
+test-fast: lint
+	$(PY) -m pytest -m "not slow and not slurm and not vllm" $(PYTEST_ARGS)
 
 # The fast tests against the newest releases the pyproject ranges allow (torch stays at the CPU pin),
 # in a venv of its own: run it before refreshing the lock, and weekly, so an upstream change shows up

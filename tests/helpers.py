@@ -23,14 +23,23 @@ def compose_run(overrides: list[str]):
 
 
 def launch(args: list[str], tmp: Path, extra_env: dict[str, str] | None = None, check: bool = True):
-    env = {**os.environ, "UNLOCK_CACHE": str(tmp / "cache"), "UNLOCK_LOGS": str(tmp / "logs"),
-           "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "UNLOCK_CACHE": str(tmp / "cache"),
+        "UNLOCK_LOGS": str(tmp / "logs"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **(extra_env or {}),
+    }
     env.pop("WANDB_API_KEY", None)
     tmp.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=900
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"launch.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"launch.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

@@ -25,8 +25,14 @@ PHASES = {"last": ("last", False), "generated": (None, True), "all": ("valid", T
 def steered_generate(model, batch, vectors, alpha, positions, steps):
     """(tokens (B, steps), logits (B, steps, V)) of greedy generate() under Steering."""
     with torch.no_grad(), Steering(model, vectors, alpha, positions=positions):
-        out = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **batch,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     prompt_len = batch["input_ids"].shape[1]
     return out.sequences[:, prompt_len:], torch.stack(out.logits, dim=1).float()
 
@@ -77,8 +83,12 @@ def reference_generate(model, batch, vectors, alpha, positions, steps):
     tokens, logits = [], []
     with torch.no_grad():
         with _manual_steering(model, vectors, alpha, prefill_index):
-            out = model(input_ids=batch["input_ids"], attention_mask=mask,
-                        position_ids=position_ids_from_mask(mask), use_cache=True)
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=mask,
+                position_ids=position_ids_from_mask(mask),
+                use_cache=True,
+            )
         for step in range(steps):
             logits.append(out.logits[:, -1].float())
             tokens.append(out.logits[:, -1].argmax(-1))
@@ -86,16 +96,21 @@ def reference_generate(model, batch, vectors, alpha, positions, steps):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             with _manual_steering(model, vectors, alpha, (slice(None), slice(None)) if decode else None):
-                out = model(input_ids=tokens[-1][:, None], attention_mask=mask,
-                            position_ids=mask.sum(1, keepdim=True) - 1, use_cache=True,
-                            **{cache_keyword(model): _cache_of(out)})
+                out = model(
+                    input_ids=tokens[-1][:, None],
+                    attention_mask=mask,
+                    position_ids=mask.sum(1, keepdim=True) - 1,
+                    use_cache=True,
+                    **{cache_keyword(model): _cache_of(out)},
+                )
     return torch.stack(tokens, dim=1), torch.stack(logits, dim=1)
 
 
 def assert_same_generation(model, batch, vectors, alpha, positions, steps, atol=1e-4, rtol=0.0):
     tokens, logits = steered_generate(model, batch, vectors, alpha, positions, steps)
     ref_tokens, ref_logits = reference_generate(model, batch, vectors, alpha, positions, steps)
-    torch.testing.assert_close(logits, ref_logits, atol=atol, rtol=rtol,
-                               msg=lambda m: f"positions={positions}: per-step logits differ\n{m}")
+    torch.testing.assert_close(
+        logits, ref_logits, atol=atol, rtol=rtol, msg=lambda m: f"positions={positions}: per-step logits differ\n{m}"
+    )
     assert torch.equal(tokens, ref_tokens), f"positions={positions}: greedy tokens differ"
     return logits

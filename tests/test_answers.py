@@ -51,42 +51,98 @@ def test_brace_less_and_nested_boxed():
 # (predicted, reference, equivalent): every category the paper's math benchmarks need.
 PAIRS = [
     # plain numbers, separators, currency, percent, units, degrees
-    ("3", "3", True), ("3.0", "3", True), ("6/2", "3", True), ("13", "3", False), ("-7", "7", False),
-    ("-7", "-7.0", True), ("1,234", "1234", True), ("1,234,567", "1234567", True), ("$1,234", "1234", True),
-    ("\\$3", "3", True), ("50\\%", "50", True), ("50%", "50", True), ("5\\text{ cm}", "5", True),
-    ("30^\\circ", "30", True), ("0.5", "\\frac{1}{2}", True), ("0.25", "0.2", False),
+    ("3", "3", True),
+    ("3.0", "3", True),
+    ("6/2", "3", True),
+    ("13", "3", False),
+    ("-7", "7", False),
+    ("-7", "-7.0", True),
+    ("1,234", "1234", True),
+    ("1,234,567", "1234567", True),
+    ("$1,234", "1234", True),
+    ("\\$3", "3", True),
+    ("50\\%", "50", True),
+    ("50%", "50", True),
+    ("5\\text{ cm}", "5", True),
+    ("30^\\circ", "30", True),
+    ("0.5", "\\frac{1}{2}", True),
+    ("0.25", "0.2", False),
     # fractions in every LaTeX form
-    ("\\dfrac{\\pi}{3}", "\\frac{\\pi}{3}", True), ("\\tfrac{3}{4}", "\\frac{3}{4}", True),
-    ("\\frac12", "\\frac{1}{2}", True), ("\\frac{1}{2}", "1/2", True), ("3/4", "\\frac{3}{4}", True),
-    ("\\frac{3}{4}", "0.75", True), ("\\frac{2}{3}", "\\frac{3}{2}", False), ("\\frac{4}{6}", "\\frac{2}{3}", True),
+    ("\\dfrac{\\pi}{3}", "\\frac{\\pi}{3}", True),
+    ("\\tfrac{3}{4}", "\\frac{3}{4}", True),
+    ("\\frac12", "\\frac{1}{2}", True),
+    ("\\frac{1}{2}", "1/2", True),
+    ("3/4", "\\frac{3}{4}", True),
+    ("\\frac{3}{4}", "0.75", True),
+    ("\\frac{2}{3}", "\\frac{3}{2}", False),
+    ("\\frac{4}{6}", "\\frac{2}{3}", True),
     # radicals, rationalised forms
-    ("2\\sqrt{3}", "\\sqrt{12}", True), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
-    ("\\sqrt{2}", "2", False), ("3\\sqrt{2}", "\\sqrt{18}", True), ("\\sqrt[3]{8}", "2", True),
+    ("2\\sqrt{3}", "\\sqrt{12}", True),
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}", True),
+    ("\\sqrt{2}", "2", False),
+    ("3\\sqrt{2}", "\\sqrt{18}", True),
+    ("\\sqrt[3]{8}", "2", True),
     # pi
-    ("2\\pi", "\\pi \\cdot 2", True), ("\\pi", "3", False), ("\\frac{\\pi}{2}", "\\frac{2\\pi}{4}", True),
+    ("2\\pi", "\\pi \\cdot 2", True),
+    ("\\pi", "3", False),
+    ("\\frac{\\pi}{2}", "\\frac{2\\pi}{4}", True),
     # complex numbers
-    ("2+3i", "3i+2", True), ("1", "1-i", False), ("1-i", "1-i", True), ("2i", "i+i", True),
-    ("-1", "i^2", True), ("(1+i)^2", "2i", True), ("\\frac{1}{i}", "-i", True), ("1+i", "1-i", False),
+    ("2+3i", "3i+2", True),
+    ("1", "1-i", False),
+    ("1-i", "1-i", True),
+    ("2i", "i+i", True),
+    ("-1", "i^2", True),
+    ("(1+i)^2", "2i", True),
+    ("\\frac{1}{i}", "-i", True),
+    ("1+i", "1-i", False),
     # scientific notation, both forms; never the leading digit
-    ("4.5\\times 10^{33}", "4.5e33", True), ("4.5e33", "4.5\\times10^{33}", True), ("4", "4.5e33", False),
-    ("4.5", "4.5e33", False), ("6.0e-3", "0.006", True), ("1.2\\times10^{-5}", "1.2e-5", True),
+    ("4.5\\times 10^{33}", "4.5e33", True),
+    ("4.5e33", "4.5\\times10^{33}", True),
+    ("4", "4.5e33", False),
+    ("4.5", "4.5e33", False),
+    ("6.0e-3", "0.006", True),
+    ("1.2\\times10^{-5}", "1.2e-5", True),
     # a leading number is never taken out of a reference answer
-    ("2", "2^{1009}", False), ("-1", "-1-\\sqrt{3}", False), ("3", "3x+1", False), ("2^{1009}", "2^{1009}", True),
+    ("2", "2^{1009}", False),
+    ("-1", "-1-\\sqrt{3}", False),
+    ("3", "3x+1", False),
+    ("2^{1009}", "2^{1009}", True),
     # ordered tuples vs unordered sets; intervals, open vs closed
-    ("\\{1,2\\}", "\\{2,1\\}", True), ("(1,2)", "(1, 2)", True), ("(1,2)", "(2,1)", False),
-    ("[1,2)", "(1,2)", False), ("[0,1]", "[0, 1]", True), ("(-\\infty, 3)", "(-\\infty,3)", True),
+    ("\\{1,2\\}", "\\{2,1\\}", True),
+    ("(1,2)", "(1, 2)", True),
+    ("(1,2)", "(2,1)", False),
+    ("[1,2)", "(1,2)", False),
+    ("[0,1]", "[0, 1]", True),
+    ("(-\\infty, 3)", "(-\\infty,3)", True),
     ("(-\\infty, 3]", "(-\\infty, 3)", False),
     # equations and expressions
-    ("x=3", "3", True), ("x = 3", "x=3", True), ("(x+1)^2", "x^2+2x+1", True), ("x^2-1", "(x-1)(x+1)", True),
-    ("x^2+1", "x^2-1", False), ("x + 1", "x+1", True),
+    ("x=3", "3", True),
+    ("x = 3", "x=3", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    ("x^2-1", "(x-1)(x+1)", True),
+    ("x^2+1", "x^2-1", False),
+    ("x + 1", "x+1", True),
     # a word-problem answer with its unit (the prediction's number; never a reference's leading one)
-    ("8 stickers", "8", True), ("15 years old", "15", True), ("5 shells", "5", True), ("18 dollars", "18", True),
-    ("$1,200 dollars", "1200", True), ("8 stickers", "9", False), ("2 x", "2", False),
+    ("8 stickers", "8", True),
+    ("15 years old", "15", True),
+    ("5 shells", "5", True),
+    ("18 dollars", "18", True),
+    ("$1,200 dollars", "1200", True),
+    ("8 stickers", "9", False),
+    ("2 x", "2", False),
     # a./b, a Python float fraction (Qwen2.5-Math's Minerva items 38 and 49), on either side
-    ("-\\frac{1}{3}", "-1./3", True), ("-1", "-1./3", False), ("-1.5", "-3./2", True), ("-3", "-3./2", False),
-    ("-1./3", "-\\frac{1}{3}", True), ("1/3", "1. / 3", True), ("3.", "3", True), ("2.5/3", "0.8333333", True),
+    ("-\\frac{1}{3}", "-1./3", True),
+    ("-1", "-1./3", False),
+    ("-1.5", "-3./2", True),
+    ("-3", "-3./2", False),
+    ("-1./3", "-\\frac{1}{3}", True),
+    ("1/3", "1. / 3", True),
+    ("3.", "3", True),
+    ("2.5/3", "0.8333333", True),
     # no answer, unparsable text
-    (None, "3", False), ("", "3", False), ("banana split", "3", False),
+    (None, "3", False),
+    ("", "3", False),
+    ("banana split", "3", False),
 ]
 
 
@@ -136,17 +192,28 @@ def test_reasons_in_steps(text, stepwise):
 
 
 def test_process_generation_scores_one_sample():
-    metrics = process_generation({"answer": "25"}, ["First, 35 - 10 = 25.\nSo Ava has 25 left.\nThe final answer is 25."])
-    assert metrics == {"acc": 1.0, "gen_words": 16.0, "stepwise": 1.0, "has_final_phrase": 1.0, "unparsable": 0.0,
-                       "checker_timeout": 0.0}
+    metrics = process_generation(
+        {"answer": "25"}, ["First, 35 - 10 = 25.\nSo Ava has 25 left.\nThe final answer is 25."]
+    )
+    assert metrics == {
+        "acc": 1.0,
+        "gen_words": 16.0,
+        "stepwise": 1.0,
+        "has_final_phrase": 1.0,
+        "unparsable": 0.0,
+        "checker_timeout": 0.0,
+    }
     assert process_generation({"answer": "25"}, ["The final answer is \\frac{."])["unparsable"] == 1.0
 
 
-@pytest.mark.parametrize(("response", "acc"), [
-    ("So x = -1/3.\nThe final answer is $-\\frac{1}{3}$.", 1.0),
-    ("So x = -1.\nThe final answer is $-1$.", 0.0),
-    ("So x = -1/3.\nThe final answer is -1./3.", 1.0),
-])
+@pytest.mark.parametrize(
+    ("response", "acc"),
+    [
+        ("So x = -1/3.\nThe final answer is $-\\frac{1}{3}$.", 1.0),
+        ("So x = -1.\nThe final answer is $-1$.", 0.0),
+        ("So x = -1/3.\nThe final answer is -1./3.", 1.0),
+    ],
+)
 def test_dot_fraction_reference_through_extraction(response, acc):
     """Minerva (Qwen2.5-Math) items 38 and 49 hold -1./3 and -3./2: the fraction, not -1 and -3."""
     metrics = process_generation({"answer": "-1./3"}, [response])

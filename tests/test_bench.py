@@ -79,11 +79,13 @@ def test_verdict_says_when_the_interval_straddles_the_target():
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--repeats", "3"], "--repeats 3 is out of range"),
-     (["--models", "tiny,llama70b"], "unknown model(s) ['llama70b']"),
-     (["--min-time", "0"], "--min-time 0.0 is out of range"),
-     (["--budget", "-1"], "--budget -1.0 is out of range"),
-     (["--skip", "steer_generate"], "unknown measure(s) to skip ['steer_generate']; allowed: model_load, steer,")],
+    [
+        (["--repeats", "3"], "--repeats 3 is out of range"),
+        (["--models", "tiny,llama70b"], "unknown model(s) ['llama70b']"),
+        (["--min-time", "0"], "--min-time 0.0 is out of range"),
+        (["--budget", "-1"], "--budget -1.0 is out of range"),
+        (["--skip", "steer_generate"], "unknown measure(s) to skip ['steer_generate']; allowed: model_load, steer,"),
+    ],
 )
 def test_bad_arguments_are_named(argv, message):
     with pytest.raises(SystemExit) as err:
@@ -94,8 +96,24 @@ def test_bad_arguments_are_named(argv, message):
 def test_tiny_bench_writes_every_row_to_csv(tmp_path, monkeypatch):
     monkeypatch.setenv("UNLOCK_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench.csv"
-    rows = bench.main(["--models", "tiny", "--repeats", "5", "--min-time", "0.01", "--budget", "0", "--new-tokens", "4",
-                       "--skip", "eval_throughput,sweep_reuse", "--out", str(out)])
+    rows = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--repeats",
+            "5",
+            "--min-time",
+            "0.01",
+            "--budget",
+            "0",
+            "--new-tokens",
+            "4",
+            "--skip",
+            "eval_throughput,sweep_reuse",
+            "--out",
+            str(out),
+        ]
+    )
     measures = [r["measure"] for r in rows]
     assert measures == ["steer_generate", "steer_score", "noise_floor_a_a", "capture_layer"]
     with out.open() as f:

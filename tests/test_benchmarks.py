@@ -15,8 +15,20 @@ from unlock.tasks.utils import process_generation
 
 TASKS_DIR = str(ROOT / "unlock" / "tasks")
 # Reference answers in the forms the real files hold (HUB_DATA.md): LaTeX, e-notation, lists, floats.
-ANSWERS = ["4.5e33", "2^{1009}", "\\frac{\\pi}{3}", "-1-\\sqrt{3}", "(1, 2)", "\\{1, 3\\}", "x^2+2x+1", "12",
-           "1-i", "[0, 1)", "6.0e-3", "\\dfrac{2}{3}"]
+ANSWERS = [
+    "4.5e33",
+    "2^{1009}",
+    "\\frac{\\pi}{3}",
+    "-1-\\sqrt{3}",
+    "(1, 2)",
+    "\\{1, 3\\}",
+    "x^2+2x+1",
+    "12",
+    "1-i",
+    "[0, 1)",
+    "6.0e-3",
+    "\\dfrac{2}{3}",
+]
 
 
 def _rows(schema: str, n: int, split: str) -> list[dict]:
@@ -73,7 +85,9 @@ def _path(task: str) -> str:
     import yaml
 
     text = (ROOT / "unlock" / "tasks" / "hub" / f"{task}.yaml").read_text()
-    return yaml.safe_load("\n".join(line for line in text.splitlines() if "!function" not in line))["dataset_kwargs"]["path"]
+    return yaml.safe_load("\n".join(line for line in text.splitlines() if "!function" not in line))["dataset_kwargs"][
+        "path"
+    ]
 
 
 @pytest.mark.parametrize("task", sorted(BENCHMARKS))
@@ -96,7 +110,8 @@ def test_rows_without_an_answer_are_dropped_and_counted(mocked_hub):
 
 def test_brace_less_boxed_math_solutions_load(mocked_hub):
     train = list(load_task("unlock_math", TASKS_DIR).training_docs()) + list(
-        load_task("unlock_math", TASKS_DIR).validation_docs())
+        load_task("unlock_math", TASKS_DIR).validation_docs()
+    )
     answers = {doc["question"]: doc["answer"] for doc in train}
     assert answers["train problem 0: what is it?"] == "0" and answers["train problem 1: what is it?"] == "1"
     assert not any(hub.DROPPED.get("EleutherAI/hendrycks_math", {}).values())
@@ -147,8 +162,10 @@ def test_qwen25_math_item_sets_compose_load_and_score(bench, qwen_files):
     task = load_task(cfg.benchmark.direct_task, TASKS_DIR)
     splits = {name: list(getattr(task, f"{name}_docs")()) for name in ("training", "validation", "test")}
     questions = {name: {doc["question"] for doc in docs} for name, docs in splits.items()}
-    assert not (questions["training"] & questions["validation"]) and not (
-        questions["training"] | questions["validation"]) & questions["test"]
+    assert (
+        not (questions["training"] & questions["validation"])
+        and not (questions["training"] | questions["validation"]) & questions["test"]
+    )
     dropped = sum(hub.DROPPED[next(iter(hub.DROPPED))].values())
     assert sum(len(docs) for docs in splits.values()) + dropped == Q25[bench] and qwen_files == [bench]
     for docs in splits.values():
@@ -172,10 +189,20 @@ def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_pa
     from tests.helpers import compose_run
     from unlock.run.harness import run
 
-    cfg = compose_run([f"benchmark={bench}", "benchmark.source=qwen25_math", "experiment=tiny", "dry_run=true",
-                       f"paths.cache_dir={tmp_path}"])
-    with pytest.raises(ValueError, match=f"benchmark.source=qwen25_math has no items for benchmark '{bench}'; "
-                                         "it covers: minerva_math, olympiadbench, gaokao2023en, amc23, math"):
+    cfg = compose_run(
+        [
+            f"benchmark={bench}",
+            "benchmark.source=qwen25_math",
+            "experiment=tiny",
+            "dry_run=true",
+            f"paths.cache_dir={tmp_path}",
+        ]
+    )
+    with pytest.raises(
+        ValueError,
+        match=f"benchmark.source=qwen25_math has no items for benchmark '{bench}'; "
+        "it covers: minerva_math, olympiadbench, gaokao2023en, amc23, math",
+    ):
         run(cfg, tmp_path)
 
 
@@ -190,7 +217,7 @@ def test_icl_prompts_carry_train_examples_disjoint_from_the_questions():
     assert icl.locked == plain.locked and icl.heldout_locked == plain.heldout_locked
     assert icl == build_prompt_sets("unlock_arith", "unlock_arith_cot", "train", 6, 3, 0, TASKS_DIR, n_shots=4)
     context = icl.unlocked[0][: -len(plain.unlocked[0])]
-    assert all(prompt == context + own for prompt, own in zip(icl.unlocked, plain.unlocked))
+    assert all(prompt == context + own for prompt, own in zip(icl.unlocked, plain.unlocked, strict=False))
     examples = context.strip().split("\n\n")
     assert len(examples) == 4 and all("Let's think step by step." in e and "The final answer is" in e for e in examples)
     shot_questions = {e.split("\n")[0] for e in examples}
@@ -209,14 +236,17 @@ def test_icl_composes_with_benchmarks_that_have_worked_solutions(bench):
     assert cfg.capability.n_shots == (5 if bench == "math" else 8)
 
 
-@pytest.mark.parametrize("bench", ["svamp", "agieval_math", "minerva_math", "olympiadbench", "deepmind_math",
-                                   "gaokao2023en", "amc23"])
+@pytest.mark.parametrize(
+    "bench", ["svamp", "agieval_math", "minerva_math", "olympiadbench", "deepmind_math", "gaokao2023en", "amc23"]
+)
 def test_icl_is_a_clear_error_without_worked_solutions(bench):
     from tests.helpers import compose_run
     from unlock.run.config import validate
 
-    with pytest.raises(ValueError, match=f"needs worked solutions, and benchmark '{bench}' has none; "
-                                         "benchmarks with them: arith, gsm8k, math"):
+    with pytest.raises(
+        ValueError,
+        match=f"needs worked solutions, and benchmark '{bench}' has none; benchmarks with them: arith, gsm8k, math",
+    ):
         validate(compose_run([f"benchmark={bench}", "capability=icl"]))
 
 
@@ -233,7 +263,9 @@ def test_icl_examples_from_hub_solutions(task, mocked_hub):
 def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub):
     from unlock.lm_eval.prompts import build_prompt_sets
 
-    with pytest.raises(ValueError, match="needs worked solutions, but task 'unlock_minerva_math_cot' has items without one"):
+    with pytest.raises(
+        ValueError, match="needs worked solutions, but task 'unlock_minerva_math_cot' has items without one"
+    ):
         build_prompt_sets("unlock_minerva_math", "unlock_minerva_math_cot", "train", 4, 2, 0, TASKS_DIR, n_shots=2)
 
 
@@ -241,8 +273,9 @@ def test_dry_run_reports_items_and_dropped_rows(mocked_hub, tmp_path, capsys):
     from tests.helpers import compose_run
     from unlock.run.harness import run
 
-    cfg = compose_run(["experiment=tiny", "benchmark=gaokao2023en", "dry_run=true", "check_data=true",
-                       f"paths.cache_dir={tmp_path}"])
+    cfg = compose_run(
+        ["experiment=tiny", "benchmark=gaokao2023en", "dry_run=true", "check_data=true", f"paths.cache_dir={tmp_path}"]
+    )
     record = run(cfg, tmp_path)
     assert record["data"]["dropped_rows"] == {"MARIO-Math-Reasoning/Gaokao2023-Math-En": {"train": 2}}
     assert record["data"]["items"] == {"train": 64, "validation": 32, "test": 120 - 2 - 96}
@@ -265,13 +298,23 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     from unlock.run.harness import run
     from unlock.run.plan import planned_power
 
-    record = run(compose_run(["experiment=tiny", "dry_run=true", "eval.limit=100", "stats.effect=0.2",
-                              f"paths.cache_dir={tmp_path}"]), tmp_path)
+    record = run(
+        compose_run(
+            ["experiment=tiny", "dry_run=true", "eval.limit=100", "stats.effect=0.2", f"paths.cache_dir={tmp_path}"]
+        ),
+        tmp_path,
+    )
     plan = record["power"]["unlock vs unsteered"]
     assert (plan["n"], plan["effect"], plan["effect_from"]) == (100, 0.2, "default")
     assert plan["power"] == pytest.approx(power_at(100, 0.2, 0.2)) and plan["items_needed"] == items_needed(0.2, 0.2)
-    assert set(record["power"]) == {"unlock vs unsteered", "unlock vs random", "prompting vs unsteered",
-                                    "native vs unsteered", "native vs random", "random vs unsteered"}
+    assert set(record["power"]) == {
+        "unlock vs unsteered",
+        "unlock vs random",
+        "prompting vs unsteered",
+        "native vs unsteered",
+        "native vs random",
+        "random vs unsteered",
+    }
     assert "power of the paired tests on 100 test items" in capsys.readouterr().out
     paper = compose_run(["experiment=paper/cot_qwen15_7b_to_14b", "benchmark=gsm8k", f"paths.cache_dir={tmp_path}"])
     gain = planned_power(paper, 1319)["unlock vs unsteered"]

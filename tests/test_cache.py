@@ -86,8 +86,9 @@ def test_files_swapped_between_keys_in_every_stage_are_recomputed(tiny_cache, tm
     victims = {}
     for stage in STAGES:
         victim = _artifacts(cache_dir / stage)[0]
-        source = next(p for p in _artifacts(cache_dir / stage) + _artifacts(tmp / "other" / stage)
-                      if p.name != victim.name)
+        source = next(
+            p for p in _artifacts(cache_dir / stage) + _artifacts(tmp / "other" / stage) if p.name != victim.name
+        )
         shutil.copy(source, victim)
         victims[stage] = victim
     with pytest.warns(ForeignArtifact) as caught:
@@ -132,8 +133,9 @@ def test_a_waiting_job_reads_what_the_computing_job_wrote(tmp_path):
     started.wait(10)
     other = StageCache(tmp_path)
     threading.Timer(0.5, release.set).start()
-    value, _ = other.get_or_compute("eval", {"x": 1}, ".json", lambda: (calls.append("second"), ("other", 5))[1],
-                                    save_json, load_json)
+    value, _ = other.get_or_compute(
+        "eval", {"x": 1}, ".json", lambda: (calls.append("second"), ("other", 5))[1], save_json, load_json
+    )
     first.join()
     assert value == "value" and calls == ["first"]
     assert other.records["eval"]["shared"] == 1 and other.records["eval"]["forward_passes"] == 0
@@ -151,8 +153,9 @@ with lease(Path(sys.argv[1]), "test"):
 
 def _hold_lease(path: Path, lease_seconds: float) -> subprocess.Popen:
     env = {**os.environ, "UNLOCK_LEASE_SECONDS": str(lease_seconds)}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -181,8 +184,17 @@ def test_the_lease_of_a_dead_or_silent_job_is_broken(tmp_path, monkeypatch, how)
 def _concurrent(args_per_job: list[list[str]], tmp: Path) -> list[dict]:
     env = {**os.environ, "UNLOCK_CACHE": str(tmp / "cache"), "UNLOCK_LOGS": str(tmp / "logs"), "WANDB_MODE": "offline"}
     tmp.mkdir(parents=True, exist_ok=True)
-    jobs = [subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=tmp, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for args in args_per_job]
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), *args],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for args in args_per_job
+    ]
     outputs = [job.communicate(timeout=900)[0] for job in jobs]
     for job, out in zip(jobs, outputs, strict=True):
         assert job.returncode == 0, out[-3000:]
@@ -226,6 +238,7 @@ def test_a_concurrent_alpha_sweep_computes_the_alpha_free_stages_once(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Nothing overwritten
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_two_runs_started_together_get_their_own_directories(tmp_path):
     """Hydra's run directory was the time to the second; two jobs started in one second shared it
     and one results.json replaced the other."""
@@ -233,12 +246,19 @@ def test_two_runs_started_together_get_their_own_directories(tmp_path):
     assert len({r["run_id"] for r in records}) == 2
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_the_run_directory_carries_the_slurm_job_and_a_random_tag(tmp_path):
     env = {**os.environ, "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_ID": "4249"}
-    code = ("from unlock.run.config import run_tag; from tests.helpers import compose_run; "
-            "from hydra.core.hydra_config import HydraConfig; print(run_tag())")
-    tags = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                           check=True).stdout.strip() for _ in range(2)}
+    code = (
+        "from unlock.run.config import run_tag; from tests.helpers import compose_run; "
+        "from hydra.core.hydra_config import HydraConfig; print(run_tag())"
+    )
+    tags = {
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
     assert len(tags) == 2 and all(t.startswith("j4242-7_") for t in tags), tags
 
 
@@ -257,6 +277,7 @@ def test_a_failed_points_record_is_replaced_by_its_retry(tmp_path):
     assert json.loads(path.read_text())["status"] == "ok"
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 def test_a_run_that_cannot_write_its_record_exits_at_once_naming_the_path(tmp_path):
     logs = tmp_path / "full"

@@ -61,9 +61,7 @@ def test_early_exit_gives_identical_activations_and_skips_later_blocks(llama, to
 def test_left_and_right_padding_agree(llama, tokenizer, prompts, position):
     left = capture_activations(llama, tokenizer, prompts, position=position, padding_side="left", progress=False)
     right = capture_activations(llama, tokenizer, prompts, position=position, padding_side="right", progress=False)
-    single = [
-        capture_activations(llama, tokenizer, [p], position=position, progress=False) for p in prompts
-    ]
+    single = [capture_activations(llama, tokenizer, [p], position=position, progress=False) for p in prompts]
     assert left.token_counts == right.token_counts == [s.token_counts[0] for s in single]
     for layer in left.layers:
         torch.testing.assert_close(left[layer], right[layer], rtol=1e-4, atol=1e-4)

@@ -16,15 +16,32 @@ from unlock.run.config import RunConfig
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 # Options in sub-folders (experiment=paper/...) count; files starting with "_" are shared includes.
-OPTIONS = [(group, f.relative_to(CONF / group).with_suffix("").as_posix()) for group in GROUPS
-           for f in sorted((CONF / group).rglob("*.yaml")) if not f.name.startswith("_")]
+OPTIONS = [
+    (group, f.relative_to(CONF / group).with_suffix("").as_posix())
+    for group in GROUPS
+    for f in sorted((CONF / group).rglob("*.yaml"))
+    if not f.name.startswith("_")
+]
 # Optional model slots are selected with their package (the defaults list places them there).
 PACKAGED = {"unlocked_model": "capability.unlocked_model", "reference_model": "eval.reference_model"}
 
 
 def test_every_group_has_options():
-    assert {"source_model", "target_model", "capability", "layer", "rank", "alpha", "eval", "logger",
-            "paths", "experiment", "unlocked_model", "reference_model", "benchmark"} <= set(GROUPS)
+    assert {
+        "source_model",
+        "target_model",
+        "capability",
+        "layer",
+        "rank",
+        "alpha",
+        "eval",
+        "logger",
+        "paths",
+        "experiment",
+        "unlocked_model",
+        "reference_model",
+        "benchmark",
+    } <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -63,8 +80,13 @@ def test_unknown_group_option_names_the_choices():
 
 
 def test_optional_models_land_in_their_slots():
-    cfg = compose_run(["reference_model@eval.reference_model=tiny_llama", "capability=post_training",
-                       "unlocked_model@capability.unlocked_model=tiny_qwen2"])
+    cfg = compose_run(
+        [
+            "reference_model@eval.reference_model=tiny_llama",
+            "capability=post_training",
+            "unlocked_model@capability.unlocked_model=tiny_qwen2",
+        ]
+    )
     assert cfg.eval.reference_model.name == "tiny-llama" and cfg.capability.unlocked_model.name == "tiny-qwen2"
     assert compose_run([]).eval.reference_model is None
 
@@ -99,7 +121,8 @@ def test_a_chosen_option_keeps_its_own_values(group, option):
     required = [k for k, v in expected.items() if v == "???"]
     assert all(composed[k] in ("???", None) for k in required)
     assert {k: composed[k] for k in expected if k not in required} == {
-        k: v for k, v in expected.items() if k not in required}
+        k: v for k, v in expected.items() if k not in required
+    }
 
 
 def test_add_rule_from_the_command_line_is_add_yaml():
@@ -112,7 +135,11 @@ def test_plain_run_is_the_main_job_and_equals_its_overlay():
     evaluation; the experiment overlay restates exactly that."""
     plain = compose_run([])
     assert (plain.capability.n_prompts, plain.capability.aggregation, plain.rank.value, plain.alpha.value) == (
-        32, "mean", 16, 0.05)
+        32,
+        "mean",
+        16,
+        0.05,
+    )
     assert (plain.eval.limit, plain.eval.max_new_tokens, plain.eval.batch_size) == (32, 80, 16)
     overlay = compose_run(["experiment=cot_smollm2_to_gemma3"])
     assert OmegaConf.to_container(overlay, resolve=False) == OmegaConf.to_container(plain, resolve=False)

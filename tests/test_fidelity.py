@@ -36,8 +36,10 @@ def test_an_unrelated_target_direction_stays_inside_the_null():
     source, target, v, _ = _planted()
     linear_map = fit_map(source, target, rank=R)
     unrelated = torch.randn(D_T, generator=torch.Generator().manual_seed(7))
-    p_values = [layer_fidelity(linear_map, linear_map.map_direction(v), unrelated, draws=500, seed=s)["p_value"]
-                for s in range(3)]
+    p_values = [
+        layer_fidelity(linear_map, linear_map.map_direction(v), unrelated, draws=500, seed=s)["p_value"]
+        for s in range(3)
+    ]
     result = layer_fidelity(linear_map, linear_map.map_direction(v), unrelated, draws=500)
     assert abs(result["cos"]) < result["null_p95"] and min(p_values) > 0.05
 
@@ -121,7 +123,9 @@ def test_no_mapped_direction_exceeds_the_self_ceiling(method):
     from unlock.analysis.fidelity import self_ceiling
 
     for seed in range(4):
-        source, target, gen = _random_pair(seed) if seed % 2 else _planted(seed)[:2] + (torch.Generator().manual_seed(seed),)
+        source, target, gen = (
+            _random_pair(seed) if seed % 2 else _planted(seed)[:2] + (torch.Generator().manual_seed(seed),)
+        )
         natives = [torch.randn(D_T, generator=gen), _planted(seed)[3]]
         for rank in (1, 4, 12):
             linear_map = fit_map(source, target, rank=rank, method=method)
@@ -130,7 +134,8 @@ def test_no_mapped_direction_exceeds_the_self_ceiling(method):
                 assert 0.0 <= ceiling <= 1.0 + 1e-9
                 vs = torch.randn(200, D_S, generator=gen)
                 cos = torch.nn.functional.cosine_similarity(
-                    torch.stack([linear_map.map_direction(v) for v in vs]).double(), native.double()[None], dim=1)
+                    torch.stack([linear_map.map_direction(v) for v in vs]).double(), native.double()[None], dim=1
+                )
                 assert float(cos.abs().max()) <= ceiling + 1e-6
 
 

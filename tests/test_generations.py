@@ -15,19 +15,32 @@ from unlock.analysis.generations import (
 )
 
 
-@pytest.mark.parametrize(("text", "share"), [
-    ("", 0.0), ("one", 0.0), ("a b c d", 0.0),
-    ("10 Answer: 10 Answer: 10 Answer: 10", 5 / 7),  # "10 Answer: 10 Answer: 10" twice (overlapping)
-    ("Bloomfield " * 10, 9 / 10),
-    ("x y z x y w", 2 / 6),
-])
+@pytest.mark.parametrize(
+    ("text", "share"),
+    [
+        ("", 0.0),
+        ("one", 0.0),
+        ("a b c d", 0.0),
+        ("10 Answer: 10 Answer: 10 Answer: 10", 5 / 7),  # "10 Answer: 10 Answer: 10" twice (overlapping)
+        ("Bloomfield " * 10, 9 / 10),
+        ("x y z x y w", 2 / 6),
+    ],
+)
 def test_longest_repeat_share(text, share):
     assert longest_repeat_share(text) == pytest.approx(share)
 
 
 def test_length_bins():
     assert [length_bin(n) for n in (0, 24, 25, 99, 100, 799, 800, 5000)] == [
-        "0-25", "0-25", "25-50", "50-100", "100-200", "400-800", "800+", "800+"]
+        "0-25",
+        "0-25",
+        "25-50",
+        "50-100",
+        "100-200",
+        "400-800",
+        "800+",
+        "800+",
+    ]
 
 
 def _samples(run_dir, condition, rows):
@@ -36,8 +49,14 @@ def _samples(run_dir, condition, rows):
 
 
 def test_per_condition_analysis_and_files(tmp_path):
-    _samples(tmp_path / "0", "unlock", [{"response": "Step 1: 2 + 2 = 4. The final answer is 4.", "acc": 1.0},
-                                        {"response": "Step 1: " + "go " * 60, "acc": 0.0}])
+    _samples(
+        tmp_path / "0",
+        "unlock",
+        [
+            {"response": "Step 1: 2 + 2 = 4. The final answer is 4.", "acc": 1.0},
+            {"response": "Step 1: " + "go " * 60, "acc": 0.0},
+        ],
+    )
     _samples(tmp_path / "1", "unlock", [{"response": "First, 3.", "acc": 1.0}])
     _samples(tmp_path / "0", "unsteered", [{"response": "4", "acc": 1.0}, {"response": "", "acc": 0.0}])
     by_condition = read_samples(tmp_path)

@@ -65,7 +65,9 @@ def test_transfer_fidelity_is_recorded_with_its_null(single_run):
         assert layer["draws"] >= 200
         assert abs(layer["cos"]) <= layer["self_ceiling"] + 1e-6, "no map reaches past its subspace"
     summary = record["transfer_fidelity_summary"]
-    assert summary["layers"] == 6 and summary["beat_null"] == sum(f["cos"] > f["null_p95"] + 1e-6 for f in fidelity.values())
+    assert summary["layers"] == 6 and summary["beat_null"] == sum(
+        f["cos"] > f["null_p95"] + 1e-6 for f in fidelity.values()
+    )
     unlock = load_steering_vectors(record["artifacts"]["steering_vectors"])[0]
     native = load_steering_vectors(record["artifacts"]["native_vectors"])[0]
     for j, layer in fidelity.items():  # the recorded cosine is the saved vectors' cosine
@@ -118,8 +120,9 @@ def test_rerun_of_finished_run_does_no_forward_pass_and_loads_no_model(single_ru
 
 def test_steered_prompt_changes_only_steered_conditions(single_run):
     _, runs, _, _ = single_run
-    samples = {c: [json.loads(line) for line in (runs[0] / "samples" / f"{c}__unlock_arith.jsonl").open()]
-               for c in CONDITIONS}
+    samples = {
+        c: [json.loads(line) for line in (runs[0] / "samples" / f"{c}__unlock_arith.jsonl").open()] for c in CONDITIONS
+    }
     prompts = {c: [row["prompt"] for row in rows] for c, rows in samples.items()}
     assert prompts["unsteered"] == prompts["unlock"] == prompts["random"] == prompts["native"]
     assert all(p.rstrip().endswith("Answer:") for p in prompts["unsteered"])
@@ -134,6 +137,7 @@ def sweep(tmp_path_factory):
     return sweep_dir, proc
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_sweep_writes_every_point_wandb_runs_and_aggregate(sweep):
     sweep_dir, proc = sweep
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
@@ -143,14 +147,18 @@ def test_sweep_writes_every_point_wandb_runs_and_aggregate(sweep):
         assert list((job / "wandb").glob("offline-run-*")), f"no offline W&B run in {job}"
     csv = (sweep_dir / "aggregate.csv").read_text().splitlines()
     assert csv[0].startswith("job,") and len(csv) == 1 + 4 * len(CONDITIONS)
-    assert {p.name for p in sweep_dir.glob("*.png")} >= {"acc_vs_alpha.value.png", "acc_vs_rank.value.png",
-                                                      "gen_length_by_condition.png"}
+    assert {p.name for p in sweep_dir.glob("*.png")} >= {
+        "acc_vs_alpha.value.png",
+        "acc_vs_rank.value.png",
+        "gen_length_by_condition.png",
+    }
     header = csv[0].split(",")
     assert {"alpha.value", "rank.value", "experiment option", "eval.limit"} <= set(header), "overrides become columns"
     assert list((sweep_dir / "wandb").glob("offline-run-*")), "aggregate W&B run"
     assert "sweep: 4 jobs" in proc.stdout
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_alpha_sweep_reuses_capture_extract_and_align(sweep):
     sweep_dir, _ = sweep
     by_setting = {}
@@ -177,7 +185,10 @@ def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
     monkeypatch.setattr("unlock.run.session.load_model", no_weights)
     cases = [
         (["layer=list", "layer.indices=[9]"], r"Target layer 9 is out of range.*\[0, 5\]"),
-        (["rank.value=100"], r"rank.value 100 is out of range for these models: must be <= min\(d_s, d_t\) = min\(64, 48\) = 48"),
+        (
+            ["rank.value=100"],
+            r"rank.value 100 is out of range for these models: must be <= min\(d_s, d_t\) = min\(64, 48\) = 48",
+        ),
         (["capability.n_prompts=0"], r"capability.n_prompts 0 is out of range"),
         (["capability.n_prompts=300"], r"n_prompts \+ capability.n_heldout = 304 is out of range.*200 items"),
         (["eval.conditions=[unsteered,reference]"], r"'reference' but eval.reference_model is not set"),
@@ -193,7 +204,9 @@ def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
         cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
         with pytest.raises(ValueError, match=message):
             run(cfg, tmp_path / "out")
-    missing = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "target_model=hf", f"target_model.path={tmp_path}/none"])
+    missing = compose_run(
+        [*TINY, f"paths.cache_dir={tmp_path}", "target_model=hf", f"target_model.path={tmp_path}/none"]
+    )
     with pytest.raises(FileNotFoundError, match=rf"path '{tmp_path}/none' is not a directory; an hf model's path is"):
         run(missing, tmp_path / "out")
 
@@ -218,6 +231,7 @@ def test_layer_selection_and_pairing_in_plan():
     assert make_plan(cfg).pairs == {0: 0, 5: 3}
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_lm_eval_cli_with_unlock_model(tmp_path):
     """`lm_eval --model unlock` on a saved tiny model and a shipped task, steering from an artifact."""
     from unlock.models.tiny import tiny_model, tiny_tokenizer
@@ -229,12 +243,33 @@ def test_lm_eval_cli_with_unlock_model(tmp_path):
     save_steering_vectors(tmp_path / "v.safetensors", {layer: torch.randn(64) for layer in range(4)})
     lm_eval_cli = Path(sys.executable).parent / "lm_eval"
     outputs = {}
-    for name, steer in (("plain", ""), ("steered", f",steer={tmp_path / 'v.safetensors'},alpha=2.0,rule=add,positions=all")):
+    for name, steer in (
+        ("plain", ""),
+        ("steered", f",steer={tmp_path / 'v.safetensors'},alpha=2.0,rule=add,positions=all"),
+    ):
         proc = subprocess.run(
-            [str(lm_eval_cli), "--model", "unlock", "--model_args", f"pretrained={model_dir}{steer}",
-             "--tasks", "unlock_mc", "--include_path", str(ROOT / "unlock" / "tasks"), "--limit", "4",
-             "--batch_size", "2", "--output_path", str(tmp_path / name), "--log_samples"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path,
+            [
+                str(lm_eval_cli),
+                "--model",
+                "unlock",
+                "--model_args",
+                f"pretrained={model_dir}{steer}",
+                "--tasks",
+                "unlock_mc",
+                "--include_path",
+                str(ROOT / "unlock" / "tasks"),
+                "--limit",
+                "4",
+                "--batch_size",
+                "2",
+                "--output_path",
+                str(tmp_path / name),
+                "--log_samples",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
         (samples,) = list((tmp_path / name).rglob("samples_unlock_mc_*.jsonl"))
@@ -242,6 +277,7 @@ def test_lm_eval_cli_with_unlock_model(tmp_path):
     assert outputs["plain"] != outputs["steered"], "steering must change loglikelihoods"
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_readme_cli_example_reproduces_the_runs_unlock_condition(tmp_path):
     """README's `lm_eval --model unlock --model_args pretrained=DIR,steer=<run>/steering_vectors.safetensors`
     gives the run's own unlock condition: the file carries alpha, rule and positions (here not the
@@ -252,9 +288,19 @@ def test_readme_cli_example_reproduces_the_runs_unlock_condition(tmp_path):
     model_dir = tmp_path / "target"
     tiny_model("qwen2", hidden_size=48, num_layers=6, seed=1).save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
-    overrides = [*TINY, "eval.tasks=[unlock_mc]", "eval.conditions=[unlock]", "alpha.value=2.0", "alpha.rule=add",
-                 "alpha.positions=all", "target_model=hf", f"target_model.path={model_dir}",
-                 "target_model.dtype=float32", "target_model.device=cpu", "progress=false"]
+    overrides = [
+        *TINY,
+        "eval.tasks=[unlock_mc]",
+        "eval.conditions=[unlock]",
+        "alpha.value=2.0",
+        "alpha.rule=add",
+        "alpha.positions=all",
+        "target_model=hf",
+        f"target_model.path={model_dir}",
+        "target_model.dtype=float32",
+        "target_model.device=cpu",
+        "progress=false",
+    ]
     launch(overrides, tmp_path)
     (run_dir,) = list((tmp_path / "logs" / "runs").iterdir())
     rows = [json.loads(line)["response"] for line in (run_dir / "samples" / "unlock__unlock_mc.jsonl").open()]
@@ -263,23 +309,49 @@ def test_readme_cli_example_reproduces_the_runs_unlock_condition(tmp_path):
     def cli(extra: str) -> list[float]:
         out = tmp_path / f"cli{len(extra)}"
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "lm_eval"), "--model", "unlock", "--model_args",
-             f"pretrained={model_dir},steer={run_dir / 'steering_vectors.safetensors'}{extra}", "--tasks", "unlock_mc",
-             "--include_path", str(ROOT / "unlock" / "tasks"), "--limit", "3", "--batch_size", "4",
-             "--output_path", str(out), "--log_samples"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            [
+                str(Path(sys.executable).parent / "lm_eval"),
+                "--model",
+                "unlock",
+                "--model_args",
+                f"pretrained={model_dir},steer={run_dir / 'steering_vectors.safetensors'}{extra}",
+                "--tasks",
+                "unlock_mc",
+                "--include_path",
+                str(ROOT / "unlock" / "tasks"),
+                "--limit",
+                "3",
+                "--batch_size",
+                "4",
+                "--output_path",
+                str(out),
+                "--log_samples",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         (samples,) = list(out.rglob("samples_unlock_mc_*.jsonl"))
         return [float(choice[0][0]) for line in samples.open() for choice in json.loads(line)["resps"]]
 
     assert cli("") == pytest.approx(expected, abs=1e-5)
-    assert cli(",alpha=0.1,rule=norm_preserving,positions=last") != pytest.approx(expected, abs=1e-3), \
+    assert cli(",alpha=0.1,rule=norm_preserving,positions=last") != pytest.approx(expected, abs=1e-3), (
         "explicit args override the file"
+    )
 
 
 def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_path):
-    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.conditions=[unsteered,reference]",
-                       "reference_model@eval.reference_model=tiny_llama", "eval.reference_model.seed=5"])
+    cfg = compose_run(
+        [
+            *TINY,
+            f"paths.cache_dir={tmp_path}",
+            "eval.conditions=[unsteered,reference]",
+            "reference_model@eval.reference_model=tiny_llama",
+            "eval.reference_model.seed=5",
+        ]
+    )
     record = run(cfg, tmp_path / "out")
     assert set(record["conditions"]) == {"unsteered", "reference"}
     assert record["conditions"]["reference"]["unlock_arith"]["lm_eval_task"] == "unlock_arith_cot"
@@ -290,9 +362,18 @@ def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_p
 
 def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
     """Contrast (b): Locked = base Source, Unlocked = another checkpoint of the same shape, same prompt."""
-    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "capability=post_training", "capability.n_prompts=8",
-                       "capability.n_heldout=4", "unlocked_model@capability.unlocked_model=tiny_llama",
-                       "capability.unlocked_model.seed=7", "eval.conditions=[unsteered,unlock,native]"])
+    cfg = compose_run(
+        [
+            *TINY,
+            f"paths.cache_dir={tmp_path}",
+            "capability=post_training",
+            "capability.n_prompts=8",
+            "capability.n_heldout=4",
+            "unlocked_model@capability.unlocked_model=tiny_llama",
+            "capability.unlocked_model.seed=7",
+            "eval.conditions=[unsteered,unlock,native]",
+        ]
+    )
     record = run(cfg, tmp_path / "out")
     # The Target is evaluated with the same step-by-step prompt the Source variants were captured with.
     assert cfg.capability.locked_task == cfg.capability.unlocked_task == "unlock_arith_cot"
@@ -303,12 +384,19 @@ def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
 
 
 def test_unlocked_model_of_another_shape_is_rejected(tmp_path):
-    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "capability=post_training",
-                       "unlocked_model@capability.unlocked_model=tiny_qwen2"])
+    cfg = compose_run(
+        [
+            *TINY,
+            f"paths.cache_dir={tmp_path}",
+            "capability=post_training",
+            "unlocked_model@capability.unlocked_model=tiny_qwen2",
+        ]
+    )
     with pytest.raises(ValueError, match=r"unlocked_model has 6 layers x 48 wide, but the Source has 4 x 64"):
         make_plan(cfg)
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_icl_capability_runs_end_to_end(single_run):
     """capability=icl on the shipped task, in the plain run's cache: the Locked captures are the same
     cache entries, the Unlocked ones are new (their prompts carry worked examples), and so is the vector."""
@@ -330,8 +418,14 @@ def test_analyze_from_cached_activations(single_run):
     tmp = single_run[0]
     env = {**os.environ, "UNLOCK_CACHE": str(tmp / "cache"), "UNLOCK_LOGS": str(tmp / "analyze_logs")}
     # As a user runs it; -o keeps make from rebuilding the venv this test already runs in.
-    proc = subprocess.run(["make", "-s", "-o", ".venv/.installed", "analyze", f"PY={sys.executable}",
-                           f"ARGS={' '.join(TINY)}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["make", "-s", "-o", ".venv/.installed", "analyze", f"PY={sys.executable}", f"ARGS={' '.join(TINY)}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = list((tmp / "analyze_logs" / "runs").iterdir())
     result = json.loads((run_dir / "analysis.json").read_text())
@@ -358,21 +452,38 @@ def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
     wins and losses recounted from samples/*.jsonl, the interval and p-value from their counts."""
     from unlock.analysis.paired import mcnemar_exact, newcombe_interval
 
-    cfg = compose_run(["experiment=tiny", f"paths.cache_dir={tmp_path}", "eval.tasks=[unlock_mc]", "eval.limit=24",
-                       "eval.conditions=[unsteered,unlock,random]", "alpha=add", "alpha.value=8", "alpha.positions=all"])
+    cfg = compose_run(
+        [
+            "experiment=tiny",
+            f"paths.cache_dir={tmp_path}",
+            "eval.tasks=[unlock_mc]",
+            "eval.limit=24",
+            "eval.conditions=[unsteered,unlock,random]",
+            "alpha=add",
+            "alpha.value=8",
+            "alpha.positions=all",
+        ]
+    )
     record = run(cfg, tmp_path)
     paired = record["paired"]
-    assert {c: set(paired[c]["unlock_mc"]) for c in paired} == {"unlock": {"unsteered", "random"}, "random": {"unsteered"}}
+    assert {c: set(paired[c]["unlock_mc"]) for c in paired} == {
+        "unlock": {"unsteered", "random"},
+        "random": {"unsteered"},
+    }
     disagreements = 0
     for condition, versus in paired.items():
         for baseline, result in versus["unlock_mc"].items():
-            ours, theirs = (_read_samples(tmp_path / "samples" / f"{c}__unlock_mc.jsonl") for c in (condition, baseline))
+            ours, theirs = (
+                _read_samples(tmp_path / "samples" / f"{c}__unlock_mc.jsonl") for c in (condition, baseline)
+            )
             wins = sum(ours[i] and not theirs[i] for i in ours)
             losses = sum(theirs[i] and not ours[i] for i in ours)
             both = sum(ours[i] and theirs[i] for i in ours)
             assert (result["n"], result["wins"], result["losses"]) == (24, wins, losses)
             assert result["diff"] == pytest.approx((wins - losses) / 24)
-            assert result["diff_ci95"] == pytest.approx(list(newcombe_interval(both, wins, losses, 24 - both - wins - losses)))
+            assert result["diff_ci95"] == pytest.approx(
+                list(newcombe_interval(both, wins, losses, 24 - both - wins - losses))
+            )
             assert result["p_mcnemar"] == mcnemar_exact(wins, losses) and result["effect_from"] == "default"
             disagreements += wins + losses
     assert disagreements > 0, "the test needs conditions that disagree on some items"
@@ -380,8 +491,16 @@ def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
 
 def test_with_source_equal_to_target_fidelity_reaches_the_ceiling_in_the_run(tmp_path):
     """The run's UNLOCK and native directions come from one model: each layer's cos is its ceiling."""
-    cfg = compose_run(["experiment=tiny", f"paths.cache_dir={tmp_path}", "target_model=tiny_llama", "eval.limit=1",
-                       "eval.max_new_tokens=1", "eval.conditions=[native]"])
+    cfg = compose_run(
+        [
+            "experiment=tiny",
+            f"paths.cache_dir={tmp_path}",
+            "target_model=tiny_llama",
+            "eval.limit=1",
+            "eval.max_new_tokens=1",
+            "eval.conditions=[native]",
+        ]
+    )
     record = run(cfg, tmp_path)
     fidelity = record["transfer_fidelity"]
     assert len(fidelity) == 4 and all(0 < f["self_ceiling"] <= 1 for f in fidelity.values())

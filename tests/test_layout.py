@@ -48,7 +48,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -71,15 +71,29 @@ def test_no_import_cycles_in_unlock():
 
 
 def test_no_function_in_unlock_is_longer_than_60_lines():
-    long = [f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
-            for name, tree in _modules().items() for node in ast.walk(tree)
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
     assert not long
 
 
-@pytest.mark.parametrize("module", ["unlock.method.capture", "unlock.method.extract", "unlock.method.align", "unlock.method.steer",
-                                    "unlock.store.artifacts", "unlock.models.tiny", "unlock.tasks.answers", "unlock.method.pipeline"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "unlock.method.capture",
+        "unlock.method.extract",
+        "unlock.method.align",
+        "unlock.method.steer",
+        "unlock.store.artifacts",
+        "unlock.models.tiny",
+        "unlock.tasks.answers",
+        "unlock.method.pipeline",
+    ],
+)
 def test_notebook_import_paths_stay(module):
     assert importlib.import_module(module)
 
@@ -88,11 +102,15 @@ def test_no_function_local_imports_of_unlock_modules():
     """Imports of the package's own modules sit at the top of each module (nothing left to dodge a
     cycle); function-local imports are kept only for heavy optional libraries (wandb, matplotlib,
     lm_eval, datasets), so that `logger=none` and a dry run never pay for them."""
-    local = [f"{name}.{func.name}: {node.module if isinstance(node, ast.ImportFrom) else node.names[0].name}"
-             for name, tree in _modules().items() for func in ast.walk(tree)
-             if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))
-             and ((node.module or "") if isinstance(node, ast.ImportFrom) else node.names[0].name).startswith("unlock")]
+    local = [
+        f"{name}.{func.name}: {node.module if isinstance(node, ast.ImportFrom) else node.names[0].name}"
+        for name, tree in _modules().items()
+        for func in ast.walk(tree)
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(func)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        and ((node.module or "") if isinstance(node, ast.ImportFrom) else node.names[0].name).startswith("unlock")
+    ]
     assert local == ["unlock.run.evaluate.lm: unlock.lm_eval.hf_model"]  # it imports lm_eval (seconds)
 
 
@@ -115,15 +133,20 @@ def test_method_modules_import_no_config_framework_and_nothing_around_them():
             continue
         imported = _imported(tree)
         assert not {m for m in imported if m.split(".")[0] in ("omegaconf", "hydra")}, name
-        assert {m for m in imported if m.startswith("unlock")} <= {m for m in _modules() if m.startswith("unlock.method")}, name
+        assert {m for m in imported if m.startswith("unlock")} <= {
+            m for m in _modules() if m.startswith("unlock.method")
+        }, name
 
 
 def test_only_the_run_layer_reads_the_composed_config():
     """The run layer turns the Hydra config into settings objects; elsewhere only `make analyze` (its Hydra
     entry point and the grid it composes like a run) and the model loader (which takes one model's
     config node) import omegaconf or hydra."""
-    readers = {name for name, tree in _modules().items()
-               if any(m.split(".")[0] in ("omegaconf", "hydra") for m in _imported(tree))}
+    readers = {
+        name
+        for name, tree in _modules().items()
+        if any(m.split(".")[0] in ("omegaconf", "hydra") for m in _imported(tree))
+    }
     outside = {name for name in readers if not name.startswith("unlock.run.")}
     assert outside == {"unlock.analysis.__main__", "unlock.analysis.grid", "unlock.models.loading"}
 

@@ -31,11 +31,14 @@ def _requests():
 def _manual_loglikelihood(lm, model, vectors, alpha, context, continuation) -> float:
     context_enc, continuation_enc = lm._encode_pair(context, continuation)
     tokens = torch.tensor([context_enc + continuation_enc[:-1]])
-    with torch.no_grad(), Steering(model, vectors, alpha) as steering, \
-            steering.prompt_boundary(torch.tensor([len(context_enc) - 1])):
+    with (
+        torch.no_grad(),
+        Steering(model, vectors, alpha) as steering,
+        steering.prompt_boundary(torch.tensor([len(context_enc) - 1])),
+    ):
         logprobs = model(tokens).logits.log_softmax(-1)[0]
     positions = range(len(context_enc) - 1, len(context_enc) - 1 + len(continuation_enc))
-    return float(sum(logprobs[p, t] for p, t in zip(positions, continuation_enc)))
+    return float(sum(logprobs[p, t] for p, t in zip(positions, continuation_enc, strict=False)))
 
 
 def test_loglikelihood_matches_steering_at_last_context_token(lm, llama):
@@ -46,7 +49,7 @@ def test_loglikelihood_matches_steering_at_last_context_token(lm, llama):
     lm.set_steering(vectors, alpha=0.5)
     steered = [ll for ll, _ in lm.loglikelihood(_requests())]
     lm.set_steering(None)
-    for (context, continuation), got, base in zip(PAIRS, steered, plain):
+    for (context, continuation), got, base in zip(PAIRS, steered, plain, strict=False):
         assert got == pytest.approx(_manual_loglikelihood(lm, llama, vectors, 0.5, context, continuation), abs=1e-4)
         assert got != pytest.approx(base, abs=1e-4)
 
@@ -59,7 +62,9 @@ def test_alpha_zero_scores_like_the_plain_model(lm):
     lm.set_steering(None)
 
 
-@pytest.mark.parametrize(("spec", "layers"), [("all", None), (None, None), ("3", [3]), ("0-2", [0, 1, 2]), ("1;4;7", [1, 4, 7])])
+@pytest.mark.parametrize(
+    ("spec", "layers"), [("all", None), (None, None), ("3", [3]), ("0-2", [0, 1, 2]), ("1;4;7", [1, 4, 7])]
+)
 def test_parse_layers(spec, layers):
     assert parse_layers(spec) == layers
 
@@ -85,12 +90,12 @@ def test_generation_entropy_matches_a_full_pass(lm, llama, tokenizer):
         out = lm._model_generate(context, max_length=context.shape[1] + 6, stop=["\n\n"], do_sample=False)
     finally:
         lm.track_entropy = False
-    generated = out[0, context.shape[1]:].tolist()
+    generated = out[0, context.shape[1] :].tolist()
     ends = {tokenizer.pad_token_id, tokenizer.eos_token_id} - {None}
     live = next((i + 1 for i, t in enumerate(generated) if t in ends), len(generated))
     with torch.no_grad():
         logp = llama(out).logits[0].float().log_softmax(-1)
-    steps = logp[context.shape[1] - 1: context.shape[1] - 1 + live]
+    steps = logp[context.shape[1] - 1 : context.shape[1] - 1 + live]
     expected = float(-(steps.exp() * steps).sum(-1).sum())
     assert lm.stats["generated_tokens"] == live > 0
     assert lm.stats["entropy_sum"] == pytest.approx(expected, rel=1e-4)
@@ -111,7 +116,9 @@ def test_entropy_is_off_by_default_but_forward_passes_count(lm, tokenizer):
         UnlockLM(pretrained="no/such-model", tokenizer=tokenizer, track_entropy="yes")
 
 
-@pytest.mark.parametrize("family,block_path", [("llama", "layers"), ("qwen2", "layers"), ("gemma3", "layers"), ("gpt2", "h")])
+@pytest.mark.parametrize(
+    "family,block_path", [("llama", "layers"), ("qwen2", "layers"), ("gemma3", "layers"), ("gpt2", "h")]
+)
 def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, block_path):
     """The `lm_eval_steered.pt` a run writes names the Target's own blocks, and lm-eval's steered
     model, loading it, adds alpha * v at every position of those blocks, as Steering's `add` rule does."""
@@ -136,8 +143,10 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     assert set(files) == {"steering_vectors", "lm_eval_steered"}
     exported = torch.load(tmp_path / "lm_eval_steered.pt", weights_only=True)
     assert set(exported) == {f"{block_path}.0", f"{block_path}.2"}
-    hooks = {name: partial(SteeredModel.add, vector=info["steering_vector"] * info["steering_coefficient"], head_index=None)
-             for name, info in exported.items()}
+    hooks = {
+        name: partial(SteeredModel.add, vector=info["steering_vector"] * info["steering_coefficient"], head_index=None)
+        for name, info in exported.items()
+    }
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         plain = model(ids).logits
@@ -168,10 +177,22 @@ def test_the_steer_files_settings_are_the_defaults_and_model_args_override(llama
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*steer file")  # a file with its settings: no warning
         assert _settings(UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path)) == (0.05, "add", "prompt", [1, 3])
-    assert _settings(UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path, alpha=0.2)) == (0.2, "add", "prompt", [1, 3])
+    assert _settings(UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path, alpha=0.2)) == (
+        0.2,
+        "add",
+        "prompt",
+        [1, 3],
+    )
     # As the CLI hands them over: text.
-    overridden = UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path, alpha="0.2", rule="norm_preserving",
-                          positions="last", layers="all")
+    overridden = UnlockLM(
+        pretrained=llama,
+        tokenizer=tokenizer,
+        steer=path,
+        alpha="0.2",
+        rule="norm_preserving",
+        positions="last",
+        layers="all",
+    )
     assert _settings(overridden) == (0.2, "norm_preserving", "last", [0, 1, 2, 3])
 
 
@@ -181,8 +202,10 @@ def test_a_file_without_settings_gets_todays_defaults_and_one_warning_naming_it(
         lm = UnlockLM(pretrained=llama, tokenizer=tokenizer, steer=path)
     ours = [str(w.message) for w in record if path in str(w.message)]
     default = SteeringSettings()  # the harness's one default, as the run's alpha group gives it
-    assert ours == [f"steer file {path} records no alpha, rule, positions; using alpha={default.alpha}, "
-                    "rule=norm_preserving, positions=last (model args override)"]
+    assert ours == [
+        f"steer file {path} records no alpha, rule, positions; using alpha={default.alpha}, "
+        "rule=norm_preserving, positions=last (model args override)"
+    ]
     assert _settings(lm) == (default.alpha, "norm_preserving", "last", [0, 1, 2, 3])
     assert default.alpha == compose_run([]).alpha.value
     with warnings.catch_warnings():
@@ -194,6 +217,7 @@ def test_a_file_without_settings_gets_todays_defaults_and_one_warning_naming_it(
 @pytest.fixture
 def no_weights(monkeypatch):
     """Loading weights (HFLM.__init__) fails the test: the error under test must come first."""
+
     def refuse(self, *args, **kwargs):
         raise AssertionError("weights would load here")
 
@@ -203,8 +227,9 @@ def no_weights(monkeypatch):
 def test_good_inputs_do_reach_the_weights(no_weights, tmp_path):
     """The control for the tests below: with nothing wrong, the refusal is what stops it."""
     with pytest.raises(AssertionError, match="weights would load here"):
-        UnlockLM(pretrained="no/such-model", steer=str(_steer_file(tmp_path)), alpha="0.2", rule="add",
-                 positions="last")
+        UnlockLM(
+            pretrained="no/such-model", steer=str(_steer_file(tmp_path)), alpha="0.2", rule="add", positions="last"
+        )
 
 
 def _truncated(tmp_path):
@@ -226,13 +251,17 @@ def _directions(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(("make_file", "error", "message"), [
-    (lambda tmp: tmp / "missing.safetensors", FileNotFoundError, "no artifact at {path}"),
-    (lambda tmp: tmp, FileNotFoundError, "no artifact at {path}"),
-    (_directions, ValueError, "{path} holds a 'directions' artifact, expected 'steering_vectors'"),
-    (_truncated, ValueError, "{path} is truncated or not a safetensors file"),
-    (_not_safetensors, ValueError, "{path} is truncated or not a safetensors file"),
-], ids=["missing", "directory", "wrong-kind", "truncated", "not-safetensors"])
+@pytest.mark.parametrize(
+    ("make_file", "error", "message"),
+    [
+        (lambda tmp: tmp / "missing.safetensors", FileNotFoundError, "no artifact at {path}"),
+        (lambda tmp: tmp, FileNotFoundError, "no artifact at {path}"),
+        (_directions, ValueError, "{path} holds a 'directions' artifact, expected 'steering_vectors'"),
+        (_truncated, ValueError, "{path} is truncated or not a safetensors file"),
+        (_not_safetensors, ValueError, "{path} is truncated or not a safetensors file"),
+    ],
+    ids=["missing", "directory", "wrong-kind", "truncated", "not-safetensors"],
+)
 def test_a_bad_steer_file_fails_before_weights_load_naming_it(no_weights, tmp_path, make_file, error, message):
     path = make_file(tmp_path)
     with pytest.raises(error, match=re.escape(message.format(path=path))):
@@ -246,14 +275,18 @@ def test_load_tensors_wraps_a_truncated_file_naming_it(tmp_path):
     assert type(caught.value) is ValueError  # not safetensors' own SafetensorError
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ({"alpha": "abc"}, "alpha 'abc' is not allowed: must be a finite number"),
-    ({"alpha": "nan"}, "alpha nan is out of range: must be a finite number"),
-    ({"alpha": float("inf")}, "alpha inf is out of range: must be a finite number"),
-    ({"rule": "sideways"}, f"rule 'sideways' is not allowed; allowed: {', '.join(STEER_RULES)}"),
-    ({"positions": "middle"}, f"positions 'middle' is not allowed; allowed: {', '.join(STEER_POSITIONS)}"),
-    ({"layers": "a-b"}, "layers 'a-b' is not understood"),
-], ids=["alpha-text", "alpha-nan", "alpha-inf", "rule", "positions", "layers"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"alpha": "abc"}, "alpha 'abc' is not allowed: must be a finite number"),
+        ({"alpha": "nan"}, "alpha nan is out of range: must be a finite number"),
+        ({"alpha": float("inf")}, "alpha inf is out of range: must be a finite number"),
+        ({"rule": "sideways"}, f"rule 'sideways' is not allowed; allowed: {', '.join(STEER_RULES)}"),
+        ({"positions": "middle"}, f"positions 'middle' is not allowed; allowed: {', '.join(STEER_POSITIONS)}"),
+        ({"layers": "a-b"}, "layers 'a-b' is not understood"),
+    ],
+    ids=["alpha-text", "alpha-nan", "alpha-inf", "rule", "positions", "layers"],
+)
 @pytest.mark.parametrize("with_file", [True, False], ids=["steer-file", "no-steer-file"])
 def test_a_bad_steering_arg_fails_before_weights_load_naming_it(no_weights, tmp_path, args, message, with_file):
     steer = str(_steer_file(tmp_path, {"alpha": 0.05, "rule": "add"})) if with_file else None

@@ -19,9 +19,22 @@ def _dry_run(target: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """`make -n` prints the commands and runs none; a venv path that does not exist makes the install
     step print too, so a target whose only rule is its prerequisites still shows commands."""
     env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), target,
-                           f"VENV={tmp_path / 'venv'}", f"LATEST_VENV={tmp_path / 'venv-latest'}"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            "make",
+            "-n",
+            "--no-print-directory",
+            "-C",
+            str(REPO),
+            target,
+            f"VENV={tmp_path / 'venv'}",
+            f"LATEST_VENV={tmp_path / 'venv-latest'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_readme_names_targets():
@@ -39,6 +52,14 @@ def test_every_make_target_the_readme_names_has_a_recipe(target, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
-def test_test_fast_runs_the_fast_tests_only(tmp_path):
+def test_test_fast_runs_lint_then_the_fast_tests_only(tmp_path):
     commands = _dry_run("test-fast", tmp_path).stdout.strip().splitlines()
-    assert commands[-1] == f'{tmp_path / "venv"}/bin/python -m pytest -m "not slow and not slurm"'
+    python = f"{tmp_path / 'venv'}/bin/python"
+    assert commands[-3:] == [
+        f"{python} -m ruff check .",
+        f"{python} -m ruff format --check .",
+        f'{python} -m pytest -m "not slow and not slurm and not vllm"',
+    ]
+    test = [line.strip() for line in _dry_run("test", tmp_path).stdout.splitlines()]
+    pytest_at = next(i for i, line in enumerate(test) if line.startswith(f"{python} -m pytest"))
+    assert test.index(commands[-3]) < test.index(commands[-2]) < pytest_at, "make test lints first"

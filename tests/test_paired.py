@@ -48,9 +48,11 @@ def test_newcombe_interval_matches_the_published_example():
 
 def _multinomial(counts: tuple[int, ...], probs: tuple[float, ...]) -> float:
     n = sum(counts)
-    if any(c and not p for c, p in zip(counts, probs)):
+    if any(c and not p for c, p in zip(counts, probs, strict=True)):
         return 0.0
-    log = math.lgamma(n + 1) + sum(c * math.log(p) - math.lgamma(c + 1) for c, p in zip(counts, probs) if c)
+    log = math.lgamma(n + 1) + sum(
+        c * math.log(p) - math.lgamma(c + 1) for c, p in zip(counts, probs, strict=True) if c
+    )
     return math.exp(log)
 
 
@@ -71,8 +73,12 @@ def test_interval_covers_the_true_difference_at_least_94_percent_exactly(probs):
 def _power_by_enumeration(n: int, delta: float, psi: float) -> float:
     """Every (wins, losses, concordant) outcome of n items, its probability, and the test's decision."""
     win, loss = (psi + delta) / 2, (psi - delta) / 2
-    return sum(_multinomial((b, c, n - b - c), (win, loss, 1 - psi)) for b in range(n + 1) for c in range(n + 1 - b)
-               if mcnemar_exact(b, c) <= 0.05)
+    return sum(
+        _multinomial((b, c, n - b - c), (win, loss, 1 - psi))
+        for b in range(n + 1)
+        for c in range(n + 1 - b)
+        if mcnemar_exact(b, c) <= 0.05
+    )
 
 
 @pytest.mark.parametrize(("n", "delta", "psi"), [(25, 0.2, 0.3), (32, 0.1, 0.2), (18, 0.467, 0.5), (40, 0.05, 0.05)])
@@ -109,11 +115,21 @@ def test_compare_counts_wins_and_losses_on_the_shared_items():
 
 
 def test_comparisons_pair_every_condition_with_its_baselines_and_the_papers_gain():
-    outcomes = {name: {"task": _items(bits)} for name, bits in
-                (("unsteered", "0000011111"), ("unlock", "1111011111"), ("random", "0000111111"), ("prompting", "1111111111"))}
+    outcomes = {
+        name: {"task": _items(bits)}
+        for name, bits in (
+            ("unsteered", "0000011111"),
+            ("unlock", "1111011111"),
+            ("random", "0000111111"),
+            ("prompting", "1111111111"),
+        )
+    }
     paired = comparisons(outcomes, {("unlock", "task", "unsteered"): 0.467}, PowerSettings(effect=0.1))
     assert {c: {b for b in paired[c]["task"]} for c in paired} == {
-        "unlock": {"unsteered", "random"}, "random": {"unsteered"}, "prompting": {"unsteered"}}
+        "unlock": {"unsteered", "random"},
+        "random": {"unsteered"},
+        "prompting": {"unsteered"},
+    }
     vs = paired["unlock"]["task"]["unsteered"]
     assert (vs["wins"], vs["losses"], vs["effect"], vs["effect_from"]) == (4, 0, 0.467, "paper")
     assert paired["unlock"]["task"]["random"]["effect_from"] == "default"

@@ -19,7 +19,9 @@ from unlock.run.harness import run
 from unlock.tasks.hub import FIELDS, split_rows
 
 STANDINS = ROOT / "tests" / "standin_configs"
-PRESETS = sorted(f"paper/{p.stem}" for p in (CONF / "experiment" / "paper").glob("*.yaml") if not p.name.startswith("_"))
+PRESETS = sorted(
+    f"paper/{p.stem}" for p in (CONF / "experiment" / "paper").glob("*.yaml") if not p.name.startswith("_")
+)
 PAPER = yaml.safe_load(PAPER_NUMBERS.read_text())
 MODEL_SLOTS = ("source_model", "target_model", "capability.unlocked_model", "eval.reference_model")
 
@@ -72,7 +74,11 @@ def test_preset_names_models_bf16_resources_tasks_and_paper_numbers(preset):
 def test_preset_benchmarks_are_lm_eval_tasks():
     from unlock.lm_eval.prompts import task_manager
 
-    names = [f"unlock_{b.stem}{suffix}" for b in (CONF / "benchmark").glob("*.yaml") for suffix in ("", "_cot", "_val", "_cot_val")]
+    names = [
+        f"unlock_{b.stem}{suffix}"
+        for b in (CONF / "benchmark").glob("*.yaml")
+        for suffix in ("", "_cot", "_val", "_cot_val")
+    ]
     manager = task_manager(str(ROOT / "unlock" / "tasks"), names)  # raises on any unknown name
     assert set(names) <= set(manager.all_tasks)
 
@@ -105,10 +111,13 @@ def test_dry_run_memory_plan_counts_parameters_from_the_config():
     assert by_role["target"]["kv_cache_gb"] > 0 and by_role["source"]["kv_cache_gb"] == 0
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    (["layer=list", "layer.indices=[40]"], ["40", "out of range", "31"]),
-    (["rank.value=9000"], ["rank.value 9000", "min(d_s, d_t)", "4096"]),
-])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["layer=list", "layer.indices=[40]"], ["40", "out of range", "31"]),
+        (["rank.value=9000"], ["rank.value 9000", "min(d_s, d_t)", "4096"]),
+    ],
+)
 def test_dry_run_fails_clearly_when_the_model_cannot_have_the_layer_or_rank(extra, expected, tmp_path):
     cfg = compose_run(standin_overrides("paper/cot_qwen15_14b_to_7b", extra))
     with pytest.raises(ValueError) as info:
@@ -116,6 +125,7 @@ def test_dry_run_fails_clearly_when_the_model_cannot_have_the_layer_or_rank(extr
     assert all(part in str(info.value) for part in expected), str(info.value)
 
 
+@pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
 def test_dry_run_from_the_command_line(tmp_path):
     args = standin_overrides("paper/math_qwen3_4b_to_14b")
     proc = launch(args, tmp_path)
@@ -131,8 +141,11 @@ def test_slurm_launcher_requests_the_preset_resources(monkeypatch):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=paper/math_qwen3_4b_to_14b", "hydra/launcher=slurm"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=["experiment=paper/math_qwen3_4b_to_14b", "hydra/launcher=slurm"],
+            return_hydra_config=True,
+        )
         assert cfg.hydra.launcher.timeout_min == 1440 and cfg.hydra.launcher.mem_gb == 128
         monkeypatch.setenv("UNLOCK_SLURM_TIMEOUT_MIN", "30")
         assert cfg.hydra.launcher.timeout_min == 30, "the environment overrides the preset"
@@ -155,15 +168,37 @@ def test_split_rows_are_disjoint_deterministic_and_complete():
         split_rows(None, pool[:10], carve_train=8, carve_validation=2)
 
 
-@pytest.mark.parametrize(("fields", "row", "expected"), [
-    ("gsm8k", {"question": "Q ", "answer": "48/2 = 24\n#### 1,024"}, {"question": "Q", "answer": "1024", "solution": "48/2 = 24"}),
-    ("math", {"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"question": "P", "answer": "\\frac{1}{2}",
-                                                                              "solution": "so $\\boxed{\\frac{1}{2}}$."}),
-    ("svamp", {"Body": "Ann has 3.", "Question": "How many?", "Answer": 145.0}, {"question": "Ann has 3. How many?", "answer": "145"}),
-    ("agieval", {"query": "Q: What is 2+2? A: The answer is", "answer": "4"}, {"question": "What is 2+2?", "answer": "4"}),
-    ("generic", {"question": "Olympiad?", "final_answer": ["$\\sqrt{2}$"]}, {"question": "Olympiad?", "answer": "\\sqrt{2}"}),
-    ("generic", {"problem": "AMC?", "answer": 27.0}, {"question": "AMC?", "answer": "27"}),
-])
+@pytest.mark.parametrize(
+    ("fields", "row", "expected"),
+    [
+        (
+            "gsm8k",
+            {"question": "Q ", "answer": "48/2 = 24\n#### 1,024"},
+            {"question": "Q", "answer": "1024", "solution": "48/2 = 24"},
+        ),
+        (
+            "math",
+            {"problem": "P", "solution": "so $\\boxed{\\frac{1}{2}}$."},
+            {"question": "P", "answer": "\\frac{1}{2}", "solution": "so $\\boxed{\\frac{1}{2}}$."},
+        ),
+        (
+            "svamp",
+            {"Body": "Ann has 3.", "Question": "How many?", "Answer": 145.0},
+            {"question": "Ann has 3. How many?", "answer": "145"},
+        ),
+        (
+            "agieval",
+            {"query": "Q: What is 2+2? A: The answer is", "answer": "4"},
+            {"question": "What is 2+2?", "answer": "4"},
+        ),
+        (
+            "generic",
+            {"question": "Olympiad?", "final_answer": ["$\\sqrt{2}$"]},
+            {"question": "Olympiad?", "answer": "\\sqrt{2}"},
+        ),
+        ("generic", {"problem": "AMC?", "answer": 27.0}, {"question": "AMC?", "answer": "27"}),
+    ],
+)
 def test_hub_fields_give_the_question_and_the_final_answer(fields, row, expected):
     assert FIELDS[fields](row) == expected
 
@@ -210,9 +245,16 @@ def _record(acc: float, n: int, split: str = "test", status: str = "ok", benchma
 
     task = f"unlock_{benchmark}"
     metrics = {"acc": acc, "n": n, "acc_ci95": list(wilson_interval(acc * n, n))}
-    return {"status": status, "conditions": {"unlock": {task: metrics}, "unsteered": {task: {**metrics, "acc": 0.1}}},
-            "config": {"paper": {"setup": "qwen15_cot_14b_to_7b"}, "benchmark": {"name": benchmark},
-                       "eval": {"split": split}, "capability": {"locked_task": task}}}
+    return {
+        "status": status,
+        "conditions": {"unlock": {task: metrics}, "unsteered": {task: {**metrics, "acc": 0.1}}},
+        "config": {
+            "paper": {"setup": "qwen15_cot_14b_to_7b"},
+            "benchmark": {"name": benchmark},
+            "eval": {"split": split},
+            "capability": {"locked_task": task},
+        },
+    }
 
 
 def _write(path: Path, record: dict) -> None:
@@ -227,7 +269,10 @@ def test_report_rows_compare_with_the_paper():
     unlock = rows["unlock"]
     assert unlock["paper"] == 20.1 and unlock["ours"] == pytest.approx(25.0)
     assert unlock["diff"] == pytest.approx(25.0 - 20.1)
-    assert unlock["diff_ci"][0] == pytest.approx(unlock["ci"][0] - 20.1) and unlock["diff_ci"][0] < 0 < unlock["diff_ci"][1]
+    assert (
+        unlock["diff_ci"][0] == pytest.approx(unlock["ci"][0] - 20.1)
+        and unlock["diff_ci"][0] < 0 < unlock["diff_ci"][1]
+    )
     assert rows["prompting"]["ours"] is None, "conditions not run are listed, not invented"
 
 
@@ -241,8 +286,9 @@ def test_report_puts_the_papers_gain_beside_our_paired_gain():
     unsteered = {i: 30 <= i < 50 or 150 <= i < 160 for i in range(200)}
     record = _record(0.25, 200)
     gains = paper_gains("qwen15_cot_14b_to_7b", "math", "unlock_math")
-    record["paired"] = comparisons({"unlock": {"unlock_math": unlock}, "unsteered": {"unlock_math": unsteered}},
-                                   gains, PowerSettings())
+    record["paired"] = comparisons(
+        {"unlock": {"unlock_math": unlock}, "unsteered": {"unlock_math": unsteered}}, gains, PowerSettings()
+    )
     paired = record["paired"]["unlock"]["unlock_math"]["unsteered"]
     assert paired["effect"] == pytest.approx(0.121) and paired["effect_from"] == "paper"
     row = {r["condition"]: r for r in comparison_rows("qwen15_cot_14b_to_7b", "math", record)}["unlock"]
@@ -275,8 +321,13 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
     assert "| UNLOCK | 20.1 | 30.0 (100) |" in text and "+9.9" in text
     assert "qwen15_cot_14b_to_7b/gsm8k" in text, "setups without results are listed"
     out = tmp_path / "report.md"
-    proc = subprocess.run([sys.executable, "-m", "unlock.analysis.report", str(tmp_path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "unlock.analysis.report", str(tmp_path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     assert out.read_text() == text and "written to" in proc.stdout
 
 
@@ -286,11 +337,19 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
 def test_half_precision_activation_storage_is_a_separate_cache_entry(tmp_path):
     from safetensors import safe_open
 
-    overrides = ["experiment=tiny", "eval.limit=2", "eval.max_new_tokens=4", "eval.conditions=[unsteered,unlock]",
-                 f"paths.cache_dir={tmp_path / 'cache'}", "progress=false"]
+    overrides = [
+        "experiment=tiny",
+        "eval.limit=2",
+        "eval.max_new_tokens=4",
+        "eval.conditions=[unsteered,unlock]",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "progress=false",
+    ]
     full = run(compose_run(overrides), tmp_path / "full")
     half = run(compose_run([*overrides, "capability.activation_storage=bfloat16"]), tmp_path / "half")
-    assert half["stages"]["capture"]["misses"] == full["stages"]["capture"]["misses"] > 0, "not reused across precisions"
+    assert half["stages"]["capture"]["misses"] == full["stages"]["capture"]["misses"] > 0, (
+        "not reused across precisions"
+    )
     captures = sorted((tmp_path / "cache" / "capture").glob("*.safetensors"))
     dtypes = set()
     for path in captures:

@@ -42,11 +42,13 @@ def transferred(llama, qwen2, tokenizer):
         capture_activations(qwen2, tokenizer, [q + DIRECT for q in held], progress=False),
     )
     pairs = pair_layers(4, 6)
-    result = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=4, aggregation="pca"),
-                      held_out=held_out)
+    result = transfer(
+        source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=4, aggregation="pca"), held_out=held_out
+    )
     alignment = result.alignment.value
-    return result.directions.value, SimpleNamespace(pairs=alignment.pairs, maps=alignment.maps,
-                                                    quality=alignment.quality, target_vectors=result.target_vectors)
+    return result.directions.value, SimpleNamespace(
+        pairs=alignment.pairs, maps=alignment.maps, quality=alignment.quality, target_vectors=result.target_vectors
+    )
 
 
 class MemoStep:
@@ -67,9 +69,15 @@ class MemoStep:
 def test_a_caching_step_reuses_exactly_what_a_change_does_not_touch(llama, qwen2, tokenizer):
     """The harness wraps the method with its cache through ``step``: a new rank refits the maps and
     re-maps the direction but reuses the extracted direction; the same settings compute nothing."""
-    source_locked = Cached(capture_activations(llama, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "sl")
-    source_unlocked = Cached(capture_activations(llama, tokenizer, [q + COT for q in QUESTIONS[:8]], progress=False), "su")
-    target_locked = Cached(capture_activations(qwen2, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "tl")
+    source_locked = Cached(
+        capture_activations(llama, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "sl"
+    )
+    source_unlocked = Cached(
+        capture_activations(llama, tokenizer, [q + COT for q in QUESTIONS[:8]], progress=False), "su"
+    )
+    target_locked = Cached(
+        capture_activations(qwen2, tokenizer, [q + DIRECT for q in QUESTIONS[:8]], progress=False), "tl"
+    )
     step, pairs = MemoStep(), pair_layers(4, 6)
     first = transfer(source_unlocked, source_locked, target_locked, pairs, MapSettings(rank=2), step=step)
     assert step.computed == ["extract", "align", "vectors"]
@@ -86,7 +94,9 @@ def test_a_caching_step_reuses_exactly_what_a_change_does_not_touch(llama, qwen2
 def test_map_settings_key_only_what_changes_a_map():
     ridge = {"rank": 4, "method": "ridge"}
     assert MapSettings(**ridge, options={"ridge": 0.5}).spec() != MapSettings(**ridge, options={"ridge": 0.1}).spec()
-    assert MapSettings(**ridge).spec() == MapSettings(**ridge, options={"ridge": 0.01}).spec(), "the default is filled in"
+    assert MapSettings(**ridge).spec() == MapSettings(**ridge, options={"ridge": 0.01}).spec(), (
+        "the default is filled in"
+    )
     assert MapSettings(rank=4).spec() == {"rank": 4, "method": "unlock", "centre": False}, "keys as before the table"
     with pytest.raises(ValueError, match="ridge is not an option of the 'unlock' alignment method; its options: none"):
         MapSettings(rank=4, options={"ridge": 0.5})
@@ -190,7 +200,7 @@ def test_half_storage_keeps_massive_activations_that_float16_cannot_hold(tmp_pat
     save_activations(tmp_path / "a.safetensors", Activations({0: values}, "last", [1], 1), storage="bfloat16")
     loaded, _ = load_activations(tmp_path / "a.safetensors")
     assert loaded[0].dtype == torch.float32
-    assert torch.allclose(loaded[0], values, rtol=2 ** -8), "bfloat16 keeps 8 significant bits and the range"
+    assert torch.allclose(loaded[0], values, rtol=2**-8), "bfloat16 keeps 8 significant bits and the range"
     with pytest.raises(ValueError, match="activation storage 'float16' is not allowed; allowed: float32, bfloat16"):
         save_activations(tmp_path / "b.safetensors", Activations({0: values}, "last", [1], 1), storage="float16")
 

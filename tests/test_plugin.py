@@ -47,7 +47,7 @@ model = get_model("unlock")
 report["model"] = model.__module__ + ":" + model.__qualname__
 report["model_file"] = sys.modules[model.__module__].__file__
 print(json.dumps(report))
-""" % {"hook": HOOK_MODULE}
+""" % {"hook": HOOK_MODULE}  # noqa: UP031 (the script is full of braces)
 
 
 def _second_checkout(tmp_path: Path) -> Path:
@@ -79,8 +79,13 @@ def test_installed_hook_imports_nothing_at_start_up_and_a_second_checkout_runs_i
     assert "unlock." not in pth and "import unlock" not in pth, pth  # the old-style line is gone
     assert (site_dir / f"{HOOK_MODULE}.py").read_text() == HOOK_SOURCE.read_text()
     copy = _second_checkout(tmp_path)
-    done = subprocess.run([sys.executable, "-S", "-c", START_UP_THEN_CHECK, str(PURELIB), str(site_dir)],
-                          cwd=copy, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", START_UP_THEN_CHECK, str(PURELIB), str(site_dir)],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["hook_loaded"] is True
@@ -95,9 +100,12 @@ def test_the_hook_is_standard_library_only():
     """It runs at every start-up from a copy in site-packages; lm_eval is imported only once lm-eval
     itself has imported lm_eval.models."""
     tree = ast.parse(HOOK_SOURCE.read_text())
-    imported = {(node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
-                for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                for alias in node.names}
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
     assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"lm_eval"}
 
 
@@ -112,8 +120,10 @@ def test_this_environment_imports_nothing_of_unlock_at_start_up(tmp_path):
     hook = PURELIB / f"{HOOK_MODULE}.py"
     assert hook.exists() and hook.read_text() == HOOK_SOURCE.read_text(), f"{hook} is stale: {fix}"
     copy = _second_checkout(tmp_path)
-    code = ("import json, sys; at_start_up = 'unlock' in sys.modules; import unlock; "
-            "print(json.dumps([at_start_up, unlock.__file__]))")
+    code = (
+        "import json, sys; at_start_up = 'unlock' in sys.modules; import unlock; "
+        "print(json.dumps([at_start_up, unlock.__file__]))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     at_start_up, unlock_file = json.loads(done.stdout.strip().splitlines()[-1])

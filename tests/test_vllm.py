@@ -29,8 +29,11 @@ from unlock.tasks import TASKS_DIR
 pytestmark = pytest.mark.vllm
 
 FAMILIES = ("llama", "qwen2", "gemma3")
-SETTINGS = [(rule, alpha, positions) for rule, alpha in (("norm_preserving", 2.0), ("add", 3.0))
-            for positions in ("last", "prompt", "generated", "all")]
+SETTINGS = [
+    (rule, alpha, positions)
+    for rule, alpha in (("norm_preserving", 2.0), ("add", 3.0))
+    for positions in ("last", "prompt", "generated", "all")
+]
 WIDTH = 128  # head_dim 32: vLLM's CPU attention supports 32, 64, 80, ... (not the 12 of the 48-wide tiny model)
 
 
@@ -51,9 +54,16 @@ def vectors(seed: int = 0) -> dict[int, torch.Tensor]:
 
 def evaluate(lm, task: str, limit: int = 4) -> list:
     results = lm_eval.simple_evaluate(
-        model=lm, tasks=[task], task_manager=task_manager(str(TASKS_DIR), [task]), limit=limit,
-        gen_kwargs={"max_gen_toks": 8} if task == "unlock_arith" else None, log_samples=True,
-        bootstrap_iters=0, random_seed=0, verbosity="ERROR")
+        model=lm,
+        tasks=[task],
+        task_manager=task_manager(str(TASKS_DIR), [task]),
+        limit=limit,
+        gen_kwargs={"max_gen_toks": 8} if task == "unlock_arith" else None,
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=0,
+        verbosity="ERROR",
+    )
     samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
     if task == "unlock_arith":
         return [s["filtered_resps"][0].replace("\ufffd", "") for s in samples]
@@ -111,8 +121,10 @@ def _instances(contexts: list[str], condition: str | None) -> list[Instance]:
     kwargs = {"until": ["Question:"], "max_gen_toks": 8, "do_sample": False}
     if condition is not None:
         kwargs["unlock_steer"] = condition
-    return [Instance(request_type="generate_until", doc={}, arguments=(c, dict(kwargs)), idx=i)
-            for i, c in enumerate(contexts)]
+    return [
+        Instance(request_type="generate_until", doc={}, arguments=(c, dict(kwargs)), idx=i)
+        for i, c in enumerate(contexts)
+    ]
 
 
 CONTEXTS = [f"Question: Sam has {n} apples and buys {n + 3} more. How many now?\nAnswer:" for n in (3, 14, 27)]
@@ -125,8 +137,9 @@ def test_one_call_mixing_conditions_equals_separate_runs(engines):
     vl.add_steering("a", vectors(2), 4.0, "norm_preserving", "all")
     vl.add_steering("b", vectors(3), 6.0, "add", "last")
     separate = {name: vl.generate_until(_instances(CONTEXTS, name)) for name in ("unsteered", "a", "b")}
-    mixed = vl.generate_until([*_instances(CONTEXTS, "unsteered"), *_instances(CONTEXTS, "a"),
-                               *_instances(CONTEXTS, "b")])
+    mixed = vl.generate_until(
+        [*_instances(CONTEXTS, "unsteered"), *_instances(CONTEXTS, "a"), *_instances(CONTEXTS, "b")]
+    )
     assert mixed == separate["unsteered"] + separate["a"] + separate["b"], family
     assert separate["a"] != separate["unsteered"] and separate["b"] != separate["a"], "the conditions differ"
 
@@ -157,8 +170,14 @@ def test_chunked_prefill_steers_the_last_token_in_a_later_chunk(llama_dir):
     """With 32 tokens per step, the last prompt token of these ~100-token prompts arrives in the
     fourth chunk; generations still equal the HF path."""
     hf = UnlockLM(pretrained=str(llama_dir), dtype="float32", batch_size=4, device="cpu")
-    vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, enable_chunked_prefill=True,
-                    max_num_batched_tokens=32, max_num_seqs=4)
+    vl = UnlockVLLM(
+        pretrained=str(llama_dir),
+        dtype="float32",
+        max_model_len=512,
+        enable_chunked_prefill=True,
+        max_num_batched_tokens=32,
+        max_num_seqs=4,
+    )
     for rule, alpha, positions in (("norm_preserving", 0.5, "last"), ("add", 3.0, "prompt"), ("add", 3.0, "all")):
         hf.set_steering(vectors(), alpha, rule, positions)
         vl.set_steering(vectors(), alpha, rule, positions)
@@ -172,8 +191,11 @@ def test_the_check_fires_when_the_hooks_do_not_run(llama_dir):
     vl.set_steering(vectors(), 0.5, "norm_preserving", "last")
     assert vl.generate_until(_instances(CONTEXTS[:1], None)), "steered and checked"
     vl.steering.remove_hooks()  # what compiled graphs or Model Runner V2 do: the model runs unhooked
-    with pytest.raises(RuntimeError, match=r"request '<s>Question: Sam has 3 apples.*was not steered where it "
-                                           r"should be at layer 0 \(last\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"request '<s>Question: Sam has 3 apples.*was not steered where it "
+        r"should be at layer 0 \(last\)",
+    ):
         vl.generate_until(_instances(CONTEXTS[:1], None))
     del vl
     gc.collect()
@@ -207,13 +229,24 @@ def test_registered_for_the_lm_eval_cli():
 # --------------------------------------------------------------------------------------------------
 # The harness with eval.engine=vllm
 # --------------------------------------------------------------------------------------------------
-HARNESS = ["experiment=tiny", "eval.limit=3", "eval.max_new_tokens=8", "alpha.value=8.0", "alpha.positions=all", "target_model=hf", "target_model.dtype=float32", "target_model.device=cpu",
-           "progress=false"]
+HARNESS = [
+    "experiment=tiny",
+    "eval.limit=3",
+    "eval.max_new_tokens=8",
+    "alpha.value=8.0",
+    "alpha.positions=all",
+    "target_model=hf",
+    "target_model.dtype=float32",
+    "target_model.device=cpu",
+    "progress=false",
+]
 
 
 def _samples(run_dir):
-    return {path.name: [json.loads(line)["response"].replace("\ufffd", "") for line in path.open()]
-            for path in sorted((run_dir / "samples").glob("*.jsonl"))}
+    return {
+        path.name: [json.loads(line)["response"].replace("\ufffd", "") for line in path.open()]
+        for path in sorted((run_dir / "samples").glob("*.jsonl"))
+    }
 
 
 def test_the_harness_on_vllm_gives_the_hf_engines_samples_in_one_engine_pass(tmp_path_factory, tmp_path):
@@ -236,16 +269,22 @@ def test_only_missing_conditions_are_evaluated_and_a_sweep_reuses_the_engine(tmp
     args = [*HARNESS, f"target_model.path={target}", "eval.engine=vllm"]
     launch(args, tmp_path)
     (first,) = (tmp_path / "logs" / "runs").iterdir()
-    prompting = next(p for p in (tmp_path / "cache" / "eval").glob("*.json")
-                     if json.loads(p.read_text())["cache"]["spec"]["task"] == "unlock_arith_cot")
+    prompting = next(
+        p
+        for p in (tmp_path / "cache" / "eval").glob("*.json")
+        if json.loads(p.read_text())["cache"]["spec"]["task"] == "unlock_arith_cot"
+    )
     prompting.unlink()
     launch(args, tmp_path)
     second = next(d for d in (tmp_path / "logs" / "runs").iterdir() if d != first)
     stages = results(second)["stages"]["eval"]
     assert (stages["hits"], stages["misses"]) == (4, 1), stages
+
     def scores(record):  # forward passes are the engine's steps shared among the conditions computed together
-        return {c: {t: {k: v for k, v in m.items() if k != "forward_passes"} for t, m in per.items()}
-                for c, per in record["conditions"].items()}
+        return {
+            c: {t: {k: v for k, v in m.items() if k != "forward_passes"} for t, m in per.items()}
+            for c, per in record["conditions"].items()
+        }
 
     assert scores(results(second)) == scores(results(first))
     # A local (in-process) sweep over alpha: the engine starts once and serves both points.
@@ -278,8 +317,9 @@ def test_packaged_models_generate_as_on_the_hf_path(package):
     plain = evaluate(hf, "unlock_arith", limit=3)
     assert evaluate(vl, "unlock_arith", limit=3) == plain, package
     changed = 0
-    for rule, alpha, positions in [(r, a, p) for r, a in (("norm_preserving", 0.3), ("add", 0.5))
-                                   for p in ("last", "prompt", "generated", "all")]:
+    for rule, alpha, positions in [
+        (r, a, p) for r, a in (("norm_preserving", 0.3), ("add", 0.5)) for p in ("last", "prompt", "generated", "all")
+    ]:
         hf.set_steering(real, alpha, rule, positions)
         vl.set_steering(real, alpha, rule, positions)
         steered = evaluate(hf, "unlock_arith", limit=3)
@@ -304,11 +344,31 @@ def test_the_lm_eval_cli_runs_unlock_vllm_with_a_steer_file(llama_dir, tmp_path)
     outputs = {}
     for model in ("unlock", "unlock_vllm"):
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "lm_eval"), "--model", model, "--device", "cpu", "--model_args",
-             f"pretrained={llama_dir},steer={steer},dtype=float32", "--tasks", "unlock_arith",
-             "--include_path", str(TASKS_DIR), "--limit", "3", "--gen_kwargs", "max_gen_toks=8",
-             "--output_path", str(tmp_path / model), "--log_samples"],
-            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+            [
+                str(Path(sys.executable).parent / "lm_eval"),
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "--model_args",
+                f"pretrained={llama_dir},steer={steer},dtype=float32",
+                "--tasks",
+                "unlock_arith",
+                "--include_path",
+                str(TASKS_DIR),
+                "--limit",
+                "3",
+                "--gen_kwargs",
+                "max_gen_toks=8",
+                "--output_path",
+                str(tmp_path / model),
+                "--log_samples",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         (samples,) = (tmp_path / model).rglob("samples_unlock_arith_*.jsonl")
         rows = sorted((json.loads(line) for line in samples.open()), key=lambda r: r["doc_id"])

@@ -20,9 +20,9 @@ from typing import Any
 from unittest import mock
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from unlock.store.artifacts import atomic_write_json
 
 
@@ -86,8 +86,10 @@ class UnlockSlurmLauncher(SlurmLauncher):
         def map_array(executor, fn, *iterables):
             jobs = original_map_array(executor, fn, *iterables)
             job_numbers = iterables[2]  # (overrides, dir key, job number, job id, singleton state)
-            return [_RecordingJob(job, sweep_dir / str(num)) for job, num in zip(jobs, job_numbers)]
+            return [_RecordingJob(job, sweep_dir / str(num)) for job, num in zip(jobs, job_numbers, strict=False)]
 
-        with mock.patch.object(SlurmJob, "watcher", AccountingFreeWatcher(delay_s=15)), \
-                mock.patch.object(submitit.AutoExecutor, "map_array", map_array):
+        with (
+            mock.patch.object(SlurmJob, "watcher", AccountingFreeWatcher(delay_s=15)),
+            mock.patch.object(submitit.AutoExecutor, "map_array", map_array),
+        ):
             return super().launch(job_overrides, initial_job_idx)

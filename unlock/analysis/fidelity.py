@@ -43,8 +43,9 @@ def self_ceiling(linear_map: LinearMap, native: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(basis @ n) / norm) if norm > 0 else 0.0
 
 
-def layer_fidelity(linear_map: LinearMap, mapped: torch.Tensor, native: torch.Tensor, draws: int = NULL_DRAWS,
-                   seed: int = 0) -> dict[str, float]:
+def layer_fidelity(
+    linear_map: LinearMap, mapped: torch.Tensor, native: torch.Tensor, draws: int = NULL_DRAWS, seed: int = 0
+) -> dict[str, float]:
     """cos(mapped, native), the null's 95th percentile of |cos| over ``draws`` random Source
     directions through the same map, and the p-value of |cos| under that null (add-one estimate)."""
     if draws < 1:
@@ -64,12 +65,20 @@ def layer_fidelity(linear_map: LinearMap, mapped: torch.Tensor, native: torch.Te
     }
 
 
-def transfer_fidelity(maps: Mapping[int, LinearMap], unlock: Mapping[int, torch.Tensor],
-                      native: Mapping[int, torch.Tensor], draws: int = NULL_DRAWS, seed: int = 0) -> dict[int, dict[str, float]]:
+def transfer_fidelity(
+    maps: Mapping[int, LinearMap],
+    unlock: Mapping[int, torch.Tensor],
+    native: Mapping[int, torch.Tensor],
+    draws: int = NULL_DRAWS,
+    seed: int = 0,
+) -> dict[int, dict[str, float]]:
     """:func:`layer_fidelity` for every Target layer with a map, an UNLOCK vector and a native one
     (each layer's null seeded by ``seed`` and its index, so layers draw different directions)."""
-    return {j: layer_fidelity(maps[j], unlock[j], native[j], draws, seed + j) for j in sorted(maps)
-            if j in unlock and j in native}
+    return {
+        j: layer_fidelity(maps[j], unlock[j], native[j], draws, seed + j)
+        for j in sorted(maps)
+        if j in unlock and j in native
+    }
 
 
 def summarise(fidelity: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
@@ -78,10 +87,13 @@ def summarise(fidelity: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     if not fidelity:
         return {}
     layers = list(fidelity.values())
-    return {"layers": len(layers), "beat_null": sum(f["cos"] > f["null_p95"] + TIE for f in layers),
-            "mean_cos": sum(f["cos"] for f in layers) / len(layers),
-            "mean_null_p95": sum(f["null_p95"] for f in layers) / len(layers),
-            "mean_self_ceiling": sum(f["self_ceiling"] for f in layers) / len(layers)}
+    return {
+        "layers": len(layers),
+        "beat_null": sum(f["cos"] > f["null_p95"] + TIE for f in layers),
+        "mean_cos": sum(f["cos"] for f in layers) / len(layers),
+        "mean_null_p95": sum(f["null_p95"] for f in layers) / len(layers),
+        "mean_self_ceiling": sum(f["self_ceiling"] for f in layers) / len(layers),
+    }
 
 
 def verdict(summary: Mapping[str, float]) -> str:

@@ -29,7 +29,7 @@ def longest_repeat_share(text: str) -> float:
         return 0.0
     order = sorted(range(len(words)), key=lambda i: words[i:])
     longest = 0
-    for a, b in zip(order, order[1:]):
+    for a, b in zip(order, order[1:], strict=False):
         n = 0
         while a + n < len(words) and b + n < len(words) and words[a + n] == words[b + n]:
             n += 1
@@ -39,7 +39,7 @@ def longest_repeat_share(text: str) -> float:
 
 def length_bin(words: int) -> str:
     edges = list(LENGTH_BINS)
-    for low, high in zip(edges, edges[1:]):
+    for low, high in zip(edges, edges[1:], strict=False):
         if words < high:
             return f"{low}-{high}"
     return f"{edges[-1]}+"
@@ -63,8 +63,10 @@ def analyse(by_condition: dict[str, list[dict[str, Any]]], top_words: int = 5) -
         first = Counter((str(row.get("response", "")).split() or ["<empty>"])[0] for row in rows)
         out[condition] = {
             "n": len(rows),
-            "acc_by_length": {b: {"n": len(v), "acc": sum(v) / len(v)} for b, v in sorted(
-                bins.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))},
+            "acc_by_length": {
+                b: {"n": len(v), "acc": sum(v) / len(v)}
+                for b, v in sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+")))
+            },
             "repetition": sum(longest_repeat_share(str(row.get("response", ""))) for row in rows) / max(len(rows), 1),
             "first_words": {w: c / len(rows) for w, c in first.most_common(top_words)},
         }
@@ -72,7 +74,10 @@ def analyse(by_condition: dict[str, list[dict[str, Any]]], top_words: int = 5) -
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| condition | n | repetition | first words | accuracy by length (words: acc, n) |", "|---|---|---|---|---|"]
+    lines = [
+        "| condition | n | repetition | first words | accuracy by length (words: acc, n) |",
+        "|---|---|---|---|---|",
+    ]
     for condition, r in result.items():
         words = ", ".join(f"{w!r} {share:.0%}" for w, share in r["first_words"].items())
         bins = "; ".join(f"{b}: {v['acc']:.2f} ({v['n']})" for b, v in r["acc_by_length"].items())
@@ -92,7 +97,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.legend(fontsize=8)
     paths = [save_figure(fig, out_dir / "acc_by_length.png")]
     fig, axes = plt.subplots(1, len(result), figsize=(2.6 * len(result) + 1, 3.2), squeeze=False)
-    for ax, (condition, r) in zip(axes[0], result.items()):
+    for ax, (condition, r) in zip(axes[0], result.items(), strict=False):
         ax.barh([repr(w) for w in r["first_words"]][::-1], list(r["first_words"].values())[::-1])
         ax.set(title=condition, xlabel="share")
     paths.append(save_figure(fig, out_dir / "first_words.png"))

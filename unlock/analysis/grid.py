@@ -50,30 +50,48 @@ def head(acts: Activations, n: int) -> Activations:
 def spectral_entropy(x: torch.Tensor) -> float:
     """Entropy (nats) of the normalised squared singular values of the centred activations: how many
     directions the activations spread over (log of that number at most)."""
-    s = torch.linalg.svdvals((x.double() - x.double().mean(dim=0)))
+    s = torch.linalg.svdvals(x.double() - x.double().mean(dim=0))
     p = s.pow(2) / s.pow(2).sum().clamp_min(1e-300)
     p = p[p > 0]
     return float(-(p * p.log()).sum())
 
 
-def grid_row(captures: Captures, pairs: dict[int, int], base: MapSettings, n: int, rank: int, seed: int) -> dict[str, Any]:
+def grid_row(
+    captures: Captures, pairs: dict[int, int], base: MapSettings, n: int, rank: int, seed: int
+) -> dict[str, Any]:
     """Held-out fit and transfer fidelity of the method run on the first n prompts at this rank."""
     locked = head(captures.target_locked.value, n)
     held = (captures.held_out[0].value, captures.held_out[1].value) if captures.held_out else None
-    result = transfer(head(captures.source_unlocked.value, n), head(captures.source_locked.value, n), locked, pairs,
-                      replace(base, rank=rank), held)
+    result = transfer(
+        head(captures.source_unlocked.value, n),
+        head(captures.source_locked.value, n),
+        locked,
+        pairs,
+        replace(base, rank=rank),
+        held,
+    )
     maps = result.alignment.value.maps
     quality = mean_quality(result.alignment.value.quality)
     prefix = "" if held else "train_"
-    row: dict[str, Any] = {"n_prompts": n, "rank": rank, "rank_effective": min(m.rank_effective for m in maps.values()),
-                           "r2": quality[f"{prefix}r2"], "rel_error": quality[f"{prefix}rel_error"]}
+    row: dict[str, Any] = {
+        "n_prompts": n,
+        "rank": rank,
+        "rank_effective": min(m.rank_effective for m in maps.values()),
+        "r2": quality[f"{prefix}r2"],
+        "rel_error": quality[f"{prefix}rel_error"],
+    }
     if captures.target_unlocked is not None:
         native = extract_directions(head(captures.target_unlocked.value, n), locked, base.aggregation)
-        summary = summarise(transfer_fidelity(maps, result.target_vectors, {j: native.vectors[j] for j in pairs},
-                                              NULL_DRAWS, seed))
-        row.update(fidelity=summary["mean_cos"], fidelity_null_p95=summary["mean_null_p95"],
-                   self_ceiling=summary["mean_self_ceiling"], layers_beating_null=summary["beat_null"],
-                   layers=summary["layers"])
+        summary = summarise(
+            transfer_fidelity(maps, result.target_vectors, {j: native.vectors[j] for j in pairs}, NULL_DRAWS, seed)
+        )
+        row.update(
+            fidelity=summary["mean_cos"],
+            fidelity_null_p95=summary["mean_null_p95"],
+            self_ceiling=summary["mean_self_ceiling"],
+            layers_beating_null=summary["beat_null"],
+            layers=summary["layers"],
+        )
     return row
 
 
@@ -95,11 +113,21 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     session.models.release_all()
     n_max, width = cfg.capability.n_prompts, min(plan.source_width, plan.target_width)
     ns = sorted({n for n in N_GRID if n <= n_max} | {n_max})
-    grid = [grid_row(captures, plan.pairs, map_settings(cfg), n, rank, cfg.seed)
-            for n in ns for rank in sorted({r for r in RANK_GRID if r <= min(n, width)} | {min(n, width)})]
-    return {"grid": grid, "entropy": entropy_rows(captures, ns), "pairs": {str(j): l for j, l in plan.pairs.items()},
-            "source": cfg.source_model.name, "target": cfg.target_model.name, "null_draws": NULL_DRAWS,
-            "stages": session.cache.summary(), "heldout": cfg.capability.n_heldout}
+    grid = [
+        grid_row(captures, plan.pairs, map_settings(cfg), n, rank, cfg.seed)
+        for n in ns
+        for rank in sorted({r for r in RANK_GRID if r <= min(n, width)} | {min(n, width)})
+    ]
+    return {
+        "grid": grid,
+        "entropy": entropy_rows(captures, ns),
+        "pairs": {str(j): l for j, l in plan.pairs.items()},
+        "source": cfg.source_model.name,
+        "target": cfg.target_model.name,
+        "null_draws": NULL_DRAWS,
+        "stages": session.cache.summary(),
+        "heldout": cfg.capability.n_heldout,
+    }
 
 
 def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -116,8 +144,12 @@ def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
         paths.append(_fidelity_heatmap(grid, out_dir))
     fig, ax = plt.subplots(figsize=(6, 4))
     for side in ("source", "target"):
-        ax.plot([r["n_prompts"] for r in result["entropy"]], [r[f"{side}_entropy"] for r in result["entropy"]],
-                marker="o", label=result[side])
+        ax.plot(
+            [r["n_prompts"] for r in result["entropy"]],
+            [r[f"{side}_entropy"] for r in result["entropy"]],
+            marker="o",
+            label=result[side],
+        )
     ax.set(xscale="log", xlabel="N prompts", ylabel="spectral entropy (nats)", title="activation spectral entropy vs N")
     ax.legend(fontsize=8)
     paths.append(save_figure(fig, out_dir / "entropy_vs_n.png"))
@@ -125,11 +157,21 @@ def plot_analysis(result: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def _fidelity_heatmap(grid: list[dict[str, Any]], out_dir: Path) -> Path:
-    cells = {(r["n_prompts"], r["rank"]): (r["fidelity"], f"{r['fidelity']:.2f}/{r['self_ceiling']:.2f}\n"
-                                                         f"{r['layers_beating_null']}/{r['layers']}")
-             for r in grid}
-    return rank_n_heatmap(cells, "mean cos(UNLOCK, native) / self-transfer ceiling; layers beating the null",
-                          out_dir / "fidelity_heatmap.png", cmap="coolwarm", limits=(-1, 1), text_color="black")
+    cells = {
+        (r["n_prompts"], r["rank"]): (
+            r["fidelity"],
+            f"{r['fidelity']:.2f}/{r['self_ceiling']:.2f}\n{r['layers_beating_null']}/{r['layers']}",
+        )
+        for r in grid
+    }
+    return rank_n_heatmap(
+        cells,
+        "mean cos(UNLOCK, native) / self-transfer ceiling; layers beating the null",
+        out_dir / "fidelity_heatmap.png",
+        cmap="coolwarm",
+        limits=(-1, 1),
+        text_color="black",
+    )
 
 
 def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -146,11 +188,24 @@ def _log_wandb(cfg: DictConfig, result: dict[str, Any], paths: list[Path], out_d
     try:
         import wandb
 
-        run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, job_type="analyze", dir=str(out_dir),
-                         mode=wandb_mode(cfg.logger.mode), name=f"{out_dir.name}-analyze", reinit="finish_previous")
+        run = wandb.init(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            job_type="analyze",
+            dir=str(out_dir),
+            mode=wandb_mode(cfg.logger.mode),
+            name=f"{out_dir.name}-analyze",
+            reinit="finish_previous",
+        )
         columns = sorted({k for row in result["grid"] for k in row})
-        run.log({"analysis_grid": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in result["grid"]]),
-                 **{p.stem: wandb.Image(str(p)) for p in paths}})
+        run.log(
+            {
+                "analysis_grid": wandb.Table(
+                    columns=columns, data=[[r.get(c) for c in columns] for r in result["grid"]]
+                ),
+                **{p.stem: wandb.Image(str(p)) for p in paths},
+            }
+        )
         run.finish()
     except Exception as error:  # the files are on disk
         print(f"[unlock] W&B logging of the analysis failed ({type(error).__name__}: {error})", file=sys.stderr)

@@ -40,8 +40,10 @@ def logit_lens(model: nn.Module, tokenizer, vectors: dict[int, torch.Tensor], to
     def tokens(row: torch.Tensor) -> list[str]:
         return [tokenizer.decode([int(i)]) for i in row.topk(top).indices]
 
-    return {"per_layer": {str(j): tokens(logits[i]) for i, j in enumerate(layers)},
-            "overall": tokens(standardised.mean(dim=0))}
+    return {
+        "per_layer": {str(j): tokens(logits[i]) for i, j in enumerate(layers)},
+        "overall": tokens(standardised.mean(dim=0)),
+    }
 
 
 def lens_table(lenses: dict[str, dict[str, Any]]) -> str:

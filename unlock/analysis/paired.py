@@ -22,11 +22,11 @@ observed share) and is at least |delta|, since a difference of delta needs that 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from statistics import NormalDist
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -142,8 +142,9 @@ def items_needed(effect: float, discordance: float, power: float = 0.8, level: f
     return high
 
 
-def compare(condition: Mapping[Hashable, bool], baseline: Mapping[Hashable, bool], effect: float,
-            settings: PowerSettings) -> dict[str, Any]:
+def compare(
+    condition: Mapping[Hashable, bool], baseline: Mapping[Hashable, bool], effect: float, settings: PowerSettings
+) -> dict[str, Any]:
     """The paired comparison on the items both were scored on (keys: item ids; values: correct)."""
     items = sorted(set(condition) & set(baseline), key=str)
     n = len(items)
@@ -156,15 +157,25 @@ def compare(condition: Mapping[Hashable, bool], baseline: Mapping[Hashable, bool
     discordance = (wins + losses) / n
     power = power_at(n, effect, discordance)
     return {
-        "n": n, "wins": wins, "losses": losses, "diff": (wins - losses) / n, "diff_ci95": [low, high],
-        "p_mcnemar": mcnemar_exact(wins, losses), "discordance": discordance, "effect": effect,
-        "items_needed": items_needed(effect, discordance, settings.power), "power": power,
+        "n": n,
+        "wins": wins,
+        "losses": losses,
+        "diff": (wins - losses) / n,
+        "diff_ci95": [low, high],
+        "p_mcnemar": mcnemar_exact(wins, losses),
+        "discordance": discordance,
+        "effect": effect,
+        "items_needed": items_needed(effect, discordance, settings.power),
+        "power": power,
         "underpowered": power < settings.power,
     }
 
 
-def comparisons(outcomes: Mapping[str, Mapping[str, Mapping[Hashable, bool]]],
-                effects: Mapping[tuple[str, str, str], float], settings: PowerSettings) -> dict[str, Any]:
+def comparisons(
+    outcomes: Mapping[str, Mapping[str, Mapping[Hashable, bool]]],
+    effects: Mapping[tuple[str, str, str], float],
+    settings: PowerSettings,
+) -> dict[str, Any]:
     """``paired[condition][task][baseline]`` for every condition and baseline (:func:`baselines`) a run
     evaluated; ``outcomes[condition][task][item] = correct``; ``effects[(condition, task, baseline)]``:
     the paper's gain where it reports one (``effect_from`` says which was used)."""

@@ -36,5 +36,9 @@ def paper_gains(setup: str | None, benchmark: str, task: str) -> dict[tuple[str,
     """The paper's accuracy differences (as fractions) for the paired comparisons of ``task`` (the
     benchmark's Locked task, which its numbers are for): {(condition, task, baseline): gain}."""
     numbers = paper_numbers(setup, benchmark)
-    return {(condition, task, baseline): (numbers[condition] - numbers[baseline]) / 100
-            for condition in numbers for baseline in baselines(condition) if baseline in numbers}
+    return {
+        (condition, task, baseline): (numbers[condition] - numbers[baseline]) / 100
+        for condition in numbers
+        for baseline in baselines(condition)
+        if baseline in numbers
+    }

@@ -26,8 +26,14 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def rank_n_heatmap(cells: dict[tuple[int, int], tuple[float, str]], title: str, path: Path, cmap: str = "viridis",
-                   limits: tuple[float, float] | None = None, text_color: str = "white") -> Path:
+def rank_n_heatmap(
+    cells: dict[tuple[int, int], tuple[float, str]],
+    title: str,
+    path: Path,
+    cmap: str = "viridis",
+    limits: tuple[float, float] | None = None,
+    text_color: str = "white",
+) -> Path:
     """A rank (x) by N prompts (y) heatmap, each cell {(n, rank): (value, its label)}; absent cells blank."""
     plt = pyplot()
     ranks, ns = sorted({k for _, k in cells}), sorted({n for n, _ in cells})

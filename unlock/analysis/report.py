@@ -57,9 +57,17 @@ def comparison_rows(setup: str, benchmark: str, record: dict[str, Any]) -> list[
             continue
         ours = 100 * metrics["acc"]
         low, high = (100 * v for v in metrics["acc_ci95"])
-        rows.append({**row, "ours": ours, "n": metrics["n"], "ci": (low, high),
-                     "diff": ours - paper_value, "diff_ci": (low - paper_value, high - paper_value),
-                     **gain_columns(setup, benchmark, condition, record.get("paired", {}).get(condition, {}).get(task, {}))})
+        rows.append(
+            {
+                **row,
+                "ours": ours,
+                "n": metrics["n"],
+                "ci": (low, high),
+                "diff": ours - paper_value,
+                "diff_ci": (low - paper_value, high - paper_value),
+                **gain_columns(setup, benchmark, condition, record.get("paired", {}).get(condition, {}).get(task, {})),
+            }
+        )
     return rows
 
 
@@ -71,8 +79,13 @@ def gain_columns(setup: str, benchmark: str, condition: str, versus: dict[str, A
     if condition != BASELINE and BASELINE in numbers:
         out["paper_gain"] = numbers[condition] - numbers[BASELINE]
     if paired.get("n"):
-        out.update(gain=100 * paired["diff"], gain_ci=tuple(100 * v for v in paired["diff_ci95"]),
-                   gain_p=paired["p_mcnemar"], items_needed=paired["items_needed"], underpowered=paired["underpowered"])
+        out.update(
+            gain=100 * paired["diff"],
+            gain_ci=tuple(100 * v for v in paired["diff_ci95"]),
+            gain_p=paired["p_mcnemar"],
+            items_needed=paired["items_needed"],
+            underpowered=paired["underpowered"],
+        )
     return out
 
 
@@ -86,20 +99,29 @@ def _gain_cells(row: dict[str, Any]) -> str:
 
 
 def render(found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]) -> str:
-    lines = ["# Paper vs this harness", "",
-             "Accuracy in %. diff = ours - paper; its 95% interval is ours' Wilson interval shifted by the "
-             "paper's value. `ok` where that interval contains 0. Gain = the condition minus the unsteered Target, "
-             "the paper's beside ours on the same items (paired: Newcombe's 95% interval, exact McNemar p); power: "
-             "whether our items detect the paper's gain with 80% power at the 5% level (items needed if not).", ""]
+    lines = [
+        "# Paper vs this harness",
+        "",
+        "Accuracy in %. diff = ours - paper; its 95% interval is ours' Wilson interval shifted by the "
+        "paper's value. `ok` where that interval contains 0. Gain = the condition minus the unsteered Target, "
+        "the paper's beside ours on the same items (paired: Newcombe's 95% interval, exact McNemar p); power: "
+        "whether our items detect the paper's gain with 80% power at the 5% level (items needed if not).",
+        "",
+    ]
     setups = load_paper_numbers()
     if not found:
         lines.append("No finished test-split runs of a paper preset yet (run `python launch.py experiment=paper/...`).")
     for (setup, benchmark, variant), (path, record) in sorted(found.items()):
-        lines += [f"## {setup} / {benchmark} ({variant})", "",
-                  f"{setups[setup]['description']}; paper values read to +-{setups[setup]['read_precision']}. "
-                  f"Run: `{path}`; answers checked by {record.get('checker', 'an older checker (unnamed)')}.", "",
-                  "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | | paper gain | our gain [paired 95% CI] | power |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {setup} / {benchmark} ({variant})",
+            "",
+            f"{setups[setup]['description']}; paper values read to +-{setups[setup]['read_precision']}. "
+            f"Run: `{path}`; answers checked by {record.get('checker', 'an older checker (unnamed)')}.",
+            "",
+            "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | | paper gain "
+            "| our gain [paired 95% CI] | power |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in comparison_rows(setup, benchmark, record):
             name = label(row["condition"])
             if row["ours"] is None:
@@ -107,9 +129,12 @@ def render(found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]) -> st
                 continue
             low, high = row["diff_ci"]
             verdict = "ok" if low <= 0 <= high else ("above" if low > 0 else "below")
-            lines.append(f"| {name} | {row['paper']:.1f} | {row['ours']:.1f} ({row['n']}) | "
-                         f"[{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] | {row['diff']:+.1f} | [{low:+.1f}, {high:+.1f}] | {verdict} | "
-                         f"{_gain_cells(row)} |")
+            lines.append(
+                f"| {name} | {row['paper']:.1f} | {row['ours']:.1f} ({row['n']}) | "
+                f"[{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] | {row['diff']:+.1f} | [{low:+.1f}, {high:+.1f}] | "
+                f"{verdict} | "
+                f"{_gain_cells(row)} |"
+            )
         lines.append("")
     missing = sorted({(s, b) for s in setups for b in setups[s]["results"]} - {key[:2] for key in found})
     if missing:

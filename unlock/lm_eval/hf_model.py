@@ -4,7 +4,8 @@ Registered as ``unlock``, so both the harness and the CLI use it:
     lm_eval --model unlock --model_args pretrained=DIR,steer=steering_vectors.safetensors --tasks ...
 alpha, rule, positions and layers default to what the steer file records (a run's file records the
 settings it steered with); explicit model args override them; a file that records none of them gets
-SteeringSettings' defaults (alpha 0.05, norm_preserving, last) and every layer with a vector, with a warning naming the file.
+SteeringSettings' defaults (alpha 0.05, norm_preserving, last) and every layer with a vector, with a
+warning naming the file.
 The steer file and the model args are checked before any weights load.
 
 Generation requests are steered through the prefill pass (last prompt token by default). For
@@ -103,8 +104,9 @@ def steering_settings(steer: str | None, **given: Any) -> tuple[dict[int, torch.
             defaulted[key] = "all" if STEER_DEFAULTS[key] is None else STEER_DEFAULTS[key]
     if defaulted:
         using = ", ".join(f"{key}={value}" for key, value in defaulted.items())
-        warnings.warn(f"steer file {steer} records no {', '.join(defaulted)}; using {using} "
-                      "(model args override)", stacklevel=3)
+        warnings.warn(
+            f"steer file {steer} records no {', '.join(defaulted)}; using {using} (model args override)", stacklevel=3
+        )
     return vectors, settings
 
 

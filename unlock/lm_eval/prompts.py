@@ -49,8 +49,10 @@ def load_task(name: str, tasks_dir: str):
     try:
         return manager.load([name])["tasks"][name]
     except Exception as error:  # hub tasks need a network
-        raise RuntimeError(f"could not load lm-eval task {name!r} ({type(error).__name__}: {error}); "
-                           "hub tasks need network access, the shipped unlock_* tasks do not") from error
+        raise RuntimeError(
+            f"could not load lm-eval task {name!r} ({type(error).__name__}: {error}); "
+            "hub tasks need network access, the shipped unlock_* tasks do not"
+        ) from error
 
 
 def _docs(task: Any, split: str) -> list[dict]:
@@ -67,7 +69,13 @@ def render(task: Any, doc: dict) -> str:
 
 
 def build_prompt_sets(
-    locked_task: str, unlocked_task: str, split: str, n_prompts: int, n_heldout: int, seed: int, tasks_dir: str,
+    locked_task: str,
+    unlocked_task: str,
+    split: str,
+    n_prompts: int,
+    n_heldout: int,
+    seed: int,
+    tasks_dir: str,
     n_shots: int = 0,
 ) -> PromptSets:
     """N seeded-random questions of ``split`` in both forms, plus ``n_heldout`` other ones. With
@@ -82,10 +90,16 @@ def build_prompt_sets(
     needed = n_prompts + n_heldout + n_shots
     if needed > len(docs):
         terms = "capability.n_prompts + capability.n_heldout" + (" + capability.n_shots" if n_shots else "")
-        raise ValueError(f"{terms} = {needed} is out of range: the {split} split of {locked_task!r} has {len(docs)} items")
+        raise ValueError(
+            f"{terms} = {needed} is out of range: the {split} split of {locked_task!r} has {len(docs)} items"
+        )
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
-    fit, held, shots = order[:n_prompts], order[n_prompts:n_prompts + n_heldout], order[n_prompts + n_heldout:needed]
+    fit, held, shots = (
+        order[:n_prompts],
+        order[n_prompts : n_prompts + n_heldout],
+        order[n_prompts + n_heldout : needed],
+    )
     context = "".join(worked_example(unlocked, unlocked_docs[i]) for i in shots)
     return PromptSets(
         locked=[render(locked, docs[i]) for i in fit],
@@ -98,6 +112,8 @@ def worked_example(task: Any, doc: dict) -> str:
     """One in-context example: the Unlocked prompt, its worked solution and the final-answer phrase."""
     solution = str(doc.get("solution") or "").strip()
     if not solution:
-        raise ValueError(f"capability.n_shots > 0 needs worked solutions, but task {task.config.task!r} has items "
-                         f"without one (no 'solution' field); benchmarks with worked solutions: {', '.join(WORKED_SOLUTIONS)}")
+        raise ValueError(
+            f"capability.n_shots > 0 needs worked solutions, but task {task.config.task!r} has items "
+            f"without one (no 'solution' field); benchmarks with worked solutions: {', '.join(WORKED_SOLUTIONS)}"
+        )
     return f"{render(task, doc)}{solution}\nThe final answer is {doc['answer']}.\n\n"

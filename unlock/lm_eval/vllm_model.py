@@ -48,16 +48,26 @@ CONDITION_KEY = "unlock_steer"  # in a task's generation_kwargs: the steering se
 class UnlockVLLM(VLLM):
     """lm-eval's VLLM with per-request UNLOCK steering, in eager mode on the V1 model runner."""
 
-    def __init__(self, pretrained: str, steer: str | None = None, alpha: float | str | None = None,
-                 rule: str | None = None, positions: str | None = None, layers: str | list[int] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        steer: str | None = None,
+        alpha: float | str | None = None,
+        rule: str | None = None,
+        positions: str | None = None,
+        layers: str | list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
         if str(kwargs.get("enforce_eager", True)).lower() == "false":
-            raise ValueError("enforce_eager=False is not allowed: compiled graphs skip the steering hooks (silently); "
-                             "unlock_vllm runs eagerly")
+            raise ValueError(
+                "enforce_eager=False is not allowed: compiled graphs skip the steering hooks (silently); "
+                "unlock_vllm runs eagerly"
+            )
         if int(kwargs.get("data_parallel_size", 1)) != 1 or int(kwargs.get("tensor_parallel_size", 1)) != 1:
-            raise ValueError("unlock_vllm steers one in-process engine: data_parallel_size and tensor_parallel_size "
-                             "must be 1")
+            raise ValueError(
+                "unlock_vllm steers one in-process engine: data_parallel_size and tensor_parallel_size must be 1"
+            )
         kwargs["enforce_eager"] = True
         kwargs.setdefault("trust_remote_code", False)
         super().__init__(pretrained=pretrained, **kwargs)
@@ -71,21 +81,36 @@ class UnlockVLLM(VLLM):
             self.set_steering(vectors, **settings)
 
     # --- steering control ------------------------------------------------------------------------
-    def _register(self, vectors: Mapping[int, torch.Tensor], alpha: float, rule: str, positions: str,
-                  layers: list[int] | None) -> str:
+    def _register(
+        self, vectors: Mapping[int, torch.Tensor], alpha: float, rule: str, positions: str, layers: list[int] | None
+    ) -> str:
         chosen = {int(k): v for k, v in vectors.items() if layers is None or int(k) in set(layers)}
         if layers is not None and set(layers) - set(chosen):
-            raise ValueError(f"layers {sorted(set(layers) - set(chosen))} have no steering vector; "
-                             f"vectors exist for {sorted(int(k) for k in vectors)}")
+            raise ValueError(
+                f"layers {sorted(set(layers) - set(chosen))} have no steering vector; "
+                f"vectors exist for {sorted(int(k) for k in vectors)}"
+            )
         return self.steering.register(SteeringSet(chosen, float(alpha), rule, positions))
 
-    def set_steering(self, vectors: Mapping[int, torch.Tensor] | None, alpha: float = SteeringSettings.alpha,
-                     rule: str = SteeringSettings.rule, positions: str = SteeringSettings.positions, layers: list[int] | str | None = None) -> None:
+    def set_steering(
+        self,
+        vectors: Mapping[int, torch.Tensor] | None,
+        alpha: float = SteeringSettings.alpha,
+        rule: str = SteeringSettings.rule,
+        positions: str = SteeringSettings.positions,
+        layers: list[int] | str | None = None,
+    ) -> None:
         """Steer every following request without a condition tag with these vectors (None: none)."""
         self._default = None if not vectors else self._register(vectors, alpha, rule, positions, parse_layers(layers))
 
-    def add_steering(self, name: str, vectors: Mapping[int, torch.Tensor] | None, alpha: float = SteeringSettings.alpha,
-                     rule: str = SteeringSettings.rule, positions: str = SteeringSettings.positions) -> None:
+    def add_steering(
+        self,
+        name: str,
+        vectors: Mapping[int, torch.Tensor] | None,
+        alpha: float = SteeringSettings.alpha,
+        rule: str = SteeringSettings.rule,
+        positions: str = SteeringSettings.positions,
+    ) -> None:
         """Register a steering under ``name``: requests of tasks whose generation kwargs say
         ``unlock_steer: name`` use it (None: such requests run unsteered)."""
         self._named[name] = "" if not vectors else self._register(vectors, alpha, rule, positions, None)
@@ -108,8 +133,9 @@ class UnlockVLLM(VLLM):
         """lm-eval's, plus the condition tag: it becomes the request's steering, not a sampling arg."""
         gen_kwargs = dict(gen_kwargs)
         condition = gen_kwargs.pop(CONDITION_KEY, None)
-        kwargs, until, max_gen_toks = super().modify_gen_kwargs(gen_kwargs, eos=eos,
-                                                                default_max_gen_toks=default_max_gen_toks)
+        kwargs, until, max_gen_toks = super().modify_gen_kwargs(
+            gen_kwargs, eos=eos, default_max_gen_toks=default_max_gen_toks
+        )
         if condition is not None:
             if condition not in self._named:
                 raise ValueError(f"{CONDITION_KEY}={condition!r} names no steering; registered: {sorted(self._named)}")
@@ -140,13 +166,21 @@ class UnlockVLLM(VLLM):
             prompts.append(TokensPrompt(prompt_token_ids=list(tokens), cache_salt=tag["set"] if tag else "unsteered"))
             params.append(sp)
             tags.append(tag)
-        outputs = self.model.generate(prompts, sampling_params=params, use_tqdm=self.batch_size == "auto",
-                                      lora_request=self.lora_request)
+        outputs = self.model.generate(
+            prompts, sampling_params=params, use_tqdm=self.batch_size == "auto", lora_request=self.lora_request
+        )
         for tokens, output, tag in zip(requests, outputs, tags, strict=True):
             self.cached_tokens += int(output.num_cached_tokens or 0)
             if tag is not None:
-                self.steering.check(tag["key"], tag["set"], tag["boundary"], len(tokens), len(output.outputs[0].token_ids),
-                                    int(output.num_cached_tokens or 0), label=self._label(tokens))
+                self.steering.check(
+                    tag["key"],
+                    tag["set"],
+                    tag["boundary"],
+                    len(tokens),
+                    len(output.outputs[0].token_ids),
+                    int(output.num_cached_tokens or 0),
+                    label=self._label(tokens),
+                )
         return outputs
 
     def _tag(self, tokens: list[int], sp: Any, generate: bool) -> dict[str, Any] | None:

@@ -72,8 +72,9 @@ class SteeringSet:
         return digest.hexdigest()[:16]
 
 
-def expected_positions(positions: str, boundary: int, prompt_len: int, n_generated: int,
-                       n_cached: int) -> tuple[set[int], Callable[[int], bool]]:
+def expected_positions(
+    positions: str, boundary: int, prompt_len: int, n_generated: int, n_cached: int
+) -> tuple[set[int], Callable[[int], bool]]:
     """(positions that must be steered, which positions may be) for one request, from its output:
     prefill computes prompt positions from ``n_cached`` on; decoding feeds generated tokens at
     ``prompt_len .. prompt_len + n_generated - 2``. A recomputed request (preempted) may steer a
@@ -139,8 +140,10 @@ class EngineSteering:
             for layer, vector in steering.vectors.items():
                 check_layers([int(layer)], self.n_layers, "steering layer")
                 if tuple(vector.shape) != (self.hidden_size,):
-                    raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected "
-                                     f"({self.hidden_size},)")
+                    raise ValueError(
+                        f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected "
+                        f"({self.hidden_size},)"
+                    )
                 shift = steering_shift(vector.detach().float(), float(steering.alpha), steering.rule)
                 shifts[int(layer)] = shift.to(self.device)
             self.sets[name] = _Prepared(steering.rule, steering.positions, shifts)
@@ -187,8 +190,9 @@ class EngineSteering:
         return steer
 
     # --- after a call --------------------------------------------------------------------------
-    def check(self, key: str, name: str, boundary: int, prompt_len: int, n_generated: int, n_cached: int,
-              label: str) -> None:
+    def check(
+        self, key: str, name: str, boundary: int, prompt_len: int, n_generated: int, n_cached: int, label: str
+    ) -> None:
         """Raise unless request ``key`` was steered at exactly its positions at every steered layer."""
         prepared = self.sets[name]
         must, may = expected_positions(prepared.positions, boundary, prompt_len, n_generated, n_cached)
@@ -201,7 +205,8 @@ class EngineSteering:
                     f"request {label} was not steered where it should be at layer {layer} ({prepared.positions}): "
                     f"steered positions {sorted(got)[:12]}, required {sorted(must)[:12]} (prompt {prompt_len} tokens, "
                     f"boundary {boundary}, {n_cached} from the prefix cache, {n_generated} generated). Hooks run only "
-                    "in eager mode on vLLM's V1 model runner (enforce_eager=True, VLLM_USE_V2_MODEL_RUNNER=0)")
+                    "in eager mode on vLLM's V1 model runner (enforce_eager=True, VLLM_USE_V2_MODEL_RUNNER=0)"
+                )
 
 
 def _pick(positions: str, first: int, end: int, boundary: int) -> list[int]:

@@ -130,12 +130,17 @@ def solver_options(method: str, options: Mapping[str, Any] | None = None) -> dic
     allowed ones."""
     if method not in SOLVERS:
         raise ValueError(f"unknown alignment method {method!r}; allowed: {', '.join(METHODS)}")
-    defaults = {name: p.default for name, p in inspect.signature(SOLVERS[method]).parameters.items()
-                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(SOLVERS[method]).parameters.items()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty
+    }
     unknown = sorted(set(options or {}) - set(defaults))
     if unknown:
-        raise ValueError(f"{', '.join(unknown)} is not an option of the {method!r} alignment method; its options: "
-                         f"{', '.join(defaults) or 'none'}")
+        raise ValueError(
+            f"{', '.join(unknown)} is not an option of the {method!r} alignment method; its options: "
+            f"{', '.join(defaults) or 'none'}"
+        )
     return {**defaults, **(options or {})}
 
 
@@ -160,8 +165,14 @@ def fit_map(
     mu_t = xt.mean(dim=0) if centre else torch.zeros(d_t, dtype=torch.float64)
     left, right = SOLVERS[method](xs - mu_s, xt - mu_t, k, **options)
     return LinearMap(
-        left=left.float(), right=right.float(), source_mean=mu_s.float(), target_mean=mu_t.float(),
-        method=method, rank_requested=rank, rank_effective=k, centred=centre,
+        left=left.float(),
+        right=right.float(),
+        source_mean=mu_s.float(),
+        target_mean=mu_t.float(),
+        method=method,
+        rank_requested=rank,
+        rank_effective=k,
+        centred=centre,
     )
 
 

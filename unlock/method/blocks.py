@@ -19,6 +19,7 @@ class ModelShape:
     n_layers: int
     hidden_size: int
 
+
 # Attribute paths to the decoder-block ModuleList, most common first.
 _DECODER_LAYER_PATHS: tuple[str, ...] = (
     "model.layers",  # Llama, Qwen2/Qwen3, Gemma/Gemma2/Gemma3, Mistral, OLMo-2
@@ -67,8 +68,10 @@ def block_path_under_base_model(model: nn.Module) -> str:
     for name, module in base.named_modules():
         if module is blocks:
             return name
-    raise ValueError(f"the decoder blocks of {type(model).__name__} are not under its base_model "
-                     f"({type(base).__name__}); lm-eval's steered model cannot hook them")
+    raise ValueError(
+        f"the decoder blocks of {type(model).__name__} are not under its base_model "
+        f"({type(base).__name__}); lm-eval's steered model cannot hook them"
+    )
 
 
 def num_layers(model: nn.Module) -> int:

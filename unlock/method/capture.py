@@ -105,8 +105,10 @@ def _encode(tokenizer, prompts: list[str], max_length: int | None, device) -> tu
     # Token lists straight to torch.tensor: transformers' own return_tensors conversion first
     # flattens every id in Python, which costs as much as a small model's block on CPU.
     encoded = tokenizer(prompts, padding=True, truncation=max_length is not None, max_length=max_length)
-    return (torch.tensor(encoded["input_ids"], dtype=torch.long, device=device),
-            torch.tensor(encoded["attention_mask"], dtype=torch.long, device=device))
+    return (
+        torch.tensor(encoded["input_ids"], dtype=torch.long, device=device),
+        torch.tensor(encoded["attention_mask"], dtype=torch.long, device=device),
+    )
 
 
 @torch.no_grad()
@@ -145,15 +147,21 @@ def capture_activations(
     token_counts: list[int] = []
     starts = range(0, len(prompts), batch_size)
     try:
-        for start in tqdm(starts, desc=progress if isinstance(progress, str) else "capture", disable=not progress,
-                          leave=False):
-            input_ids, attention_mask = _encode(tokenizer, list(prompts[start : start + batch_size]), max_length,
-                                                model_device(model))
+        for start in tqdm(
+            starts, desc=progress if isinstance(progress, str) else "capture", disable=not progress, leave=False
+        ):
+            input_ids, attention_mask = _encode(
+                tokenizer, list(prompts[start : start + batch_size]), max_length, model_device(model)
+            )
             current_mask[:] = [attention_mask]
             token_counts.extend(attention_mask.sum(dim=1).tolist())
             try:
-                model(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+                model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask),
+                    use_cache=False,
+                )
             except _StopForward:
                 pass
     finally:

@@ -72,7 +72,5 @@ def extract_directions(unlocked: Activations, locked: Activations, aggregation: 
         raise ValueError(
             f"mismatched activation counts: {unlocked.n_prompts} unlocked vs {locked.n_prompts} locked prompts"
         )
-    vectors = {
-        layer: direction_from_pairs(unlocked[layer], locked[layer], aggregation) for layer in unlocked.layers
-    }
+    vectors = {layer: direction_from_pairs(unlocked[layer], locked[layer], aggregation) for layer in unlocked.layers}
     return Directions(vectors=vectors, aggregation=aggregation, n_pairs=unlocked.n_prompts)

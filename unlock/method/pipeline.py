@@ -33,8 +33,9 @@ class Cached(Generic[T]):
 
 
 class Step(Protocol):
-    def __call__(self, stage: str, spec: dict[str, Any], compute: Callable[[], T],
-                 inputs: Sequence[Cached[Any]]) -> Cached[T]: ...
+    def __call__(
+        self, stage: str, spec: dict[str, Any], compute: Callable[[], T], inputs: Sequence[Cached[Any]]
+    ) -> Cached[T]: ...
 
 
 def uncached(stage: str, spec: dict[str, Any], compute: Callable[[], T], inputs: Sequence[Cached[Any]]) -> Cached[T]:
@@ -62,8 +63,12 @@ class MapSettings:
     def spec(self) -> dict[str, Any]:
         """Exactly the settings that change a map: rank, method, centring and the method's own options
         (defaults filled in, so leaving an option out and giving its default share a key)."""
-        return {"rank": int(self.rank), "method": str(self.method), "centre": self.centre,
-                **solver_options(self.method, self.options)}
+        return {
+            "rank": int(self.rank),
+            "method": str(self.method),
+            "centre": self.centre,
+            **solver_options(self.method, self.options),
+        }
 
 
 @dataclass
@@ -90,15 +95,26 @@ def as_cached(value: T | Cached[T]) -> Cached[T]:
     return value if isinstance(value, Cached) else Cached(value)
 
 
-def extract(unlocked: Cached[Activations], locked: Cached[Activations], aggregation: str,
-            step: Step = uncached) -> Cached[Directions]:
+def extract(
+    unlocked: Cached[Activations], locked: Cached[Activations], aggregation: str, step: Step = uncached
+) -> Cached[Directions]:
     """One direction per layer from paired Unlocked vs Locked activations (docs/method.md step 3)."""
-    return step("extract", {"aggregation": str(aggregation)},
-                lambda: extract_directions(unlocked.value, locked.value, aggregation), (unlocked, locked))
+    return step(
+        "extract",
+        {"aggregation": str(aggregation)},
+        lambda: extract_directions(unlocked.value, locked.value, aggregation),
+        (unlocked, locked),
+    )
 
 
-def fit_maps(source_locked: Activations, target_locked: Activations, pairs: Mapping[int, int], settings: MapSettings,
-             held_out: tuple[Activations, Activations] | None = None, progress: bool = False) -> Alignment:
+def fit_maps(
+    source_locked: Activations,
+    target_locked: Activations,
+    pairs: Mapping[int, int],
+    settings: MapSettings,
+    held_out: tuple[Activations, Activations] | None = None,
+    progress: bool = False,
+) -> Alignment:
     """One map per (Target layer, Source layer) pair, fit on Locked activations of the same prompts;
     ``held_out`` = (Source Locked, Target Locked) activations of other prompts, for fit quality."""
     if source_locked.n_prompts != target_locked.n_prompts:
@@ -114,30 +130,48 @@ def fit_maps(source_locked: Activations, target_locked: Activations, pairs: Mapp
         quality[target_layer] = {"train_" + k: v for k, v in fit_quality(maps[target_layer], x, y).items()}
         if held_out is not None:
             quality[target_layer].update(
-                fit_quality(maps[target_layer], held_out[0][source_layer], held_out[1][target_layer]))
+                fit_quality(maps[target_layer], held_out[0][source_layer], held_out[1][target_layer])
+            )
     return Alignment(pairs=dict(pairs), maps=maps, quality=quality)
 
 
-def align(source_locked: Cached[Activations], target_locked: Cached[Activations], pairs: Mapping[int, int],
-          settings: MapSettings, held_out: tuple[Cached[Activations], Cached[Activations]] | None = None,
-          step: Step = uncached, progress: bool = False) -> Cached[Alignment]:
+def align(
+    source_locked: Cached[Activations],
+    target_locked: Cached[Activations],
+    pairs: Mapping[int, int],
+    settings: MapSettings,
+    held_out: tuple[Cached[Activations], Cached[Activations]] | None = None,
+    step: Step = uncached,
+    progress: bool = False,
+) -> Cached[Alignment]:
     """The maps of every pair (docs/method.md step 4), through ``step``."""
     held = (held_out[0].value, held_out[1].value) if held_out else None
     spec = {"pairs": {str(k): v for k, v in pairs.items()}, **settings.spec(), "heldout": held_out is not None}
-    return step("align", spec,
-                lambda: fit_maps(source_locked.value, target_locked.value, pairs, settings, held, progress),
-                (source_locked, target_locked, *(held_out or ())))
+    return step(
+        "align",
+        spec,
+        lambda: fit_maps(source_locked.value, target_locked.value, pairs, settings, held, progress),
+        (source_locked, target_locked, *(held_out or ())),
+    )
 
 
 def map_directions(directions: Directions, alignment: Alignment) -> dict[int, torch.Tensor]:
     """r_j = v_{pair(j)}^T W_j for every Target layer j (docs/method.md step 5)."""
-    return {target_layer: alignment.maps[target_layer].map_direction(directions.vectors[source_layer])
-            for target_layer, source_layer in alignment.pairs.items()}
+    return {
+        target_layer: alignment.maps[target_layer].map_direction(directions.vectors[source_layer])
+        for target_layer, source_layer in alignment.pairs.items()
+    }
 
 
-def carry(directions: Cached[Directions], alignment: Cached[Alignment], step: Step = uncached) -> Cached[dict[int, torch.Tensor]]:
-    return step("vectors", {"name": "unlock"}, lambda: map_directions(directions.value, alignment.value),
-                (directions, alignment))
+def carry(
+    directions: Cached[Directions], alignment: Cached[Alignment], step: Step = uncached
+) -> Cached[dict[int, torch.Tensor]]:
+    return step(
+        "vectors",
+        {"name": "unlock"},
+        lambda: map_directions(directions.value, alignment.value),
+        (directions, alignment),
+    )
 
 
 def transfer(

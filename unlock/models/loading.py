@@ -100,7 +100,7 @@ class ModelSource:
     def size(self) -> ModelSize:
         text = text_config(self.config())
         shape = self.shape()
-        heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+        heads = getattr(text, "num_attention_heads", None) or text.n_head
         head_dim = getattr(text, "head_dim", None) or shape.hidden_size // heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
@@ -129,8 +129,11 @@ class HFSource(ModelSource):
     identity_keys = ("kind", "path", "revision", "gguf_file")
 
     def _from(self) -> dict[str, Any]:
-        return {"revision": self.cfg.get("revision"), "gguf_file": self.cfg.get("gguf_file"),
-                "trust_remote_code": self.trust_remote_code}
+        return {
+            "revision": self.cfg.get("revision"),
+            "gguf_file": self.cfg.get("gguf_file"),
+            "trust_remote_code": self.trust_remote_code,
+        }
 
     def config(self, cache_dir: str | None = None) -> Any:
         check_local_path(self.cfg)
@@ -141,8 +144,10 @@ class HFSource(ModelSource):
 
     def checkpoint(self, cache_dir: str) -> str:
         if self.cfg.get("revision") or self.cfg.get("gguf_file"):
-            raise ValueError(f"model {self.cfg.get('name')!r}: the vLLM engine takes a directory or hub id without "
-                             "revision or gguf_file; convert it to a directory first")
+            raise ValueError(
+                f"model {self.cfg.get('name')!r}: the vLLM engine takes a directory or hub id without "
+                "revision or gguf_file; convert it to a directory first"
+            )
         return str(self.cfg["path"])
 
 
@@ -160,7 +165,9 @@ class TinySource(ModelSource):
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         cfg = self.cfg
-        model = tiny_model(cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"])
+        model = tiny_model(
+            cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"]
+        )
         return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
 
     def checkpoint(self, cache_dir: str) -> str:
@@ -183,7 +190,9 @@ class PackagedGGUFSource(ModelSource):
 
     def config(self, cache_dir: str | None = None) -> Any:
         if cache_dir is None:
-            raise ValueError(f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)")
+            raise ValueError(
+                f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)"
+            )
         return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
 
     def shape(self) -> ModelShape:
@@ -206,8 +215,10 @@ def check_local_path(cfg: dict[str, Any]) -> None:
     path = str(cfg.get("path") or "")
     local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
     if not path or (local and not Path(path).expanduser().is_dir()):
-        raise FileNotFoundError(f"model {cfg.get('name')!r}: path {path!r} is not a directory; an hf model's path is "
-                                "a local directory (with config.json) or a hub id 'name' or 'org/name'")
+        raise FileNotFoundError(
+            f"model {cfg.get('name')!r}: path {path!r} is not a directory; an hf model's path is "
+            "a local directory (with config.json) or a hub id 'name' or 'org/name'"
+        )
 
 
 SOURCES: dict[str, type[ModelSource]] = {cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource)}

@@ -57,8 +57,12 @@ def memory_plan(cfg: Any, plan: Any) -> dict[str, Any]:
     # Captures: Source Locked, held-out, Unlocked; Target Locked, held-out (and Unlocked for native).
     rows = cap.n_prompts * 2 + cap.n_heldout
     storage = 2 if cap.activation_storage == "bfloat16" else 4
-    disk = (rows * plan.source_layers * plan.source_width
-            + (rows if "native" in ev.conditions else cap.n_prompts + cap.n_heldout) * plan.target_layers * plan.target_width)
+    disk = (
+        rows * plan.source_layers * plan.source_width
+        + (rows if "native" in ev.conditions else cap.n_prompts + cap.n_heldout)
+        * plan.target_layers
+        * plan.target_width
+    )
     on_gpu = any(str(model_cfg.device).startswith("cuda") for _, model_cfg, _ in roles)
     res = cfg.resources
     capacity = res.gpus_per_node * res.gpu_mem_gb if on_gpu else res.mem_gb
@@ -77,13 +81,19 @@ def format_memory_plan(memory: dict[str, Any]) -> list[str]:
     lines = ["memory plan (one model in memory at a time; estimates from configs):"]
     for model in memory["models"]:
         kv = f" + KV cache {model['kv_cache_gb']:.1f} GB" if model["kv_cache_gb"] else ""
-        lines.append(f"  {model['role']:<16} {model['name']}: {model['n_params'] / 1e9:.2f} B params, "
-                     f"weights {model['weights_gb']:.1f} GB{kv}")
+        lines.append(
+            f"  {model['role']:<16} {model['name']}: {model['n_params'] / 1e9:.2f} B params, "
+            f"weights {model['weights_gb']:.1f} GB{kv}"
+        )
     verdict = "fits" if memory["fits"] else "DOES NOT FIT: raise resources or lower eval.batch_size"
-    lines.append(f"  peak ~{memory['peak_gb']:.1f} GB of {memory['capacity_gb']} GB ({memory['capacity_of']}): {verdict}")
+    lines.append(
+        f"  peak ~{memory['peak_gb']:.1f} GB of {memory['capacity_gb']} GB ({memory['capacity_of']}): {verdict}"
+    )
     lines.append(f"  activation cache on disk ~{memory['activations_disk_gb']:.2f} GB")
     for model in memory["models"]:
         if not model["context_ok"]:
-            lines.append(f"  WARNING {model['name']}: a {PROMPT_TOKENS_GUESS}-token prompt plus eval.max_new_tokens "
-                         "exceeds its context length; lower eval.max_new_tokens")
+            lines.append(
+                f"  WARNING {model['name']}: a {PROMPT_TOKENS_GUESS}-token prompt plus eval.max_new_tokens "
+                "exceeds its context length; lower eval.max_new_tokens"
+            )
     return lines

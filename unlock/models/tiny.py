@@ -76,21 +76,37 @@ def tiny_config(family: str, hidden_size: int = 64, num_layers: int = 4, vocab_s
     common: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if family == "llama":
         config = LlamaConfig(
-            hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=512,
-            tie_word_embeddings=False, **common,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            **common,
         )
     elif family == "qwen2":
         config = Qwen2Config(
-            hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=512,
-            tie_word_embeddings=True, **common,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+            **common,
         )
     elif family == "gemma3":
         config = Gemma3TextConfig(
-            hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=heads, num_key_value_heads=1, head_dim=hidden_size // heads,
-            max_position_embeddings=512, sliding_window=16, **common,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=1,
+            head_dim=hidden_size // heads,
+            max_position_embeddings=512,
+            sliding_window=16,
+            **common,
         )
     elif family == "gpt2":
         config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=heads, n_positions=512, **common)

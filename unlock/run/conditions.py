@@ -18,14 +18,17 @@ class Condition:
     label: str  # for tables and the paper report
 
 
-CONDITIONS: dict[str, Condition] = {c.name: c for c in (
-    Condition("unsteered", "target", "locked", None, "Locked (unsteered)"),
-    Condition("unlock", "target", "locked", "unlock", "UNLOCK"),
-    Condition("prompting", "target", "unlocked", None, "CoT prompt"),
-    Condition("native", "target", "locked", "native", "native direction"),
-    Condition("random", "target", "locked", "random", "random direction"),
-    Condition("reference", "reference", "unlocked", None, "post-trained reference"),
-)}
+CONDITIONS: dict[str, Condition] = {
+    c.name: c
+    for c in (
+        Condition("unsteered", "target", "locked", None, "Locked (unsteered)"),
+        Condition("unlock", "target", "locked", "unlock", "UNLOCK"),
+        Condition("prompting", "target", "unlocked", None, "CoT prompt"),
+        Condition("native", "target", "locked", "native", "native direction"),
+        Condition("random", "target", "locked", "random", "random direction"),
+        Condition("reference", "reference", "unlocked", None, "post-trained reference"),
+    )
+}
 BASELINE = "unsteered"  # what steered conditions are compared against in plots
 
 

@@ -162,7 +162,9 @@ class EvalConfig:
     limit: int | None = None
     batch_size: int = 16
     max_new_tokens: int = 512
-    conditions: list[ConditionName] = field(default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"])
+    conditions: list[ConditionName] = field(
+        default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"]
+    )
     reference_model: ModelConfig | None = None
     random_seed: int = 0
     bootstrap_iters: int = 0
@@ -258,8 +260,11 @@ def run_tag() -> str:
     SLURM job (array job and task) where there is one, and random hex always (a requeued job gets a
     new directory; its stages come from the cache)."""
     job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job = f"{job}-{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ else (
-        os.environ.get("SLURM_JOB_ID"))
+    job = (
+        f"{job}-{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if job and "SLURM_ARRAY_TASK_ID" in os.environ
+        else (os.environ.get("SLURM_JOB_ID"))
+    )
     return f"j{job}_{secrets.token_hex(3)}" if job else secrets.token_hex(3)
 
 
@@ -272,7 +277,9 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("unlock_paper", paper_numbers)
         OmegaConf.register_new_resolver("unlock_run_tag", run_tag, use_cache=True)  # kept in the config, so
         # a submitit job process resolves the directory its launcher chose
-        OmegaConf.register_new_resolver("unlock_source_task", lambda task, name, source: source_task(task, name, str(source)))
+        OmegaConf.register_new_resolver(
+            "unlock_source_task", lambda task, name, source: source_task(task, name, str(source))
+        )
 
 
 def prompt_task(cfg: Any, task: str) -> str:
@@ -282,8 +289,10 @@ def prompt_task(cfg: Any, task: str) -> str:
     if variant is None and task == cfg.capability.locked_task:
         variant = cfg.capability.unlocked_task
     if variant is None:
-        raise ValueError(f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
-                         f"listed: {dict(cfg.eval.prompt_tasks)}")
+        raise ValueError(
+            f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
+            f"listed: {dict(cfg.eval.prompt_tasks)}"
+        )
     return variant
 
 
@@ -292,8 +301,10 @@ def validate(cfg: Any) -> None:
     Model-dependent checks run later."""
     source_task(f"unlock_{cfg.benchmark.name}", cfg.benchmark.name, str(cfg.benchmark.source))
     if cfg.capability.n_shots and cfg.benchmark.name not in WORKED_SOLUTIONS:
-        raise ValueError(f"capability.n_shots={cfg.capability.n_shots} (capability=icl) needs worked solutions, and "
-                         f"benchmark {cfg.benchmark.name!r} has none; benchmarks with them: {', '.join(WORKED_SOLUTIONS)}")
+        raise ValueError(
+            f"capability.n_shots={cfg.capability.n_shots} (capability=icl) needs worked solutions, and "
+            f"benchmark {cfg.benchmark.name!r} has none; benchmarks with them: {', '.join(WORKED_SOLUTIONS)}"
+        )
     _check_capability(cfg.capability)
     _check_layer(cfg.layer)
     if cfg.rank.value < 1:
@@ -308,8 +319,10 @@ def validate(cfg: Any) -> None:
     stats_settings(cfg)
     for name in ("source_model", "target_model"):
         check_device(name, cfg[name].device)
-    for name, model in (("capability.unlocked_model", cfg.capability.unlocked_model),
-                        ("eval.reference_model", cfg.eval.reference_model)):
+    for name, model in (
+        ("capability.unlocked_model", cfg.capability.unlocked_model),
+        ("eval.reference_model", cfg.eval.reference_model),
+    ):
         if model is not None:
             check_device(name, model.device)
     for key in ("gpus_per_node", "gpu_mem_gb", "cpus_per_task", "mem_gb", "timeout_min"):
@@ -320,8 +333,12 @@ def validate(cfg: Any) -> None:
 
 def map_settings(cfg: Any) -> MapSettings:
     """How the maps are fit: config group ``rank`` plus the capability's aggregation."""
-    return MapSettings(rank=int(cfg.rank.value), method=str(cfg.rank.method), aggregation=str(cfg.capability.aggregation),
-                       options=dict(cfg.rank.options))
+    return MapSettings(
+        rank=int(cfg.rank.value),
+        method=str(cfg.rank.method),
+        aggregation=str(cfg.capability.aggregation),
+        options=dict(cfg.rank.options),
+    )
 
 
 def steering_settings(cfg: Any) -> SteeringSettings:
@@ -331,8 +348,9 @@ def steering_settings(cfg: Any) -> SteeringSettings:
 
 def stats_settings(cfg: Any) -> PowerSettings:
     """The config's ``stats`` as the settings unlock.analysis.paired takes (its checks name the bad value)."""
-    return PowerSettings(effect=float(cfg.stats.effect), power=float(cfg.stats.power),
-                         discordance=float(cfg.stats.discordance))
+    return PowerSettings(
+        effect=float(cfg.stats.effect), power=float(cfg.stats.power), discordance=float(cfg.stats.discordance)
+    )
 
 
 def _check_capability(cap: Any) -> None:
@@ -369,10 +387,11 @@ def explicit_pairs(layer: Any) -> dict[int, int] | None:
     if raw is None:
         return None
     pairs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw
-    if not (isinstance(pairs, dict) and pairs and all(
-            type(k) is int and type(v) is int for k, v in pairs.items())):  # noqa: E721 (bool is no layer)
-        raise ValueError(f"layer.explicit_pairs {pairs!r} is not allowed: must be a non-empty map of Target layer "
-                         "to Source layer indices, e.g. layer.explicit_pairs={0:3,5:11}")
+    if not (isinstance(pairs, dict) and pairs and all(type(k) is int and type(v) is int for k, v in pairs.items())):  # noqa: E721 (bool is no layer)
+        raise ValueError(
+            f"layer.explicit_pairs {pairs!r} is not allowed: must be a non-empty map of Target layer "
+            "to Source layer indices, e.g. layer.explicit_pairs={0:3,5:11}"
+        )
     return pairs
 
 

@@ -61,12 +61,18 @@ class Evaluator:
 
         loaded = self.models.get(model_cfg)
         if self._lm is None or self._lm.model is not loaded.model:
-            self._lm = UnlockLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=self.cfg.eval.batch_size,
-                                device=str(model_cfg.device), track_entropy=True)
+            self._lm = UnlockLM(
+                pretrained=loaded.model,
+                tokenizer=loaded.tokenizer,
+                batch_size=self.cfg.eval.batch_size,
+                device=str(model_cfg.device),
+                track_entropy=True,
+            )
         return self._lm
 
-    def evaluate(self, model_cfg: Any, task: str, steering: Cached[dict] | None,
-                 how: SteeringSettings | None) -> dict[str, Any]:
+    def evaluate(
+        self, model_cfg: Any, task: str, steering: Cached[dict] | None, how: SteeringSettings | None
+    ) -> dict[str, Any]:
         import lm_eval  # heavy: only when something is evaluated
 
         lm = self.lm(model_cfg)
@@ -77,18 +83,26 @@ class Evaluator:
         lm.reset_stats()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=[task], task_manager=task_manager(self.cfg.paths.tasks_dir, [task]),
-            limit=self.cfg.eval.limit, gen_kwargs={"max_gen_toks": int(self.cfg.eval.max_new_tokens)},
-            log_samples=True, bootstrap_iters=int(self.cfg.eval.bootstrap_iters),
-            random_seed=self.cfg.eval.random_seed, verbosity="ERROR",
+            model=lm,
+            tasks=[task],
+            task_manager=task_manager(self.cfg.paths.tasks_dir, [task]),
+            limit=self.cfg.eval.limit,
+            gen_kwargs={"max_gen_toks": int(self.cfg.eval.max_new_tokens)},
+            log_samples=True,
+            bootstrap_iters=int(self.cfg.eval.bootstrap_iters),
+            random_seed=self.cfg.eval.random_seed,
+            verbosity="ERROR",
         )
         samples = results["samples"][task]
         rows = sample_rows(samples)
-        lengths = [len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"])
-                   for row in rows if lm.stats["generated_tokens"]]
+        lengths = [
+            len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"])
+            for row in rows
+            if lm.stats["generated_tokens"]
+        ]
         return {"metrics": summarise(results["results"][task], samples, lm.stats, lengths), "samples": rows}
 
-    def evaluate_many(self, items: list["EvalItem"]) -> list[dict[str, Any]]:
+    def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:
         """One lm-eval evaluation per item, steering switched between them."""
         return [self.evaluate(item.model, item.lm_task, item.steering, item.how) for item in items]
 
@@ -100,8 +114,10 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
     for condition_name in cfg.eval.conditions:
         condition = CONDITIONS[str(condition_name)]
         if condition.vectors is not None and condition.vectors not in steering_sets:
-            skipped[condition.name] = {"skipped": "no Target-Unlocked activations for a native direction "
-                                                  "(checkpoint contrast needs eval.reference_model)"}
+            skipped[condition.name] = {
+                "skipped": "no Target-Unlocked activations for a native direction "
+                "(checkpoint contrast needs eval.reference_model)"
+            }
             continue
         model_cfg = cfg.eval.reference_model if condition.model == "reference" else cfg.target_model
         steering = steering_sets[condition.vectors] if condition.vectors is not None else None
@@ -114,8 +130,9 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
     return items, skipped
 
 
-def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]],
-                        output_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, dict[Any, bool]]]]:
+def evaluate_conditions(
+    cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]], output_dir: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, dict[Any, bool]]]]:
     """{condition: {task: metrics}} for every configured condition, and {condition: {task: {item:
     correct}}} for the paired comparisons; per-sample outputs go to output_dir. Each evaluation is its
     own cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in
@@ -128,10 +145,15 @@ def evaluate_conditions(cfg: DictConfig, cache: StageCache, models, steering_set
         groups.setdefault(fingerprint(model_identity(item.model)), []).append(item)
     for group in groups.values():
         results, _ = cache.get_or_compute_many(
-            "eval", [eval_spec(cfg, item) for item in group], ".json",
-            compute=lambda missing, group=group: [_computed(r) for r in evaluator.evaluate_many(
-                [group[i] for i in missing])],
-            save=save_json, load=load_json)
+            "eval",
+            [eval_spec(cfg, item) for item in group],
+            ".json",
+            compute=lambda missing, group=group: [
+                _computed(r) for r in evaluator.evaluate_many([group[i] for i in missing])
+            ],
+            save=save_json,
+            load=load_json,
+        )
         for item, result in zip(group, results, strict=True):
             out.setdefault(item.condition, {})[item.task] = {**result["metrics"], "lm_eval_task": item.lm_task}
             scored = item_outcomes(result["samples"])
@@ -146,11 +168,17 @@ def eval_spec(cfg: DictConfig, item: EvalItem) -> dict[str, Any]:
     """All that determines one evaluation (its cache key): the HF engine's keys are those it always had."""
     ev, how, steering = cfg.eval, item.how, item.steering
     spec = {
-        "model": model_identity(item.model), "task": item.lm_task, "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+        "model": model_identity(item.model),
+        "task": item.lm_task,
+        "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
         "checker": CHECKER,
-        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "seed": ev.random_seed,
-        "steering": None if steering is None else {
-            "vectors": steering.key, "alpha": how.alpha, "rule": how.rule, "positions": how.positions},
+        "limit": ev.limit,
+        "max_new_tokens": ev.max_new_tokens,
+        "batch_size": ev.batch_size,
+        "seed": ev.random_seed,
+        "steering": None
+        if steering is None
+        else {"vectors": steering.key, "alpha": how.alpha, "rule": how.rule, "positions": how.positions},
     }
     if ev.engine != "hf":
         spec["engine"] = str(ev.engine)

@@ -39,8 +39,10 @@ class VLLMEvaluator:
 
     def lm(self, model_cfg: Any) -> UnlockVLLM:
         path = model_checkpoint(model_cfg, self.cfg.paths.cache_dir)
-        args = {"dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype),
-                **OmegaConf.to_container(self.cfg.eval.vllm, resolve=True)}
+        args = {
+            "dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype),
+            **OmegaConf.to_container(self.cfg.eval.vllm, resolve=True),
+        }
         key = fingerprint({"path": path, **args})
         if key not in _ENGINE:
             _ENGINE.clear()
@@ -60,7 +62,8 @@ class VLLMEvaluator:
             else:
                 lm.add_steering(name, item.steering.value, item.how.alpha, item.how.rule, item.how.positions)
         base = task_manager(self.cfg.paths.tasks_dir, [i.lm_task for i in items]).load_task_or_group(
-            sorted({i.lm_task for i in items}))
+            sorted({i.lm_task for i in items})
+        )
         tagged = [_tagged(base[item.lm_task], name) for item, name in zip(items, names, strict=True)]
         together = [t for t in tagged if t.OUTPUT_TYPE == "generate_until"]
         results, steps = self._run(lm, together) if together else ({"results": {}, "samples": {}}, 0)
@@ -81,8 +84,15 @@ class VLLMEvaluator:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         ev = self.cfg.eval
         results = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, limit=ev.limit, gen_kwargs={"max_gen_toks": int(ev.max_new_tokens)},
-            log_samples=True, bootstrap_iters=int(ev.bootstrap_iters), random_seed=ev.random_seed, verbosity="ERROR")
+            model=lm,
+            tasks=tasks,
+            limit=ev.limit,
+            gen_kwargs={"max_gen_toks": int(ev.max_new_tokens)},
+            log_samples=True,
+            bootstrap_iters=int(ev.bootstrap_iters),
+            random_seed=ev.random_seed,
+            verbosity="ERROR",
+        )
         lm.use_steering(None)
         return {"results": dict(results["results"]), "samples": dict(results["samples"])}, lm.stats["forward_passes"]
 
@@ -90,10 +100,15 @@ class VLLMEvaluator:
         samples = results["samples"][name]
         rows = sample_rows(samples)
         generation = bool(samples) and isinstance((samples[0].get("filtered_resps") or [None])[0], str)
-        lengths = ([len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"]) for row in rows]
-                   if generation else [])
-        return {"metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths),
-                "samples": rows}
+        lengths = (
+            [len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"]) for row in rows]
+            if generation
+            else []
+        )
+        return {
+            "metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths),
+            "samples": rows,
+        }
 
 
 def _tagged(task: Any, name: str) -> Any:

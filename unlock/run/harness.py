@@ -45,19 +45,36 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     check_devices_present(cfg)
     session = Session(cfg)
     captures = capture_all(session, prompt_sets(cfg))
-    result = transfer(captures.source_unlocked, captures.source_locked, captures.target_locked, plan.pairs,
-                      map_settings(cfg), captures.held_out, session.step, progress=bool(cfg.progress))
+    result = transfer(
+        captures.source_unlocked,
+        captures.source_locked,
+        captures.target_locked,
+        plan.pairs,
+        map_settings(cfg),
+        captures.held_out,
+        session.step,
+        progress=bool(cfg.progress),
+    )
     sets = steering_sets(session, result, captures, plan)
     lenses = {name: session.lens(vectors) for name, vectors in sets.items()}
-    fidelity = (transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value,
-                                  seed=cfg.seed) if "native" in sets else {})
+    fidelity = (
+        transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value, seed=cfg.seed)
+        if "native" in sets
+        else {}
+    )
     conditions, outcomes = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
     session.models.release_all()
-    artifacts = export_steering(Path(output_dir), sets, cfg,
-                                block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir)))
+    artifacts = export_steering(
+        Path(output_dir), sets, cfg, block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir))
+    )
     atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
-    findings = {"artifacts": artifacts, "logit_lens": lenses, "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
-                "transfer_fidelity_summary": summarise_fidelity(fidelity),
-                "paired": comparisons(outcomes, paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task),
-                                      stats_settings(cfg))}
+    findings = {
+        "artifacts": artifacts,
+        "logit_lens": lenses,
+        "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
+        "transfer_fidelity_summary": summarise_fidelity(fidelity),
+        "paired": comparisons(
+            outcomes, paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task), stats_settings(cfg)
+        ),
+    }
     return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)

