@@ -22,8 +22,7 @@ def source_task(task: str, benchmark: str, source: str) -> str:
     if allowed is None:
         return task
     if benchmark not in allowed:
-        raise ValueError(
-            f"benchmark.source={source} has no items for benchmark {benchmark!r}; it covers: {', '.join(allowed)}"
-        )
+        raise ValueError(f"benchmark.source={source} has no items for benchmark {benchmark!r}; "
+                         f"it covers: {', '.join(allowed)}")
     direct = f"unlock_{benchmark}"
-    return f"{direct}_q25{task[len(direct) :]}"
+    return f"{direct}_q25{task[len(direct):]}"

@@ -14,8 +14,7 @@ never overlap (the reported test set is smaller than the paper's by the carved i
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable
 
 from unlock.tasks.answers import boxed_answer
 
@@ -71,11 +70,7 @@ def generic_fields(row: dict) -> dict[str, str]:
 def gsm8k_fields(row: dict) -> dict[str, str]:
     """GSM8K's answer is a worked solution ending in '#### <number>' (kept for in-context examples)."""
     solution, _, answer = row["answer"].rpartition("####")
-    return {
-        "question": row["question"].strip(),
-        "answer": answer.strip().replace(",", ""),
-        "solution": solution.strip(),
-    }
+    return {"question": row["question"].strip(), "answer": answer.strip().replace(",", ""), "solution": solution.strip()}
 
 
 def math_fields(row: dict) -> dict[str, str]:
@@ -84,11 +79,8 @@ def math_fields(row: dict) -> dict[str, str]:
     answer = boxed_answer(solution)  # \\boxed{...}, or the brace-less \\boxed 2 of two train rows
     if not answer:
         raise NoAnswer(f"solution without a \\boxed answer: {solution[:80]!r}")
-    return {
-        "question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(),
-        "answer": answer.strip(),
-        "solution": solution.strip(),
-    }
+    return {"question": str(_first_field(row, _QUESTION_FIELDS, "question")).strip(), "answer": answer.strip(),
+            "solution": solution.strip()}
 
 
 def svamp_fields(row: dict) -> dict[str, str]:
@@ -109,10 +101,7 @@ def agieval_fields(row: dict) -> dict[str, str]:
 
 
 FIELDS: dict[str, Callable[[dict], dict[str, str]]] = {
-    "generic": generic_fields,
-    "gsm8k": gsm8k_fields,
-    "math": math_fields,
-    "svamp": svamp_fields,
+    "generic": generic_fields, "gsm8k": gsm8k_fields, "math": math_fields, "svamp": svamp_fields,
     "agieval": agieval_fields,
 }
 
@@ -131,32 +120,20 @@ def carve(n_items: int, sizes: list[int], seed: int = SPLIT_SEED) -> list[list[i
     return parts
 
 
-def split_rows(
-    train: list[dict] | None, test: list[dict], carve_train: int, carve_validation: int, seed: int = SPLIT_SEED
-) -> dict[str, list[dict]]:
+def split_rows(train: list[dict] | None, test: list[dict], carve_train: int, carve_validation: int,
+               seed: int = SPLIT_SEED) -> dict[str, list[dict]]:
     """train / validation / test rows, never overlapping (see the module docstring)."""
     if train is not None:
         validation_ids, train_ids = carve(len(train), [carve_validation], seed)
         return {"train": [train[i] for i in train_ids], "validation": [train[i] for i in validation_ids], "test": test}
     train_ids, validation_ids, test_ids = carve(len(test), [carve_train, carve_validation], seed)
-    return {
-        "train": [test[i] for i in train_ids],
-        "validation": [test[i] for i in validation_ids],
-        "test": [test[i] for i in test_ids],
-    }
+    return {"train": [test[i] for i in train_ids], "validation": [test[i] for i in validation_ids],
+            "test": [test[i] for i in test_ids]}
 
 
-def load_hub_splits(
-    path: str,
-    fields: str = "generic",
-    configs: list[str | None] | None = None,
-    train_split: str | None = None,
-    test_split: str = "test",
-    carve_train: int = 0,
-    carve_validation: int = 100,
-    data_files: str | None = None,
-    **_metadata,
-):
+def load_hub_splits(path: str, fields: str = "generic", configs: list[str | None] | None = None,
+                    train_split: str | None = None, test_split: str = "test", carve_train: int = 0,
+                    carve_validation: int = 100, data_files: str | None = None, **_metadata):
     """A DatasetDict with disjoint train/validation/test splits of a hub benchmark (needs network).
     With ``data_files`` (path ``json``), a JSONL file by URL through datasets' json builder (the
     benchmark.source=qwen25_math item sets)."""

@@ -27,36 +27,25 @@ def _word_problem(rng: random.Random) -> tuple[str, int, str]:
     kind = rng.choice(["add", "sub", "mul", "two_step", "share"])
     a, b = rng.randint(2, 40), rng.randint(2, 30)
     if kind == "add":
-        return (
-            f"{name} has {a} {item}. {other} gives {name} {b} more {item}. How many {item} does {name} have now?",
-            a + b,
-            f"{name} starts with {a} {item} and gets {b} more: {a} + {b} = {a + b}.",
-        )
+        return (f"{name} has {a} {item}. {other} gives {name} {b} more {item}. How many {item} does {name} have now?",
+                a + b, f"{name} starts with {a} {item} and gets {b} more: {a} + {b} = {a + b}.")
     if kind == "sub":
         a = a + b
-        return (
-            f"{name} has {a} {item} and gives {b} of them to {other}. How many {item} does {name} have left?",
-            a - b,
-            f"{name} starts with {a} {item} and gives away {b}: {a} - {b} = {a - b}.",
-        )
+        return (f"{name} has {a} {item} and gives {b} of them to {other}. How many {item} does {name} have left?",
+                a - b, f"{name} starts with {a} {item} and gives away {b}: {a} - {b} = {a - b}.")
     if kind == "mul":
         a, b = rng.randint(2, 9), rng.randint(2, 12)
-        return (
-            f"{name} buys {a} boxes with {b} {item} in each box. How many {item} does {name} buy?",
-            a * b,
-            f"{a} boxes with {b} {item} in each box: {a} x {b} = {a * b}.",
-        )
+        return (f"{name} buys {a} boxes with {b} {item} in each box. How many {item} does {name} buy?", a * b,
+                f"{a} boxes with {b} {item} in each box: {a} x {b} = {a * b}.")
     if kind == "share":
         b = rng.randint(2, 6)
         a = b * rng.randint(2, 12)
-        return (
-            f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
-            a // b,
-            f"{a} {item} shared equally among {b} friends: {a} / {b} = {a // b}.",
-        )
+        return (f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?",
+                a // b, f"{a} {item} shared equally among {b} friends: {a} / {b} = {a // b}.")
     c = rng.randint(1, min(a + b, 20))
     return (
-        f"{name} has {a} {item}, buys {b} more, and then gives {c} to {other}. How many {item} does {name} have now?",
+        f"{name} has {a} {item}, buys {b} more, and then gives {c} to {other}. "
+        f"How many {item} does {name} have now?",
         a + b - c,
         f"{name} has {a} + {b} = {a + b} {item}, then gives away {c}: {a + b} - {c} = {a + b - c}.",
     )
@@ -103,10 +92,8 @@ def main() -> None:
     for split, rows in problems.items():
         write_jsonl(
             DATA_DIR / f"arith_{split}.jsonl",
-            [
-                {"id": f"arith-{split}-{i}", "question": q, "answer": str(a), "solution": s}
-                for i, (q, a, s) in enumerate(rows)
-            ],
+            [{"id": f"arith-{split}-{i}", "question": q, "answer": str(a), "solution": s}
+             for i, (q, a, s) in enumerate(rows)],
         )
     mc = _split(_distinct(rng, _mc_question, total))
     for split, rows in mc.items():
