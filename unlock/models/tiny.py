@@ -31,8 +31,6 @@ _CORPUS_TEMPLATES = (
     "Q: A farmer has {a} apples and buys {b} more. How many apples does he have? A: {c}",
 )
 
-TINY_FAMILIES = ("llama", "qwen2", "gemma3", "gpt2")
-
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer_json(vocab_size: int) -> str:
@@ -70,48 +68,42 @@ def tiny_tokenizer(vocab_size: int = 384, padding_side: str = "left") -> PreTrai
     return tokenizer
 
 
+def _decoder(config_class: type, kv_heads: int, **extra: Any):
+    """A Llama-shaped decoder family: its config from the shared sizes plus the family's own keys."""
+
+    def make(hidden_size: int, num_layers: int, heads: int, common: dict[str, Any]):
+        return config_class(
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=512,
+            **{k: v(hidden_size, heads) if callable(v) else v for k, v in extra.items()},
+            **common,
+        )
+
+    return make
+
+
+# family -> its config from (hidden_size, num_layers, heads, common token ids); a new family is one row.
+FAMILY_CONFIGS: dict[str, Any] = {
+    "llama": _decoder(LlamaConfig, 2, tie_word_embeddings=False),
+    "qwen2": _decoder(Qwen2Config, 2, tie_word_embeddings=True),
+    "gemma3": _decoder(Gemma3TextConfig, 1, head_dim=lambda hidden, heads: hidden // heads, sliding_window=16),
+    "gpt2": lambda hidden_size, num_layers, heads, common: GPT2Config(
+        n_embd=hidden_size, n_layer=num_layers, n_head=heads, n_positions=512, **common
+    ),
+}
+TINY_FAMILIES = tuple(FAMILY_CONFIGS)
+
+
 def tiny_config(family: str, hidden_size: int = 64, num_layers: int = 4, vocab_size: int = 384, **overrides: Any):
     """A transformers config for a random model of the given family, small enough for CPU tests."""
-    heads = 4
-    common: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    if family == "llama":
-        config = LlamaConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-            **common,
-        )
-    elif family == "qwen2":
-        config = Qwen2Config(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            **common,
-        )
-    elif family == "gemma3":
-        config = Gemma3TextConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            num_key_value_heads=1,
-            head_dim=hidden_size // heads,
-            max_position_embeddings=512,
-            sliding_window=16,
-            **common,
-        )
-    elif family == "gpt2":
-        config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=heads, n_positions=512, **common)
-    else:
+    if family not in FAMILY_CONFIGS:
         raise ValueError(f"unknown tiny model family {family!r}; allowed: {', '.join(TINY_FAMILIES)}")
+    common: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = FAMILY_CONFIGS[family](hidden_size, num_layers, 4, common)
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
