@@ -213,3 +213,27 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_each_setting_has_one_default_and_the_main_job_uses_it():
+    """The schema's defaults are the settings objects' (SteeringSettings, CaptureSettings, EvalSettings,
+    MapSettings' solver options), and no group option or the main-job overlay restates them."""
+    from unlock.method.capture import CaptureSettings
+    from unlock.method.steer import SteeringSettings
+    from unlock.run.config import capture_settings, eval_settings, map_settings, steering_settings
+
+    cfg = compose_run([])
+    assert steering_settings(cfg) == SteeringSettings()
+    assert capture_settings(cfg) == CaptureSettings()
+    settings = eval_settings(cfg)
+    assert (settings.batch_size, settings.random_seed, settings.bootstrap_iters) == (16, 0, 0)
+    assert map_settings(cfg).spec() == {"rank": 16, "method": "unlock", "centre": False}
+    restating = {
+        "alpha/default.yaml": ("value", "rule", "positions"),
+        "rank/default.yaml": ("value",),
+        "capability/cot.yaml": ("n_prompts", "position", "batch_size", "aggregation"),
+        "experiment/cot_smollm2_to_gemma3.yaml": ("alpha", "rank", "capability"),
+    }
+    for name, keys in restating.items():
+        loaded = OmegaConf.load(CONF / name) or {}
+        assert not set(keys) & set(loaded), f"{name} restates {set(keys) & set(loaded)}"

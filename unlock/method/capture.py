@@ -24,6 +24,25 @@ POSITION_RULES = ("last", "mean", "all")
 PADDING_SIDES = ("left", "right")
 
 
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How activations are read (config group ``capability``): the one default of each. ``last`` is the
+    paper's position; prompts are left-padded so every row's last token is in the final column."""
+
+    position: str = "last"
+    batch_size: int = 16
+    max_length: int | None = None
+    padding_side: str = "left"
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITION_RULES:
+            raise ValueError(f"unknown position rule {self.position!r}; allowed: {', '.join(POSITION_RULES)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size} is out of range: must be >= 1")
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side {self.padding_side!r} is not allowed; allowed: {', '.join(PADDING_SIDES)}")
+
+
 class _StopForward(Exception):
     """Raised from the deepest hook to skip blocks nobody reads."""
 
@@ -117,10 +136,10 @@ def capture_activations(
     tokenizer,
     prompts: Sequence[str],
     layers: Sequence[int] | None = None,
-    position: str = "last",
-    batch_size: int = 16,
-    padding_side: str = "left",
-    max_length: int | None = None,
+    position: str = CaptureSettings.position,
+    batch_size: int = CaptureSettings.batch_size,
+    padding_side: str = CaptureSettings.padding_side,
+    max_length: int | None = CaptureSettings.max_length,
     progress: bool | str = True,
 ) -> Activations:
     """Residual-stream activations after the given decoder blocks (default: all) for each prompt.

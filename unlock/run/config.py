@@ -24,14 +24,14 @@ from omegaconf import MISSING, OmegaConf
 from unlock.analysis.paired import PowerSettings
 from unlock.analysis.paper import paper_numbers
 from unlock.method.align import SOLVERS, solver_options
-from unlock.method.capture import POSITION_RULES
+from unlock.method.capture import POSITION_RULES, CaptureSettings
 from unlock.method.extract import AGGREGATIONS
 from unlock.method.pipeline import MapSettings
 from unlock.method.steer import POSITION_RULES as STEER_POSITION_RULES
 from unlock.method.steer import STEER_RULES, SteeringSettings
 from unlock.models.loading import DTYPES, SOURCES
 from unlock.run.conditions import CONDITIONS
-from unlock.run.engines import ENGINES
+from unlock.run.engines import ENGINES, EvalSettings
 from unlock.run.track import OBJECTIVES
 from unlock.store.artifacts import STORAGE_DTYPES
 from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
@@ -96,10 +96,10 @@ class CapabilityConfig:
     n_prompts: int = 32  # N: paper grid 4..512
     n_heldout: int = 16  # more train items, disjoint from the N, for held-out fit quality
     aggregation: Aggregation = Aggregation.mean
-    position: ExtractionPosition = ExtractionPosition.last
+    position: ExtractionPosition = ExtractionPosition(CaptureSettings.position)
     seed: int = 0
-    batch_size: int = 16
-    max_length: int | None = None
+    batch_size: int = CaptureSettings.batch_size
+    max_length: int | None = CaptureSettings.max_length
     n_shots: int = 0  # worked examples before each Unlocked prompt (capability=icl; paper: 8 GSM8K, 5 MATH)
     # On-disk precision of captured activations: bfloat16 halves the cache for big pairs (a 14B pair
     # at N=512 stores ~1 GB per capture in float32) and keeps float32's range, which float16 (max 65504)
@@ -159,18 +159,18 @@ class EvalConfig:
     # Unlocked task is used for its Locked one without being listed here).
     prompt_tasks: dict[str, str] = field(default_factory=dict)
     split: Split = Split.test  # test, or validation (tasks named <task>_val) when choosing hyper-parameters
-    limit: int | None = None
-    batch_size: int = 16
-    max_new_tokens: int = 512
+    limit: int | None = EvalSettings.limit
+    batch_size: int = EvalSettings.batch_size
+    max_new_tokens: int = EvalSettings.max_new_tokens
     conditions: list[ConditionName] = field(
         default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"]
     )
     reference_model: ModelConfig | None = None
-    random_seed: int = 0
-    bootstrap_iters: int = 0
+    random_seed: int = EvalSettings.random_seed
+    bootstrap_iters: int = EvalSettings.bootstrap_iters
     # hf: lm-eval's HFLM + Steering, one condition at a time; vllm: every condition of a run in one
     # vLLM engine pass (unlock_vllm), with vLLM's own engine args below (max_model_len, ...).
-    engine: Engine = Engine.hf
+    engine: Engine = Engine(EvalSettings.engine)
     vllm: dict[str, Any] = field(default_factory=dict)
 
 
@@ -339,6 +339,29 @@ def map_settings(cfg: Any) -> MapSettings:
         aggregation=str(cfg.capability.aggregation),
         options=dict(cfg.rank.options),
     )
+
+
+def eval_settings(cfg: Any) -> EvalSettings:
+    """How the evaluators evaluate: config group ``eval`` plus the tasks and cache folders."""
+    ev = cfg.eval
+    vllm = OmegaConf.to_container(ev.vllm, resolve=True) if OmegaConf.is_config(ev.vllm) else dict(ev.vllm)
+    return EvalSettings(
+        tasks_dir=str(cfg.paths.tasks_dir),
+        cache_dir=str(cfg.paths.cache_dir),
+        limit=ev.limit,
+        max_new_tokens=int(ev.max_new_tokens),
+        batch_size=int(ev.batch_size),
+        random_seed=int(ev.random_seed),
+        bootstrap_iters=int(ev.bootstrap_iters),
+        engine=str(ev.engine),
+        vllm=vllm,
+    )
+
+
+def capture_settings(cfg: Any) -> CaptureSettings:
+    """How activations are captured: config group ``capability``'s position, batch size and length."""
+    cap = cfg.capability
+    return CaptureSettings(position=str(cap.position), batch_size=int(cap.batch_size), max_length=cap.max_length)
 
 
 def steering_settings(cfg: Any) -> SteeringSettings:

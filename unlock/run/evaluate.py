@@ -24,8 +24,8 @@ from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
 from unlock.models.loading import model_identity
 from unlock.run.conditions import CONDITIONS
-from unlock.run.config import prompt_task, steering_settings
-from unlock.run.engines import evaluator
+from unlock.run.config import eval_settings, prompt_task, steering_settings
+from unlock.run.engines import EvalSettings, evaluator
 from unlock.run.scores import EvalItem, sample_rows, summarise
 from unlock.store.artifacts import atomic_write_bytes
 from unlock.store.cache import StageCache, fingerprint, load_json, save_json
@@ -52,8 +52,8 @@ def eval_task_name(task: str, split: str) -> str:
 class Evaluator:
     """One lm-eval model object for the loaded model; steering is switched per condition."""
 
-    def __init__(self, cfg: DictConfig, models) -> None:
-        self.cfg, self.models = cfg, models
+    def __init__(self, settings: EvalSettings, models) -> None:
+        self.settings, self.models = settings, models
         self._lm: Any = None
 
     def lm(self, model_cfg: Any):
@@ -64,7 +64,7 @@ class Evaluator:
             self._lm = UnlockLM(
                 pretrained=loaded.model,
                 tokenizer=loaded.tokenizer,
-                batch_size=self.cfg.eval.batch_size,
+                batch_size=self.settings.batch_size,
                 device=str(model_cfg.device),
                 track_entropy=True,
             )
@@ -85,12 +85,12 @@ class Evaluator:
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=[task],
-            task_manager=task_manager(self.cfg.paths.tasks_dir, [task]),
-            limit=self.cfg.eval.limit,
-            gen_kwargs={"max_gen_toks": int(self.cfg.eval.max_new_tokens)},
+            task_manager=task_manager(self.settings.tasks_dir, [task]),
+            limit=self.settings.limit,
+            gen_kwargs={"max_gen_toks": int(self.settings.max_new_tokens)},
             log_samples=True,
-            bootstrap_iters=int(self.cfg.eval.bootstrap_iters),
-            random_seed=self.cfg.eval.random_seed,
+            bootstrap_iters=int(self.settings.bootstrap_iters),
+            random_seed=self.settings.random_seed,
             verbosity="ERROR",
         )
         samples = results["samples"][task]
@@ -139,14 +139,15 @@ def evaluate_conditions(
     one engine pass)."""
     items, out = plan_items(cfg, steering_sets)
     outcomes: dict[str, dict[str, dict[Any, bool]]] = {}
-    evaluator = engine(cfg, models)
+    settings = eval_settings(cfg)
+    evaluator = engine(settings, models)
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
         groups.setdefault(fingerprint(model_identity(item.model)), []).append(item)
     for group in groups.values():
         results, _ = cache.get_or_compute_many(
             "eval",
-            [eval_spec(cfg, item) for item in group],
+            [eval_spec(settings, item) for item in group],
             ".json",
             compute=lambda missing, group=group: [
                 _computed(r) for r in evaluator.evaluate_many([group[i] for i in missing])
@@ -164,13 +165,13 @@ def evaluate_conditions(
     return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, outcomes
 
 
-def eval_spec(cfg: DictConfig, item: EvalItem) -> dict[str, Any]:
+def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
     """All that determines one evaluation (its cache key): the HF engine's keys are those it always had."""
-    ev, how, steering = cfg.eval, item.how, item.steering
+    how, steering = item.how, item.steering
     spec = {
         "model": model_identity(item.model),
         "task": item.lm_task,
-        "task_files": tasks_fingerprint(cfg.paths.tasks_dir),
+        "task_files": tasks_fingerprint(ev.tasks_dir),
         "checker": CHECKER,
         "limit": ev.limit,
         "max_new_tokens": ev.max_new_tokens,
@@ -185,9 +186,9 @@ def eval_spec(cfg: DictConfig, item: EvalItem) -> dict[str, Any]:
     return spec
 
 
-def engine(cfg: DictConfig, models) -> Any:
+def engine(settings: EvalSettings, models) -> Any:
     """The evaluator of eval.engine (unlock.run.engines.ENGINES)."""
-    return evaluator(str(cfg.eval.engine), cfg, models)
+    return evaluator(settings.engine, settings, models)
 
 
 def _computed(result: dict[str, Any]) -> tuple[dict[str, Any], int]:

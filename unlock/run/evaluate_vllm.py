@@ -20,11 +20,11 @@ import time
 from typing import Any
 
 import lm_eval
-from omegaconf import DictConfig, OmegaConf
 
 from unlock.lm_eval.prompts import task_manager
 from unlock.lm_eval.vllm_model import CONDITION_KEY, UnlockVLLM
 from unlock.models.loading import model_checkpoint
+from unlock.run.engines import EvalSettings
 from unlock.run.scores import EvalItem, sample_rows, summarise
 from unlock.store.cache import fingerprint
 
@@ -34,15 +34,12 @@ _ENGINE: dict[str, UnlockVLLM] = {}  # at most one, by what determines it
 class VLLMEvaluator:
     """Evaluates items of one model together on a vLLM engine with per-request steering."""
 
-    def __init__(self, cfg: DictConfig, models) -> None:
-        self.cfg, self.models = cfg, models
+    def __init__(self, settings: EvalSettings, models) -> None:
+        self.settings, self.models = settings, models
 
     def lm(self, model_cfg: Any) -> UnlockVLLM:
-        path = model_checkpoint(model_cfg, self.cfg.paths.cache_dir)
-        args = {
-            "dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype),
-            **OmegaConf.to_container(self.cfg.eval.vllm, resolve=True),
-        }
+        path = model_checkpoint(model_cfg, self.settings.cache_dir)
+        args = {"dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype), **self.settings.vllm}
         key = fingerprint({"path": path, **args})
         if key not in _ENGINE:
             _ENGINE.clear()
@@ -61,7 +58,7 @@ class VLLMEvaluator:
                 lm.add_steering(name, None)
             else:
                 lm.add_steering(name, item.steering.value, item.how.alpha, item.how.rule, item.how.positions)
-        base = task_manager(self.cfg.paths.tasks_dir, [i.lm_task for i in items]).load_task_or_group(
+        base = task_manager(self.settings.tasks_dir, [i.lm_task for i in items]).load_task_or_group(
             sorted({i.lm_task for i in items})
         )
         tagged = [_tagged(base[item.lm_task], name) for item, name in zip(items, names, strict=True)]
@@ -82,7 +79,7 @@ class VLLMEvaluator:
         lm.use_steering(default)
         lm.reset_stats()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
-        ev = self.cfg.eval
+        ev = self.settings
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=tasks,

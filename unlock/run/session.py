@@ -26,6 +26,7 @@ from unlock.models.loading import (
     load_model,
     model_identity,
 )
+from unlock.run.config import capture_settings
 from unlock.run.plan import Plan
 from unlock.store.artifacts import (
     load_activations,
@@ -139,18 +140,18 @@ class Session:
         return Cached(value, key)
 
     def capture(self, model_cfg: Any, prompts: list[str], label: str) -> Cached[Activations]:
-        cap = self.cfg.capability
+        how, storage = capture_settings(self.cfg), str(self.cfg.capability.activation_storage)
         spec = {
             "model": model_identity(model_cfg),
             "prompts": fingerprint(prompts, 32),
             "n": len(prompts),
-            "position": cap.position,
-            "padding_side": "left",
-            "max_length": cap.max_length,
+            "position": how.position,
+            "padding_side": how.padding_side,
+            "max_length": how.max_length,
             "layers": "all",
         }
-        if cap.activation_storage != "float32":  # float32 storage keeps the keys it always had
-            spec["storage"] = cap.activation_storage
+        if storage != "float32":  # float32 storage keeps the keys it always had
+            spec["storage"] = storage
 
         def compute() -> Activations:
             loaded = self.models.get(model_cfg)
@@ -158,9 +159,10 @@ class Session:
                 loaded.model,
                 loaded.tokenizer,
                 prompts,
-                position=cap.position,
-                batch_size=cap.batch_size,
-                max_length=cap.max_length,
+                position=how.position,
+                batch_size=how.batch_size,
+                padding_side=how.padding_side,
+                max_length=how.max_length,
                 progress=f"capture {label}" if self.cfg.progress else False,
             )
 
