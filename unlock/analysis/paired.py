@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from unlock.run.conditions import BASELINE, CONDITIONS
+from unlock.run.scores import wilson_interval
 
 Z95 = NormalDist().inv_cdf(0.975)
 LEVEL = 0.05  # the tests' level, matching the 95% intervals
@@ -65,21 +66,21 @@ def baselines(condition: str) -> list[str]:
     return out + ([CONTROL] if steered and condition != CONTROL else [])
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a proportion."""
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
+def effect_for(
+    gains: Mapping[tuple[str, str, str], float], key: tuple[str, str, str], settings: PowerSettings
+) -> tuple[float, str]:
+    """The effect a comparison (condition, task, baseline) should detect and where it comes from: the
+    paper's gain (its size) where the paper reports a non-zero one, else ``settings.effect``."""
+    paper = gains.get(key)
+    return (abs(paper), "paper") if paper else (settings.effect, "default")
 
 
 def newcombe_interval(both: int, wins: int, losses: int, neither: int, z: float = Z95) -> tuple[float, float]:
     """95% interval for p_condition - p_baseline from the paired 2x2 table (Newcombe 1998, method 10)."""
     n = both + wins + losses + neither
     p1, p2 = (both + wins) / n, (both + losses) / n
-    l1, u1 = wilson(both + wins, n, z)
-    l2, u2 = wilson(both + losses, n, z)
+    l1, u1 = wilson_interval(both + wins, n, z)
+    l2, u2 = wilson_interval(both + losses, n, z)
     margins = (both + wins) * (losses + neither) * (both + losses) * (wins + neither)
     phi = 0.0
     if margins:
@@ -185,10 +186,9 @@ def comparisons(
             for baseline in baselines(condition):
                 if task not in outcomes.get(baseline, {}):
                     continue
-                paper = effects.get((condition, task, baseline))
-                effect = abs(paper) if paper else settings.effect
+                effect, source = effect_for(effects, (condition, task, baseline), settings)
                 result = compare(items, outcomes[baseline][task], effect, settings)
-                result["effect_from"] = "paper" if paper else "default"
+                result["effect_from"] = source
                 out.setdefault(condition, {}).setdefault(task, {})[baseline] = result
     return out
 
@@ -200,7 +200,7 @@ def item_outcomes(rows: list[Mapping[str, Any]]) -> dict[Hashable, bool] | None:
     for index, row in enumerate(rows):
         acc = row.get("acc")
         if isinstance(acc, bool) or acc in (0, 1):
-            out[row.get("doc_id", index) if row.get("doc_id") is not None else index] = bool(acc)
+            out[index if row.get("doc_id") is None else row["doc_id"]] = bool(acc)
         else:
             return None
     return out
@@ -208,7 +208,12 @@ def item_outcomes(rows: list[Mapping[str, Any]]) -> dict[Hashable, bool] | None:
 
 def excludes_zero(result: Mapping[str, Any]) -> bool:
     low, high = result.get("diff_ci95") or (0.0, 0.0)
-    return low > 0 or high < 0
+    return interval_excludes_zero(low, high)
+
+
+def interval_excludes_zero(low: float | None, high: float | None) -> bool:
+    """Whether a 95% interval lies wholly above or below 0 (a missing end counts as 0)."""
+    return (low or 0.0) > 0 or (high or 0.0) < 0
 
 
 def cell(result: Mapping[str, Any] | None) -> str:

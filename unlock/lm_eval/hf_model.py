@@ -27,7 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from unlock.method.steer import (
-    STEER_POSITIONS,
+    POSITION_RULES,
     STEER_RULES,
     Steering,
     SteeringSettings,
@@ -76,7 +76,7 @@ def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
 _PARSERS = {
     "alpha": parse_alpha,
     "rule": lambda value: _choice(value, "rule", STEER_RULES),
-    "positions": lambda value: _choice(value, "positions", STEER_POSITIONS),
+    "positions": lambda value: _choice(value, "positions", tuple(POSITION_RULES)),
     "layers": parse_layers,
 }
 

@@ -122,14 +122,14 @@ def _ridge_map(xs: torch.Tensor, xt: torch.Tensor, k: int, ridge: float = 1e-2) 
 # A new alignment method is one solver here: the config's rank.method choices, its options (rank.options,
 # checked against the solver's keyword parameters) and the align cache key follow from this table.
 SOLVERS: dict[str, Solver] = {"unlock": _unlock_map, "ridge": _ridge_map, "procrustes": _procrustes_map}
-METHODS = tuple(SOLVERS)
+METHODS = tuple(SOLVERS)  # the built-in methods; checks read SOLVERS itself, so later rows count too
 
 
 def solver_options(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A solver's options with its defaults filled in; an unknown method or option is named with the
     allowed ones."""
     if method not in SOLVERS:
-        raise ValueError(f"unknown alignment method {method!r}; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"unknown alignment method {method!r}; allowed: {', '.join(SOLVERS)}")
     defaults = {
         name: p.default
         for name, p in inspect.signature(SOLVERS[method]).parameters.items()

@@ -55,7 +55,7 @@ POSITION_RULES: dict[str, PositionRule] = {
     "generated": PositionRule(before=False, last=False, after=True),
     "all": PositionRule(before=True, last=True, after=True),
 }
-STEER_POSITIONS = tuple(POSITION_RULES)
+STEER_POSITIONS = tuple(POSITION_RULES)  # the built-in modes; checks read POSITION_RULES itself
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
     """Every (condition, task) the config asks for (conditions.CONDITIONS says which model, prompt and
     steering set each uses), and the conditions skipped with the reason."""
     items, skipped = [], {}
+    how = steering_settings(cfg)
     for condition_name in cfg.eval.conditions:
         condition = CONDITIONS[str(condition_name)]
         if condition.vectors is not None and condition.vectors not in steering_sets:
@@ -121,7 +122,6 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
             continue
         model_cfg = cfg.eval.reference_model if condition.model == "reference" else cfg.target_model
         steering = steering_sets[condition.vectors] if condition.vectors is not None else None
-        how = steering_settings(cfg)
         if steering is not None and how.alpha == 0.0:
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
         for task in cfg.eval.tasks:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from unlock.analysis.paired import baselines, items_needed, power_at
+from unlock.analysis.paired import baselines, effect_for, items_needed, power_at
 from unlock.analysis.paper import paper_gains
 from unlock.lm_eval.prompts import load_task
 from unlock.method.align import pair_layers
@@ -125,12 +125,11 @@ def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
     out = {}
     for condition in conditions:
         for baseline in (b for b in baselines(condition) if b in conditions):
-            paper = gains.get((condition, task, baseline))
-            effect = abs(paper) if paper else stats.effect
+            effect, source = effect_for(gains, (condition, task, baseline), stats)
             out[f"{condition} vs {baseline}"] = {
                 "n": n,
                 "effect": effect,
-                "effect_from": "paper" if paper else "default",
+                "effect_from": source,
                 "power": power_at(n, effect, stats.discordance),
                 "items_needed": items_needed(effect, stats.discordance, stats.power),
             }

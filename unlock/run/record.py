@@ -74,7 +74,7 @@ def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
         "rank": cfg.rank.value,
         "rank_effective": plan.rank_effective,
         "method": cfg.rank.method,
-        **{key: value for key, value in asdict(steering_settings(cfg)).items()},
+        **asdict(steering_settings(cfg)),
         "layer_mode": cfg.layer.mode,
         "n_steered_layers": len(plan.pairs),
         "split": cfg.eval.split,

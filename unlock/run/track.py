@@ -26,7 +26,7 @@ from rich.table import Table
 
 from unlock.analysis.fidelity import verdict
 from unlock.analysis.generations import write as write_generations
-from unlock.analysis.paired import CONTROL, excludes_zero
+from unlock.analysis.paired import CONTROL, excludes_zero, interval_excludes_zero
 from unlock.analysis.paired import cell as paired_cell
 from unlock.analysis.plots import pyplot, rank_n_heatmap, save_figure
 from unlock.run.conditions import BASELINE
@@ -293,7 +293,7 @@ PAIRED_COLUMNS = (
 def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
     """The run's per-layer fit and fidelity and its paired comparisons as W&B tables."""
     tables = {}
-    by_layer = lambda items: sorted(items, key=lambda kv: int(kv[0]))  # noqa: E731
+    by_layer = lambda items: sorted(items, key=lambda kv: int(kv[0]))
     quality = record.get("fit_quality", {})
     if quality:
         columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
@@ -549,7 +549,7 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
     clear = [
         row["job"]
         for row in candidates
-        if (row.get("vs_unsteered_ci_low") or 0) > 0 or (row.get("vs_unsteered_ci_high") or 0) < 0
+        if interval_excludes_zero(row.get("vs_unsteered_ci_low"), row.get("vs_unsteered_ci_high"))
     ]
     return {
         "objective": objective,
