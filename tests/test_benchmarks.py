@@ -294,7 +294,7 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     """The planned items are the split's, cut by eval.limit; the effect is stats.effect where the paper
     reports none, its gain where it does (qwen15 7B -> 14B, GSM8K: 74.2 - 15.9 points)."""
     from tests.helpers import compose_run
-    from unlock.analysis.paired import items_needed, power_at
+    from unlock.analysis.stats import items_needed, power_at
     from unlock.run.harness import run
     from unlock.run.plan import planned_power
 
@@ -306,7 +306,11 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     )
     plan = record["power"]["unlock vs unsteered"]
     assert (plan["n"], plan["effect"], plan["effect_from"]) == (100, 0.2, "default")
-    assert plan["power"] == pytest.approx(power_at(100, 0.2, 0.2)) and plan["items_needed"] == items_needed(0.2, 0.2)
+    # unlock's comparisons decide the verdict: the one-sided exact test at 5%, the power of that test
+    assert plan["power"] == pytest.approx(power_at(100, 0.2, 0.2, 0.05, 1))
+    assert plan["items_needed"] == items_needed(0.2, 0.2, 0.8, 0.05, 1)
+    other = record["power"]["native vs unsteered"]  # a Holm-family member: two-sided at 0.05 / m
+    assert other["power"] == pytest.approx(power_at(100, 0.2, 0.2, 0.05 / other["family_size"], 2))
     assert set(record["power"]) == {
         "unlock vs unsteered",
         "unlock vs random",
@@ -314,6 +318,9 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
         "native vs unsteered",
         "native vs random",
         "random vs unsteered",
+        "unlock vs reversed",
+        "reversed vs unsteered",
+        "reversed vs random",
     }
     assert "power of the paired tests on 100 test items" in capsys.readouterr().out
     paper = compose_run(["experiment=paper/cot_qwen15_7b_to_14b", "benchmark=gsm8k", f"paths.cache_dir={tmp_path}"])

@@ -221,13 +221,15 @@ def test_concurrent_runs_of_one_config_share_their_work(tmp_path):
 
 @pytest.mark.slow
 def test_a_concurrent_alpha_sweep_computes_the_alpha_free_stages_once(tmp_path):
+    from unlock.run.conditions import steered as steered_conditions
+
     alphas = ["0.05", "0.1", "0.2"]
     records = _concurrent([[*TINY, f"alpha.value={a}"] for a in alphas], tmp_path)
     single = run(compose_run([*TINY, f"paths.cache_dir={tmp_path / 'alone'}"]), tmp_path / "alone_out")
     for stage in ("capture", "extract", "align", "vectors", "lens"):
         computed = sum(r["stages"][stage]["misses"] for r in records)
         assert computed == single["stages"][stage]["misses"], (stage, [r["stages"][stage] for r in records])
-    steered = {"unlock", "native", "random"}
+    steered = set(steered_conditions())
     expected_evals = (len(single["conditions"]) - len(steered)) + len(steered) * len(alphas)
     assert sum(r["stages"]["eval"]["misses"] for r in records) == expected_evals
     by_alpha = {r["settings"]["alpha"]: r for r in records}

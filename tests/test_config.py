@@ -147,7 +147,7 @@ def test_plain_run_is_the_main_job_and_equals_its_overlay():
 
 # Every typed choice of the schema: (key, a bad value, the allowed values the error must name).
 CHOICES = [
-    ("source_model.kind", ["hf", "tiny", "gguf_package"]),
+    ("source_model.kind", ["hf", "tiny", "gguf_package", "planted"]),
     ("target_model.dtype", ["float32", "bfloat16", "float16", "auto"]),
     ("capability.contrast", ["prompt", "checkpoint"]),
     ("capability.aggregation", ["mean", "pca"]),
@@ -177,7 +177,9 @@ def test_a_bad_choice_fails_at_compose_naming_the_allowed_values(key, allowed):
 def test_a_bad_condition_fails_at_compose():
     with pytest.raises(ConfigCompositionException) as info:
         compose_run(["eval.conditions=[unsteered,bogus]"])
-    assert "expected one of [unsteered, unlock, prompting, native, random, reference]" in str(info.value.__cause__)
+    assert "expected one of [unsteered, unlock, prompting, native, random, reversed, reference]" in str(
+        info.value.__cause__
+    )
 
 
 def test_a_new_row_in_a_method_table_is_a_config_choice_with_its_own_options():

@@ -70,3 +70,29 @@ def test_per_condition_analysis_and_files(tmp_path):
     for name in ("generations.json", "generations.md", "acc_by_length.png", "first_words.png"):
         assert (tmp_path / name).is_file()
     assert write(tmp_path / "empty") == {}
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "7777777777777777",
+        "9" * 400,
+        "2024-01-01",
+        "'quoted'",
+        '"double"',
+        "\x00\x07\x1b[31m",
+        "",
+        "$x^{$",
+        "a|b",
+        "\ud800",
+    ],
+)
+def test_any_first_word_a_model_writes_is_analysed_tabled_and_plotted(tmp_path, first):
+    """Numbers of any length (a category axis overflowed on 7777777777777777), dates, quotes, control
+    characters, an empty response, mathtext and markdown syntax, a lone surrogate."""
+    from unlock.analysis.generations import plot, shown_word, table
+
+    rows = [{"response": f"{first} and more", "acc": 1}, {"response": "", "acc": 0}]
+    result = analyse({"unlock": rows, "unsteered": rows[:1]})
+    assert table(result).encode() and len(shown_word(first)) <= 24
+    assert [p.name for p in plot(result, tmp_path)] == ["acc_by_length.png", "first_words.png"]

@@ -17,7 +17,7 @@ from unlock.run.plan import make_plan
 from unlock.store.artifacts import load_activations
 
 TINY = ["experiment=tiny", "eval.limit=3", "eval.max_new_tokens=8"]
-CONDITIONS = {"unsteered", "unlock", "prompting", "native", "random"}
+CONDITIONS = {"unsteered", "unlock", "prompting", "native", "random", "reversed"}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_single_run_writes_results_for_every_condition(single_run):
     assert set(exported) == {f"layers.{j}" for j in range(6)}, "the tiny Llama Target's blocks under base_model"
     assert (runs[0] / "steering_vectors.safetensors").is_file()
     assert "unsteered" in first.stdout and "acc [95% CI]" in first.stdout, "summary table printed"
-    assert "vs unsteered" in first.stdout and "paired comparisons (same items" in first.stdout
+    assert "vs unsteered" in first.stdout and "verdict: " in first.stdout and "other comparisons (" in first.stdout
     assert set(record["paired"]) == CONDITIONS - {"unsteered"}
     assert record["paired"]["unlock"]["unlock_arith"]["unsteered"]["n"] == 3
 
@@ -80,7 +80,7 @@ def test_transfer_fidelity_is_recorded_with_its_null(single_run):
 
 def test_logit_lens_of_every_steering_set(single_run):
     record = results(single_run[1][0])
-    assert set(record["logit_lens"]) == {"unlock", "random", "native"}
+    assert set(record["logit_lens"]) == {"unlock", "random", "native", "reversed"}
     for lens in record["logit_lens"].values():
         assert len(lens["overall"]) == 8 and set(lens["per_layer"]) == {str(j) for j in range(6)}
     table = (single_run[1][0] / "logit_lens.md").read_text()
@@ -199,6 +199,8 @@ def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
         (["layer.explicit_pairs=3"], r"layer.explicit_pairs 3 is not allowed: must be a non-empty map"),
         (["target_model.device=bogus"], r"target_model.device 'bogus' is not allowed: use cpu, cuda, cuda:N or mps"),
         (["source_model.device=cuda:99"], r"source_model.device 'cuda:99' is not available here"),
+        (["capability.prompt_split=test"], r"capability.prompt_split 'test' is the evaluated split \(eval.split\)"),
+        (["selected_from=/nowhere"], r"selected_from=/nowhere: /nowhere/results.json is not a finished sweep point"),
     ]
     for overrides, message in cases:
         cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
@@ -450,7 +452,7 @@ def _read_samples(path: Path) -> dict:
 def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
     """Multiple choice on the tiny Target with a strong push, so conditions disagree on some items:
     wins and losses recounted from samples/*.jsonl, the interval and p-value from their counts."""
-    from unlock.analysis.paired import mcnemar_exact, newcombe_interval
+    from unlock.analysis.stats import mcnemar_exact, newcombe_interval
 
     cfg = compose_run(
         [
@@ -506,3 +508,57 @@ def test_with_source_equal_to_target_fidelity_reaches_the_ceiling_in_the_run(tmp
     assert len(fidelity) == 4 and all(0 < f["self_ceiling"] <= 1 for f in fidelity.values())
     for layer in fidelity.values():
         assert layer["cos"] == pytest.approx(layer["self_ceiling"], abs=1e-4)
+
+
+def test_the_comparisons_recomputed_from_the_samples_are_the_runs(single_run):
+    """python -m unlock.analysis.paired DIR reads only samples/ (and results.json's settings) and writes what
+    the run recorded: the verdict, every accuracy and behaviour comparison, and the family."""
+    _, runs, _, _ = single_run
+    record = results(runs[0])
+    proc = subprocess.run(
+        [sys.executable, "-m", "unlock.analysis.paired", str(runs[0])], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recomputed = json.loads((runs[0] / "paired.json").read_text())
+    assert {k: record[k] for k in ("verdict", "paired", "behaviour", "family")} == recomputed
+    assert set(record["verdict"]["tests"]) == {"unsteered", "random", "reversed"}
+    assert "verdict: " in proc.stdout
+
+
+def test_rows_carry_their_token_counts_and_steered_conditions_their_dose(single_run):
+    _, runs, _, _ = single_run
+    record = results(runs[0])
+    for condition, per_task in record["conditions"].items():
+        metrics = per_task["unlock_arith"]
+        rows = [json.loads(line) for line in (runs[0] / "samples" / f"{condition}__unlock_arith.jsonl").open()]
+        assert sum(row["gen_tokens"] for row in rows) / len(rows) == pytest.approx(metrics["gen_tokens"])
+        steered = condition in ("unlock", "native", "random", "reversed")
+        assert ("dose" in metrics) == steered, condition
+        if steered:  # one mean per steered layer; a norm-preserving alpha of 0.1 turns a state by asin(0.1) at most
+            assert set(metrics["dose"]) == {str(j) for j in range(6)}
+            assert all(0 < d <= 2 * math.sin(math.asin(0.1) / 2) + 1e-6 for d in metrics["dose"].values())
+            assert metrics["dose_mean"] == pytest.approx(sum(metrics["dose"].values()) / 6)
+    behaviour = record["behaviour"]["unlock"]["unlock_arith"]["unsteered"]
+    assert set(behaviour) == {"gen_tokens", "gen_words", "stepwise", "repetition"}
+
+
+def test_a_test_run_of_a_sweep_point_is_checked_against_it(tmp_path):
+    """selected_from names a finished validation point with the same settings; anything else is refused
+    before a model loads, naming what differs."""
+    point = tmp_path / "sweep" / "3"
+    point.mkdir(parents=True)
+    cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.split=test", f"selected_from={point}"])
+    from unlock.run.record import check_selected_from, settings_summary
+
+    settings = settings_summary(cfg, make_plan(cfg))
+    record = {"status": "ok", "source": "tiny-llama", "target": "tiny-qwen2", "settings": settings}
+    (point / "results.json").write_text(json.dumps({**record, "config": {"eval": {"split": "validation"}}}))
+    check_selected_from(cfg, make_plan(cfg))
+    (point / "results.json").write_text(
+        json.dumps({**record, "settings": {**settings, "alpha": 0.5}, "config": {"eval": {"split": "validation"}}})
+    )
+    with pytest.raises(ValueError, match=r"differs from the selected point: alpha 0.1 \(the point: 0.5\)"):
+        check_selected_from(cfg, make_plan(cfg))
+    (point / "results.json").write_text(json.dumps({**record, "config": {"eval": {"split": "test"}}}))
+    with pytest.raises(ValueError, match="selected on the validation split \\(that point's split: test\\)"):
+        check_selected_from(cfg, make_plan(cfg))

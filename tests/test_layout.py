@@ -162,3 +162,25 @@ def test_each_concern_has_its_folder():
     import unlock.method.capture
 
     assert unlock.capture is unlock.method.capture, "the old path is the same module, private names included"
+
+
+def test_statistics_live_in_one_home_below_the_run_layer():
+    """The Wilson interval, the paired tests, power and the adjustment are in unlock.analysis.stats; the
+    comparisons and the decision rule (unlock.analysis.paired) import nothing of the run layer, and the
+    run's design of comparisons is the one the samples-only CLI uses."""
+    modules = _modules()
+    for name in ("unlock.analysis.stats", "unlock.analysis.paired", "unlock.analysis.paper"):
+        assert not {m for m in _imported(modules[name]) if m.startswith("unlock.run")}, name
+    defined = {
+        node.name
+        for name, tree in modules.items()
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and node.name in ("wilson_interval", "holm", "mcnemar_exact")
+        and name != "unlock.analysis.stats"
+    }
+    assert not defined, f"a second copy of {defined}"
+    from unlock.analysis.paired import DESIGN as CLI_DESIGN
+    from unlock.run.conditions import DESIGN
+
+    assert DESIGN == CLI_DESIGN

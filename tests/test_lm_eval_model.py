@@ -11,9 +11,9 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from tests.helpers import compose_run
+from unlock.analysis.stats import wilson_interval
 from unlock.lm_eval.hf_model import UnlockLM, parse_layers, steering_settings
 from unlock.method.steer import STEER_POSITIONS, STEER_RULES, Steering, SteeringSettings
-from unlock.run.scores import wilson_interval
 from unlock.store.artifacts import load_tensors, save_steering_vectors, save_tensors
 
 PAIRS = [("Question: What is 3 plus 4?\nAnswer:", " 7"), ("Hi", " there 12"), ("Q: 6 times 9? A:", " 54")]

@@ -22,7 +22,7 @@ def saved_dir(tmp_path_factory):
 
 
 def test_every_kind_has_a_source_class():
-    assert set(SOURCES) == {"hf", "tiny", "gguf_package"}
+    assert set(SOURCES) == {"hf", "tiny", "gguf_package", "planted"}
     assert all(cls.kind == kind for kind, cls in SOURCES.items())
 
 

@@ -241,7 +241,7 @@ def test_hub_task_loads_through_lm_eval_with_disjoint_splits(monkeypatch):
 # Report: paper vs run
 # --------------------------------------------------------------------------------------------------
 def _record(acc: float, n: int, split: str = "test", status: str = "ok", benchmark: str = "math") -> dict:
-    from unlock.run.scores import wilson_interval
+    from unlock.analysis.stats import wilson_interval
 
     task = f"unlock_{benchmark}"
     metrics = {"acc": acc, "n": n, "acc_ci95": list(wilson_interval(acc * n, n))}
@@ -279,25 +279,26 @@ def test_report_rows_compare_with_the_paper():
 def test_report_puts_the_papers_gain_beside_our_paired_gain():
     """200 items: UNLOCK right on items 0-49, the unsteered Target on items 30-49 and 150-159, so
     UNLOCK wins 30 and loses 10 (+10 points); the paper's gain for this setup is 20.1 - 8.0."""
-    from unlock.analysis.paired import PowerSettings, comparisons
+    from unlock.analysis.paired import DESIGN, PowerSettings, analyse, words
     from unlock.analysis.paper import paper_gains
 
-    unlock = {i: i < 50 for i in range(200)}
-    unsteered = {i: 30 <= i < 50 or 150 <= i < 160 for i in range(200)}
+    unlock = [{"doc_id": i, "acc": int(i < 50)} for i in range(200)]
+    unsteered = [{"doc_id": i, "acc": int(30 <= i < 50 or 150 <= i < 160)} for i in range(200)]
     record = _record(0.25, 200)
     gains = paper_gains("qwen15_cot_14b_to_7b", "math", "unlock_math")
-    record["paired"] = comparisons(
-        {"unlock": {"unlock_math": unlock}, "unsteered": {"unlock_math": unsteered}}, gains, PowerSettings()
-    )
+    rows = {"unlock": {"unlock_math": unlock}, "unsteered": {"unlock_math": unsteered}}
+    record.update(analyse(rows, gains, PowerSettings(), DESIGN, "unlock_math"))
     paired = record["paired"]["unlock"]["unlock_math"]["unsteered"]
     assert paired["effect"] == pytest.approx(0.121) and paired["effect_from"] == "paper"
     row = {r["condition"]: r for r in comparison_rows("qwen15_cot_14b_to_7b", "math", record)}["unlock"]
     assert row["paper_gain"] == pytest.approx(12.1) and row["gain"] == pytest.approx(10.0)
     assert row["gain_ci"][0] > 0, "30 wins to 10 losses on 200 items exclude no gain"
     assert row["underpowered"] == (paired["power"] < 0.8)
-    text = render({("qwen15_cot_14b_to_7b", "math", "hub, cot"): (Path("r/results.json"), record)})
+    text = render({("qwen15_cot_14b_to_7b", "math", "hub, cot"): [(Path("r/results.json"), record)]})
     low, high = row["gain_ci"]
-    assert f"| +12.1 | +10.0 [{low:+.1f}, {high:+.1f}], p={paired['p_mcnemar']:.2g} |" in text
+    assert paired["decided_by"] == "holm" and paired["significant"], "no random: no verdict; Holm decides"
+    assert f"| +12.1 | +10.0 [{low:+.1f}, {high:+.1f}], {words(paired)} |" in text
+    assert "significant gain (p_adj = " in text and "verdict: undecided" in text
 
 
 def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path):
@@ -315,8 +316,9 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
     found = find_results([tmp_path])
     key = ("qwen15_cot_14b_to_7b", "math", "hub, cot")
     assert sorted(found) == [key, ("qwen15_cot_14b_to_7b", "math", "hub, icl")]
-    assert found[key][0].parent.name == "d"
+    assert [path.parent.name for path, _ in found[key]] == ["a", "d"], "oldest first; the newest is reported"
     text = render(found)
+    assert "2 test runs of this setup" in text and "names no validation sweep point (selected_from)" in text
     assert "## qwen15_cot_14b_to_7b / math (hub, cot)" in text and "## qwen15_cot_14b_to_7b / math (hub, icl)" in text
     assert "| UNLOCK | 20.1 | 30.0 (100) |" in text and "+9.9" in text
     assert "qwen15_cot_14b_to_7b/gsm8k" in text, "setups without results are listed"

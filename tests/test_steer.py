@@ -237,3 +237,26 @@ def test_right_padding_steers_each_rows_own_last_token(llama, tokenizer, prompts
     for layer in range(LAYERS):
         changed = (steered[layer] - plain[layer]).abs().amax(dim=1) > 0
         assert changed.nonzero().flatten().tolist() == ends.tolist(), f"layer {layer}"
+
+
+@pytest.mark.parametrize("rule", ["norm_preserving", "add"])
+def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, tokenizer, prompts, rule):
+    """Steering one layer: the recorded dose is mean ||h' - h|| / ||h|| over the steered positions, with h
+    the unsteered last-token state and h' the rule's update of it, both in float64."""
+    layer, alpha = 2, 0.3
+    vector = _vectors(4)[layer]
+    plain = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
+    with Steering(llama, {layer: vector}, alpha=alpha, rule=rule, measure_dose=True) as steering:
+        capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
+    h, r = plain.double().numpy(), vector.double().numpy()
+    norm = np.linalg.norm(h, axis=1, keepdims=True)
+    if rule == "add":
+        after = h + alpha * r
+    else:
+        shifted = h / norm + alpha * r / np.linalg.norm(r)
+        after = norm * shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
+    expected = (np.linalg.norm(after - h, axis=1) / norm[:, 0]).mean()
+    assert steering.dose.means() == pytest.approx({layer: expected}, rel=1e-5)
+    with Steering(llama, {layer: vector}, alpha=alpha, rule=rule) as unmeasured:
+        capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
+    assert unmeasured.dose is None, "measured only when asked"

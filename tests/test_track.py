@@ -45,7 +45,9 @@ def test_ties_go_to_the_next_key():
 
 
 def test_unknown_objective_and_schema_choice():
-    with pytest.raises(ValueError, match="selection objective 'luck' is not allowed; allowed: acc, stepwise, fidelity"):
+    with pytest.raises(
+        ValueError, match="selection objective 'luck' is not allowed; allowed: acc, stepwise, fidelity, verdict"
+    ):
         select_best(ROWS, "luck")
     assert compose_run(["selection.objective=fidelity"]).selection.objective == "fidelity"
     assert select_best([], "acc") is None
@@ -75,29 +77,59 @@ def _record(acc, unsteered, paired):
     }
 
 
-def test_validation_selection_ranks_by_the_paired_gain_and_says_when_no_interval_excludes_zero(tmp_path, capsys):
-    """Point 1 has the higher accuracy, point 2 the higher gain over the unsteered Target on its items."""
+def test_validation_selection_is_judged_across_the_points_it_was_chosen_from(tmp_path, capsys):
+    """Point 1 has the higher accuracy, point 2 the higher gain over the unsteered Target on its items. The
+    selected point's evidence (one-sided exact McNemar: 4 wins, 2 losses) is Holm-adjusted across the
+    two points, its validation interval is called optimistic, and the test command names the point."""
     import json
 
+    from unlock.analysis.paired import sweep_verdict
+    from unlock.analysis.stats import mcnemar_one_sided
     from unlock.run.track import aggregate
 
     records = {"1": _record(0.5, 0.5, _paired(0.0, -0.2, 0.2)), "2": _record(0.4, 0.2, _paired(0.2, -0.05, 0.4))}
     for job, record in records.items():
-        (tmp_path / job).mkdir()
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
+            f"- +sweep=s\n- alpha.value=0.{job}\n- eval.split=validation\n"
+        )
         (tmp_path / job / "results.json").write_text(json.dumps(record))
     summary = aggregate(tmp_path)
     chosen = summary["selected_on_validation"]
-    assert chosen["job"] == "2" and chosen["vs_unsteered_diff"] == 0.2 and chosen["points_excluding_zero"] == []
-    assert "no sweep point's paired 95% interval against the unsteered Target excludes 0" in capsys.readouterr().out
+    assert chosen["job"] == "2" and chosen["vs_unsteered_diff"] == 0.2
+    p = mcnemar_one_sided(4, 2)
+    assert chosen["across_points"] == {**sweep_verdict([p, p], 1), "p_from": "vs unsteered"}
+    assert chosen["across_points"]["p_adjusted"] == pytest.approx(min(1.0, 2 * p))
+    out = capsys.readouterr().out
+    assert "optimistic, the best of 2 points" in out and ": not significant" in out
+    assert f"python launch.py alpha.value=0.2 eval.split=test selected_from={tmp_path}/2" in out
     header = (tmp_path / "aggregate.csv").read_text().splitlines()[0].split(",")
-    assert {"vs_unsteered_diff", "vs_unsteered_ci_low", "vs_unsteered_p_mcnemar", "vs_unsteered_underpowered"} <= set(
-        header
-    )
+    assert {"vs_unsteered_diff", "vs_unsteered_p_adjusted", "vs_unsteered_significant", "point_p"} <= set(header)
 
-    records["2"]["paired"]["unlock"]["t"]["unsteered"] = _paired(0.2, 0.05, 0.4)
+    strong = {**_paired(0.2, 0.05, 0.4), "wins": 12, "losses": 0}
+    records["2"]["paired"]["unlock"]["t"]["unsteered"] = strong
     (tmp_path / "2" / "results.json").write_text(json.dumps(records["2"]))
-    assert aggregate(tmp_path)["selected_on_validation"]["points_excluding_zero"] == ["2"]
-    assert "no sweep point's paired" not in capsys.readouterr().out
+    across = aggregate(tmp_path)["selected_on_validation"]["across_points"]
+    assert across["p_adjusted"] == pytest.approx(2 * 0.5**12) and across["significant"]
+    assert ": significant" in capsys.readouterr().out
+
+
+def test_the_verdict_objective_ranks_by_the_verdicts_evidence(tmp_path):
+    """A point with a verdict (random evaluated) is ranked by its p (the larger of its two one-sided p)."""
+    import json
+
+    from unlock.run.track import aggregate
+
+    records = {"1": _record(0.9, 0.2, _paired(0.7, 0.5, 0.8)), "2": _record(0.5, 0.2, _paired(0.3, 0.1, 0.5))}
+    records["1"]["verdict"] = {"transferred": False, "p": 0.2}
+    records["2"]["verdict"] = {"transferred": True, "p": 0.001}
+    for job, record in records.items():
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "results.json").write_text(json.dumps(record))
+    chosen = aggregate(tmp_path, objective="verdict")["selected_on_validation"]
+    assert chosen["job"] == "2" and chosen["across_points"]["p_from"] == "verdict"
+    assert chosen["across_points"]["p_adjusted"] == pytest.approx(0.002)
+    assert aggregate(tmp_path, objective="acc")["selected_on_validation"]["job"] == "1"
 
 
 def test_any_swept_key_becomes_a_column_and_a_plot_axis(tmp_path, capsys):

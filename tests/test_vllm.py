@@ -259,9 +259,13 @@ def test_the_harness_on_vllm_gives_the_hf_engines_samples_in_one_engine_pass(tmp
     assert _samples(vllm_dir) == _samples(hf_dir)
     assert len({json.dumps(v) for v in _samples(hf_dir).values()}) >= 3, "the conditions differ from each other"
     record = results(vllm_dir)
-    assert record["stages"]["eval"]["misses"] == 5 and record["settings"]["alpha"] == 8.0
+    assert record["stages"]["eval"]["misses"] == 6 and record["settings"]["alpha"] == 8.0
     assert any(k.endswith("(vllm engine)") for k in record["model_load_seconds"])
-    assert "| 15/15 [" in proc.stderr, "the 5 conditions' 3 prompts each in one engine call (vLLM's progress bar)"
+    assert "| 18/18 [" in proc.stderr, "the 6 conditions' 3 prompts each in one engine call (vLLM's progress bar)"
+    hf = results(hf_dir)
+    for condition in ("unlock", "native", "random", "reversed"):  # the dose each engine measured while steering
+        doses = [r["conditions"][condition]["unlock_arith"]["dose"] for r in (record, hf)]
+        assert doses[0] == pytest.approx(doses[1], rel=1e-4) and len(doses[0]) == 4, condition
 
 
 def test_only_missing_conditions_are_evaluated_and_a_sweep_reuses_the_engine(tmp_path_factory, tmp_path):
@@ -278,7 +282,7 @@ def test_only_missing_conditions_are_evaluated_and_a_sweep_reuses_the_engine(tmp
     launch(args, tmp_path)
     second = next(d for d in (tmp_path / "logs" / "runs").iterdir() if d != first)
     stages = results(second)["stages"]["eval"]
-    assert (stages["hits"], stages["misses"]) == (4, 1), stages
+    assert (stages["hits"], stages["misses"]) == (5, 1), stages
 
     def scores(record):  # forward passes are the engine's steps shared among the conditions computed together
         return {

@@ -73,13 +73,23 @@ def analyse(by_condition: dict[str, list[dict[str, Any]]], top_words: int = 5) -
     return out
 
 
+def shown_word(word: str, width: int = 24) -> str:
+    """A generation's first word as a label any renderer takes, whatever the model wrote: its repr (quotes,
+    escapes for control characters and lone surrogates), cut to ``width`` characters, with matplotlib's
+    mathtext ``$`` and markdown's ``|`` escaped."""
+    text = repr(word)
+    if len(text) > width:
+        text = text[: width - 3] + "..."
+    return text.replace("$", r"\$").replace("|", r"\|")
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| condition | n | repetition | first words | accuracy by length (words: acc, n) |",
         "|---|---|---|---|---|",
     ]
     for condition, r in result.items():
-        words = ", ".join(f"{w!r} {share:.0%}" for w, share in r["first_words"].items())
+        words = ", ".join(f"{shown_word(w)} {share:.0%}" for w, share in r["first_words"].items())
         bins = "; ".join(f"{b}: {v['acc']:.2f} ({v['n']})" for b, v in r["acc_by_length"].items())
         lines.append(f"| {condition} | {r['n']} | {r['repetition']:.2f} | {words} | {bins} |")
     return "\n".join(lines) + "\n"
@@ -98,7 +108,11 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     paths = [save_figure(fig, out_dir / "acc_by_length.png")]
     fig, axes = plt.subplots(1, len(result), figsize=(2.6 * len(result) + 1, 3.2), squeeze=False)
     for ax, (condition, r) in zip(axes[0], result.items(), strict=False):
-        ax.barh([repr(w) for w in r["first_words"]][::-1], list(r["first_words"].values())[::-1])
+        # Numeric positions with text tick labels: a category axis parses labels that look like numbers
+        # or dates, and overflows on "7777777777777777".
+        positions = list(range(len(r["first_words"])))
+        ax.barh(positions, list(r["first_words"].values())[::-1])
+        ax.set_yticks(positions, [shown_word(w) for w in r["first_words"]][::-1])
         ax.set(title=condition, xlabel="share")
     paths.append(save_figure(fig, out_dir / "first_words.png"))
     return paths

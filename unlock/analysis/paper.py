@@ -8,8 +8,6 @@ from typing import Any
 
 import yaml
 
-from unlock.analysis.paired import baselines
-
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 
 
@@ -33,12 +31,13 @@ def paper_numbers(setup: str | None, benchmark: str | None = None) -> dict[str, 
 
 
 def paper_gains(setup: str | None, benchmark: str, task: str) -> dict[tuple[str, str, str], float]:
-    """The paper's accuracy differences (as fractions) for the paired comparisons of ``task`` (the
-    benchmark's Locked task, which its numbers are for): {(condition, task, baseline): gain}."""
+    """The paper's accuracy differences (as fractions) between every two conditions it reports on ``task``
+    (the benchmark's Locked task, which its numbers are for): {(condition, task, baseline): gain}; the
+    paired comparisons look up the pairs they make."""
     numbers = paper_numbers(setup, benchmark)
     return {
         (condition, task, baseline): (numbers[condition] - numbers[baseline]) / 100
         for condition in numbers
-        for baseline in baselines(condition)
-        if baseline in numbers
+        for baseline in numbers
+        if baseline != condition
     }

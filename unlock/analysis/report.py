@@ -5,7 +5,9 @@
 
 The paper's numbers live in unlock/analysis/paper_numbers.yaml. A run counts when it finished, was evaluated
 on the test split and names a setup (``paper.setup``, set by the conf/experiment/paper/ presets);
-for each (setup, benchmark) the newest such run is reported. The difference's 95% interval is the
+for each (setup, benchmark) the newest such run is reported, flagged when it does not name the sweep
+point it ran (``selected_from``) or when the setup has several test runs (choosing among test runs is
+selection on test items). The difference's 95% interval is the
 Wilson interval of this run's accuracy minus the paper's value (the paper's own sampling error is
 not published; its figure-reading error, read_precision, is listed beside it).
 """
@@ -18,15 +20,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from unlock.analysis.paired import verdict_line, words
 from unlock.analysis.paper import load_paper_numbers, paper_numbers
 from unlock.run.conditions import BASELINE, label
 from unlock.run.config import project_root
 from unlock.store.artifacts import atomic_write_bytes
 
+Found = dict[tuple[str, str, str], list[tuple[Path, dict[str, Any]]]]
 
-def find_results(dirs: list[Path]) -> dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]:
-    """The newest finished test-split record per (paper setup, benchmark) under ``dirs``."""
-    found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]] = {}
+
+def find_results(dirs: list[Path]) -> Found:
+    """Every finished test-split record per (paper setup, benchmark, variant) under ``dirs``, oldest first."""
+    found: Found = {}
     paths = sorted((p for d in dirs for p in Path(d).rglob("results.json")), key=lambda p: p.stat().st_mtime)
     for path in paths:
         try:
@@ -41,8 +46,27 @@ def find_results(dirs: list[Path]) -> dict[tuple[str, str, str], tuple[Path, dic
         # replaces a hub or plain-CoT one.
         benchmark = config["benchmark"]
         variant = f"{benchmark.get('source', 'hub')}, {config.get('capability', {}).get('name', 'cot')}"
-        found[(setup, benchmark["name"], variant)] = (path, record)
+        found.setdefault((setup, benchmark["name"], variant), []).append((path, record))
     return found
+
+
+def selection_flags(runs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """What a setup's test runs lack to be trusted as a reproduction: the newest names no sweep point it
+    ran (``selected_from``), or the setup has several test runs (picking among them uses test items)."""
+    flags = []
+    newest = runs[-1][1]
+    if not newest.get("selected_from"):
+        flags.append(
+            "the reported run names no validation sweep point (selected_from): its settings were not "
+            "shown to be chosen on validation items"
+        )
+    if len(runs) > 1:
+        sources = sorted({str(r.get("selected_from")) for _, r in runs})
+        flags.append(
+            f"{len(runs)} test runs of this setup (selected_from: {', '.join(sources)}); the newest is "
+            "reported: choosing among test runs is selection on the test items"
+        )
+    return flags
 
 
 def comparison_rows(setup: str, benchmark: str, record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,7 +106,7 @@ def gain_columns(setup: str, benchmark: str, condition: str, versus: dict[str, A
         out.update(
             gain=100 * paired["diff"],
             gain_ci=tuple(100 * v for v in paired["diff_ci95"]),
-            gain_p=paired["p_mcnemar"],
+            gain_words=words(paired) if "p_adjusted" in paired else f"McNemar p = {paired['p_mcnemar']:.2g}",
             items_needed=paired["items_needed"],
             underpowered=paired["underpowered"],
         )
@@ -95,29 +119,33 @@ def _gain_cells(row: dict[str, Any]) -> str:
         return f"{paper} | | "
     low, high = row["gain_ci"]
     power = f"underpowered (needs {row['items_needed']})" if row["underpowered"] else "ok"
-    return f"{paper} | {row['gain']:+.1f} [{low:+.1f}, {high:+.1f}], p={row['gain_p']:.2g} | {power}"
+    return f"{paper} | {row['gain']:+.1f} [{low:+.1f}, {high:+.1f}], {row['gain_words']} | {power}"
 
 
-def render(found: dict[tuple[str, str, str], tuple[Path, dict[str, Any]]]) -> str:
+def render(found: Found) -> str:
     lines = [
         "# Paper vs this harness",
         "",
         "Accuracy in %. diff = ours - paper; its 95% interval is ours' Wilson interval shifted by the "
         "paper's value. `ok` where that interval contains 0. Gain = the condition minus the unsteered Target, "
-        "the paper's beside ours on the same items (paired: Newcombe's 95% interval, exact McNemar p); power: "
-        "whether our items detect the paper's gain with 80% power at the 5% level (items needed if not).",
+        "the paper's beside ours on the same items (paired: Newcombe's 95% interval, and what the run's "
+        "decision rule says: UNLOCK by its verdict, the others Holm-adjusted); power: whether our items "
+        "detect the paper's gain with 80% power with the test that decides (items needed if not).",
         "",
     ]
     setups = load_paper_numbers()
     if not found:
         lines.append("No finished test-split runs of a paper preset yet (run `python launch.py experiment=paper/...`).")
-    for (setup, benchmark, variant), (path, record) in sorted(found.items()):
+    for (setup, benchmark, variant), runs in sorted(found.items()):
+        path, record = runs[-1]
         lines += [
             f"## {setup} / {benchmark} ({variant})",
             "",
             f"{setups[setup]['description']}; paper values read to +-{setups[setup]['read_precision']}. "
             f"Run: `{path}`; answers checked by {record.get('checker', 'an older checker (unnamed)')}.",
             "",
+            *(f"**Flag:** {flag}.\n" for flag in selection_flags(runs)),
+            *([verdict_line(record["verdict"]), ""] if "verdict" in record else []),
             "| condition | paper | ours (n) | 95% CI | diff | diff 95% CI | | paper gain "
             "| our gain [paired 95% CI] | power |",
             "|---|---|---|---|---|---|---|---|---|---|",

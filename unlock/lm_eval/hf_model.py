@@ -169,9 +169,18 @@ class UnlockLM(HFLM):
         rule: str = SteeringSettings.rule,
         positions: str = SteeringSettings.positions,
         layers: list[int] | None = None,
+        measure_dose: bool = False,
     ) -> None:
-        """Steer every following request with these vectors (None: no steering)."""
-        self._steering = None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers)
+        """Steer every following request with these vectors (None: no steering); with ``measure_dose``,
+        :meth:`steering_dose` reports the relative change applied per layer."""
+        self._steering = (
+            None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers, measure_dose)
+        )
+
+    def steering_dose(self) -> dict[int, float]:
+        """{layer: mean ||h' - h|| / ||h|| over the steered positions} since steering was set ({} if unmeasured)."""
+        steering = self._steering
+        return steering.dose.means() if steering is not None and steering.dose is not None else {}
 
     def reset_stats(self) -> None:
         """Counters a condition reports: forward passes and (with track_entropy) next-token entropy."""

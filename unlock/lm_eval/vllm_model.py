@@ -120,9 +120,17 @@ class UnlockVLLM(VLLM):
         self._default = (self._named[name] or None) if name is not None else None
 
     def reset_stats(self) -> None:
-        """Engine steps (forward passes of the batch) and prompt tokens served from the prefix cache."""
+        """Engine steps (forward passes of the batch), prompt tokens served from the prefix cache, and the
+        steering doses."""
         self.steering.steps = 0
+        self.steering.doses.clear()
         self.cached_tokens = 0
+
+    def steering_dose(self, name: str | None = None) -> dict[int, float]:
+        """{layer: mean ||h' - h|| / ||h|| over the steered positions} of the steering registered under
+        ``name`` (None: the default steering) since the last :meth:`reset_stats`."""
+        registered = self._named.get(name, "") if name is not None else self._default
+        return self.steering.doses[registered].means() if registered in self.steering.doses else {}
 
     @property
     def stats(self) -> dict[str, int]:

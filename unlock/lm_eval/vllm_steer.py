@@ -38,6 +38,7 @@ from torch import nn
 from unlock.method.blocks import check_layers, decoder_layers
 from unlock.method.steer import (
     POSITION_RULES,
+    DoseMeter,
     SteeringSettings,
     apply_shift,
     steering_shift,
@@ -111,6 +112,7 @@ class EngineSteering:
         self.seen: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self._step = _Step()
         self.steps = 0  # engine steps (forward passes) seen
+        self.doses: dict[str, DoseMeter] = defaultdict(DoseMeter)  # per steering set: ||h' - h|| / ||h||
         self._handles: list[Any] = []
         (info,) = llm.collective_rpc(self._install)
         self.n_layers, self.hidden_size, self.device, self.dtype = info
@@ -181,7 +183,9 @@ class EngineSteering:
                     continue
                 hidden, residual = output
                 stream = hidden[rows].float() + residual[rows].float()
-                hidden[rows] = apply_shift(stream, shift, prepared.rule).to(hidden.dtype)
+                steered = apply_shift(stream, shift, prepared.rule)
+                self.doses[name].add(index, stream, steered)
+                hidden[rows] = steered.to(hidden.dtype)
                 residual[rows] = 0
                 for key, picked in self._step.positions[name]:
                     self.seen[key][index].extend(picked)

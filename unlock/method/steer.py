@@ -110,6 +110,35 @@ def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.T
     return (shifted * (norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True))).to(hidden.dtype)
 
 
+def relative_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """||after - before|| / ||before|| per row, float32: the dose steering actually applied to a hidden
+    state (comparable across models: a norm-preserving alpha of 0.3 moves a state by about 0.3 of its
+    norm when the vector is orthogonal to it, less when it already points that way)."""
+    h = before.float()
+    change = torch.linalg.vector_norm(after.float() - h, dim=-1)
+    return change / torch.linalg.vector_norm(h, dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+class DoseMeter:
+    """Sums of :func:`relative_change` per layer, kept on the device (no host sync per forward pass)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[int, list] = {}
+
+    def add(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> None:
+        change = relative_change(before, after)
+        total = self._sums.setdefault(layer, [0.0, 0])
+        total[0] = total[0] + change.sum()
+        total[1] += change.numel()
+
+    def means(self) -> dict[int, float]:
+        """{layer: mean relative dose over every steered position so far} (layers with positions only)."""
+        return {layer: float(total) / n for layer, (total, n) in sorted(self._sums.items()) if n}
+
+    def reset(self) -> None:
+        self._sums.clear()
+
+
 def apply_rule(hidden: torch.Tensor, vector: torch.Tensor, alpha: float, rule: str) -> torch.Tensor:
     """The steering update of ``hidden`` (..., d) by ``vector`` at strength ``alpha``."""
     return apply_shift(hidden, steering_shift(vector.to(hidden.device), alpha, rule), rule)
@@ -132,7 +161,8 @@ def past_length(args: tuple, kwargs: Mapping) -> int:
 class Steering(contextlib.AbstractContextManager):
     """Context manager that steers ``model`` while active.
 
-    vectors: {layer: (d,) tensor}; layers: the subset to steer (default: every layer with a vector).
+    vectors: {layer: (d,) tensor}; layers: the subset to steer (default: every layer with a vector);
+    measure_dose: record the relative change each steered position received, per layer (``dose``).
     positions: ``last`` (last prompt token, prefill only; default), ``prompt`` (all prompt tokens,
     prefill only), ``generated`` (tokens after the prompt: decoding steps, or continuation tokens in
     scoring), ``all`` (both). The prompt boundary is read per row from the attention mask (left or
@@ -148,6 +178,7 @@ class Steering(contextlib.AbstractContextManager):
         rule: str = "norm_preserving",
         positions: str = "last",
         layers: list[int] | None = None,
+        measure_dose: bool = False,
     ) -> None:
         SteeringSettings(alpha, rule, positions)  # checks each, naming the allowed values
         self.alpha = float(alpha)
@@ -187,6 +218,8 @@ class Steering(contextlib.AbstractContextManager):
         self._index: SteeredIndex | None = None  # the positions steered in this forward call
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
+        # The relative change ||h' - h|| / ||h|| at every steered position, per layer (read with dose.means()).
+        self.dose = DoseMeter() if measure_dose else None
 
     # --- phase and position bookkeeping -------------------------------------------------------
     @contextlib.contextmanager
@@ -283,7 +316,10 @@ class Steering(contextlib.AbstractContextManager):
                 shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
             # Only the steered rows are computed (the last prompt token by default), not every position.
             index = self._index
-            steered = apply_shift(hidden[index], shift, self.rule)
+            before = hidden[index]
+            steered = apply_shift(before, shift, self.rule)
+            if self.dose is not None:  # before the write-back: ``before`` may be a view of ``hidden``
+                self.dose.add(layer, before, steered)
             if not torch.is_grad_enabled():  # inference: write them back in place
                 hidden[index] = steered
                 return None

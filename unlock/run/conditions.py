@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from unlock.analysis.paired import Design
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -26,6 +28,10 @@ CONDITIONS: dict[str, Condition] = {
         Condition("prompting", "target", "unlocked", None, "CoT prompt"),
         Condition("native", "target", "locked", "native", "native direction"),
         Condition("random", "target", "locked", "random", "random direction"),
+        # UNLOCK's own vectors negated: the same push, the other way. A push in any direction of the
+        # Target's activation subspace can change its output (the planted null control showed it);
+        # only a direction that carries the capability beats its reverse.
+        Condition("reversed", "target", "locked", "reversed", "UNLOCK reversed"),
         Condition("reference", "reference", "unlocked", None, "post-trained reference"),
     )
 }
@@ -35,6 +41,14 @@ BASELINE = "unsteered"  # what steered conditions are compared against in plots
 def steered() -> list[str]:
     """Conditions that add steering vectors, in table order."""
     return [c.name for c in CONDITIONS.values() if c.vectors is not None]
+
+
+# What the run's tests compare (unlock.analysis.paired): every condition with the unsteered Target, the
+# steered ones also with the random direction, unlock also with its reverse; the verdict: unlock against
+# the unsteered Target, the random direction and (where evaluated) its reverse.
+DESIGN = Design(
+    baseline=BASELINE, control="random", primary="unlock", steered=tuple(steered()), primary_controls=("reversed",)
+)
 
 
 def label(name: str) -> str:

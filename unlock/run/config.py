@@ -30,6 +30,7 @@ from unlock.method.pipeline import MapSettings
 from unlock.method.steer import POSITION_RULES as STEER_POSITION_RULES
 from unlock.method.steer import STEER_RULES, SteeringSettings
 from unlock.models.loading import DTYPES, SOURCES
+from unlock.models.planted import Recipe
 from unlock.run.conditions import CONDITIONS
 from unlock.run.engines import ENGINES, EvalSettings
 from unlock.run.track import OBJECTIVES
@@ -76,11 +77,15 @@ class ModelConfig:
     dtype: DType = DType.float32
     device: str = "cpu"
     trust_remote_code: bool = False
-    # tiny models only
+    # tiny and planted models only
     family: str = "llama"
     hidden_size: int = 64
     num_layers: int = 4
     seed: int = 0
+    # planted models only (unlock.models.planted.Recipe): the corpus (cue: the cue switches the steps on;
+    # null: it means nothing) and the training steps
+    corpus: str = Recipe.corpus
+    train_steps: int = Recipe.steps
 
 
 @dataclass
@@ -163,7 +168,7 @@ class EvalConfig:
     batch_size: int = EvalSettings.batch_size
     max_new_tokens: int = EvalSettings.max_new_tokens
     conditions: list[ConditionName] = field(
-        default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random"]
+        default_factory=lambda: ["unsteered", "unlock", "prompting", "native", "random", "reversed"]
     )
     reference_model: ModelConfig | None = None
     random_seed: int = EvalSettings.random_seed
@@ -247,6 +252,9 @@ class RunConfig:
     progress: bool = True
     dry_run: bool = False
     check_data: bool = False  # the dry run also loads a hub benchmark's splits (network) and counts them
+    # A test run of a point a validation sweep selected: <sweep dir>/<job> (the sweep prints the command).
+    # Checked against that point's results.json; recorded, and `make report` flags test runs without it.
+    selected_from: str | None = None
 
 
 def project_root() -> str:
@@ -306,6 +314,12 @@ def validate(cfg: Any) -> None:
             f"benchmark {cfg.benchmark.name!r} has none; benchmarks with them: {', '.join(WORKED_SOLUTIONS)}"
         )
     _check_capability(cfg.capability)
+    if str(cfg.capability.prompt_split) == str(cfg.eval.split):
+        raise ValueError(
+            f"capability.prompt_split {cfg.capability.prompt_split!r} is the evaluated split (eval.split): "
+            "extraction and alignment prompts would be items the run is scored on; use another split "
+            "(train, the default)"
+        )
     _check_layer(cfg.layer)
     if cfg.rank.value < 1:
         raise ValueError(f"rank.value {cfg.rank.value} is out of range: must be >= 1 (paper grid 1..512)")

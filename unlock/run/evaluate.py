@@ -18,7 +18,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from unlock.analysis.paired import item_outcomes
 from unlock.lm_eval.prompts import task_manager
 from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
@@ -26,7 +25,7 @@ from unlock.models.loading import model_identity
 from unlock.run.conditions import CONDITIONS
 from unlock.run.config import eval_settings, prompt_task, steering_settings
 from unlock.run.engines import EvalSettings, evaluator
-from unlock.run.scores import EvalItem, sample_rows, summarise
+from unlock.run.scores import RECORDS, EvalItem, response_lengths, sample_rows, summarise
 from unlock.store.artifacts import atomic_write_bytes
 from unlock.store.cache import StageCache, fingerprint, load_json, save_json
 from unlock.tasks.answers import CHECKER
@@ -79,7 +78,7 @@ class Evaluator:
         if steering is None or how is None:
             lm.set_steering(None)
         else:
-            lm.set_steering(steering.value, how.alpha, how.rule, how.positions)
+            lm.set_steering(steering.value, how.alpha, how.rule, how.positions, measure_dose=True)
         lm.reset_stats()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         results = lm_eval.simple_evaluate(
@@ -94,13 +93,9 @@ class Evaluator:
             verbosity="ERROR",
         )
         samples = results["samples"][task]
-        rows = sample_rows(samples)
-        lengths = [
-            len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"])
-            for row in rows
-            if lm.stats["generated_tokens"]
-        ]
-        return {"metrics": summarise(results["results"][task], samples, lm.stats, lengths), "samples": rows}
+        lengths = response_lengths(lm.tokenizer, sample_rows(samples)) if lm.stats["generated_tokens"] else []
+        metrics = summarise(results["results"][task], samples, lm.stats, lengths, lm.steering_dose())
+        return {"metrics": metrics, "samples": sample_rows(samples, lengths)}
 
     def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:
         """One lm-eval evaluation per item, steering switched between them."""
@@ -132,13 +127,13 @@ def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple
 
 def evaluate_conditions(
     cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]], output_dir: Path
-) -> tuple[dict[str, Any], dict[str, dict[str, dict[Any, bool]]]]:
-    """{condition: {task: metrics}} for every configured condition, and {condition: {task: {item:
-    correct}}} for the paired comparisons; per-sample outputs go to output_dir. Each evaluation is its
-    own cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in
-    one engine pass)."""
+) -> tuple[dict[str, Any], dict[str, dict[str, list[dict[str, Any]]]]]:
+    """{condition: {task: metrics}} for every configured condition, and {condition: {task: sample rows}}
+    for the paired comparisons; the rows also go to output_dir/samples. Each evaluation is its own
+    cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in one
+    engine pass)."""
     items, out = plan_items(cfg, steering_sets)
-    outcomes: dict[str, dict[str, dict[Any, bool]]] = {}
+    rows_by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     settings = eval_settings(cfg)
     evaluator = engine(settings, models)
     groups: dict[str, list[EvalItem]] = {}
@@ -157,16 +152,14 @@ def evaluate_conditions(
         )
         for item, result in zip(group, results, strict=True):
             out.setdefault(item.condition, {})[item.task] = {**result["metrics"], "lm_eval_task": item.lm_task}
-            scored = item_outcomes(result["samples"])
-            if scored is not None:
-                outcomes.setdefault(item.condition, {})[item.task] = scored
+            rows_by.setdefault(item.condition, {})[item.task] = result["samples"]
             rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
             atomic_write_bytes(output_dir / "samples" / f"{item.condition}__{item.task}.jsonl", rows.encode())
-    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, outcomes
+    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, rows_by
 
 
 def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
-    """All that determines one evaluation (its cache key): the HF engine's keys are those it always had."""
+    """All that determines one evaluation (its cache key), with what it records (``RECORDS``)."""
     how, steering = item.how, item.steering
     spec = {
         "model": model_identity(item.model),
@@ -180,6 +173,7 @@ def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
         "steering": None
         if steering is None
         else {"vectors": steering.key, "alpha": how.alpha, "rule": how.rule, "positions": how.positions},
+        "records": RECORDS,
     }
     if ev.engine != "hf":
         spec["engine"] = str(ev.engine)

@@ -25,7 +25,7 @@ from unlock.lm_eval.prompts import task_manager
 from unlock.lm_eval.vllm_model import CONDITION_KEY, UnlockVLLM
 from unlock.models.loading import model_checkpoint
 from unlock.run.engines import EvalSettings
-from unlock.run.scores import EvalItem, sample_rows, summarise
+from unlock.run.scores import EvalItem, response_lengths, sample_rows, summarise
 from unlock.store.cache import fingerprint
 
 _ENGINE: dict[str, UnlockVLLM] = {}  # at most one, by what determines it
@@ -64,15 +64,17 @@ class VLLMEvaluator:
         tagged = [_tagged(base[item.lm_task], name) for item, name in zip(items, names, strict=True)]
         together = [t for t in tagged if t.OUTPUT_TYPE == "generate_until"]
         results, steps = self._run(lm, together) if together else ({"results": {}, "samples": {}}, 0)
+        doses = {name: lm.steering_dose(name) for name in names}
         for task, name in zip(tagged, names, strict=True):
             if task.OUTPUT_TYPE != "generate_until":  # no kwargs to carry the tag: one at a time
                 single, more = self._run(lm, [task], default=name)
                 steps += more
+                doses[name] = lm.steering_dose(name)
                 for part in ("results", "samples"):
                     results[part].update(single[part])
         # The engine's steps serve the conditions together; each is given its share.
         share = round(steps / len(items))
-        return [self._metrics(lm, results, name, share) for name in names]
+        return [self._metrics(lm, results, name, share, doses.get(name, {})) for name in names]
 
     def _run(self, lm: UnlockVLLM, tasks: list[Any], default: str | None = None) -> tuple[dict[str, Any], int]:
         """One lm-eval evaluation of these tasks; ``default``: the steering of untagged requests."""
@@ -93,18 +95,15 @@ class VLLMEvaluator:
         lm.use_steering(None)
         return {"results": dict(results["results"]), "samples": dict(results["samples"])}, lm.stats["forward_passes"]
 
-    def _metrics(self, lm: UnlockVLLM, results: dict[str, Any], name: str, steps: int) -> dict[str, Any]:
+    def _metrics(
+        self, lm: UnlockVLLM, results: dict[str, Any], name: str, steps: int, dose: dict[int, float]
+    ) -> dict[str, Any]:
         samples = results["samples"][name]
-        rows = sample_rows(samples)
         generation = bool(samples) and isinstance((samples[0].get("filtered_resps") or [None])[0], str)
-        lengths = (
-            [len(lm.tokenizer(row["response"], add_special_tokens=False)["input_ids"]) for row in rows]
-            if generation
-            else []
-        )
+        lengths = response_lengths(lm.tokenizer, sample_rows(samples)) if generation else []
         return {
-            "metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths),
-            "samples": rows,
+            "metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths, dose),
+            "samples": sample_rows(samples, lengths),
         }
 
 

@@ -16,15 +16,16 @@ from omegaconf import DictConfig
 from unlock.analysis.fidelity import summarise as summarise_fidelity
 from unlock.analysis.fidelity import transfer_fidelity
 from unlock.analysis.lens import lens_table
-from unlock.analysis.paired import comparisons
+from unlock.analysis.paired import analyse
 from unlock.analysis.paper import paper_gains
 from unlock.method.blocks import block_path_under_base_model
 from unlock.method.pipeline import transfer
 from unlock.models.loading import model_skeleton
+from unlock.run.conditions import DESIGN
 from unlock.run.config import map_settings, stats_settings
 from unlock.run.evaluate import evaluate_conditions
 from unlock.run.plan import check_devices_present, dry_run, make_plan
-from unlock.run.record import export_steering, make_record
+from unlock.run.record import check_selected_from, export_steering, make_record
 from unlock.run.session import (
     Session,
     capture_all,
@@ -43,6 +44,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if cfg.dry_run:
         return dry_run(cfg, plan)
     check_devices_present(cfg)
+    check_selected_from(cfg, plan)
     session = Session(cfg)
     captures = capture_all(session, prompt_sets(cfg))
     result = transfer(
@@ -62,7 +64,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         if "native" in sets
         else {}
     )
-    conditions, outcomes = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
+    conditions, rows = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
     session.models.release_all()
     artifacts = export_steering(
         Path(output_dir), sets, cfg, block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir))
@@ -73,8 +75,13 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "logit_lens": lenses,
         "transfer_fidelity": {str(j): f for j, f in fidelity.items()},
         "transfer_fidelity_summary": summarise_fidelity(fidelity),
-        "paired": comparisons(
-            outcomes, paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task), stats_settings(cfg)
+        # verdict, paired, behaviour and family: what the run's tests decide (unlock.analysis.paired)
+        **analyse(
+            rows,
+            paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task),
+            stats_settings(cfg),
+            DESIGN,
+            str(cfg.eval.tasks[0]),
         ),
     }
     return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)

@@ -10,12 +10,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from unlock.analysis.paired import baselines, effect_for, items_needed, power_at
+from unlock.analysis.paired import effect_for, family_size
 from unlock.analysis.paper import paper_gains
+from unlock.analysis.stats import items_needed, power_at
 from unlock.lm_eval.prompts import load_task
 from unlock.method.align import pair_layers
 from unlock.models.loading import read_shape
 from unlock.models.memory import format_memory_plan, memory_plan
+from unlock.run.conditions import DESIGN
 from unlock.run.config import explicit_pairs, stats_settings, validate
 from unlock.tasks.answers import CHECKER
 from unlock.tasks.hub import dropped_rows
@@ -115,23 +117,40 @@ def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
 
 
 def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
-    """{"<condition> vs <baseline>": effect, its source, power on n items, items for the target power}
-    for the paired tests the run will make, at the assumed discordance (stats.discordance)."""
+    """{"<condition> vs <baseline>": effect, its source, the deciding test, power on n items, items for the
+    target power} for the paired accuracy tests the run will make, at the assumed discordance
+    (stats.discordance): the verdict's (unlock vs unsteered, random and, where evaluated, reversed: one-sided
+    exact McNemar at 5%) and every other one at the Bonferroni level 0.05 / m of the Holm family (m: every comparison
+    and metric the run can test), a lower bound on the power Holm's procedure gives."""
     if n is None:
         return {}
     stats, task = stats_settings(cfg), cfg.capability.locked_task
     gains = paper_gains(cfg.paper.setup, cfg.benchmark.name, task)
     conditions = [str(c) for c in cfg.eval.conditions]
+    tasks = [str(t) for t in cfg.eval.tasks]
+    primary = tasks[0] if tasks else None
+    m = family_size(DESIGN, conditions, tasks, primary)
+    required = DESIGN.verdict_baselines(conditions)
+    verdict = (
+        [(DESIGN.primary, b) for b in required]
+        if DESIGN.primary in conditions and all(b in conditions for b in required)
+        else []
+    )
     out = {}
     for condition in conditions:
-        for baseline in (b for b in baselines(condition) if b in conditions):
+        for baseline in (b for b in DESIGN.baselines(condition) if b in conditions):
             effect, source = effect_for(gains, (condition, task, baseline), stats)
+            level, sided = (DESIGN.level, 1) if (condition, baseline) in verdict else (DESIGN.level / m, 2)
             out[f"{condition} vs {baseline}"] = {
                 "n": n,
                 "effect": effect,
                 "effect_from": source,
-                "power": power_at(n, effect, stats.discordance),
-                "items_needed": items_needed(effect, stats.discordance, stats.power),
+                "test": "verdict" if sided == 1 else "holm",
+                "sided": sided,
+                "level": level,
+                **({"family_size": m} if sided == 2 else {}),
+                "power": power_at(n, effect, stats.discordance, level, sided),
+                "items_needed": items_needed(effect, stats.discordance, stats.power, level, sided),
             }
     return out
 
@@ -143,13 +162,24 @@ def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]
             "(add check_data=true, or set eval.limit)"
         )
     stats = stats_settings(cfg)
+    holm = [p for p in power.values() if p["test"] == "holm"]
+    tests = []
+    if len(holm) < len(power):
+        names = ", ".join(name.split(" vs ")[1] for name, p in power.items() if p["test"] == "verdict")
+        tests.append(f"the verdict's ({DESIGN.primary} vs {names}) one-sided at {DESIGN.level:g}")
+    if holm:
+        tests.append(
+            f"{'the others ' if tests else ''}two-sided at 0.05/m = {holm[0]['level']:.2g} with m = "
+            f"{holm[0]['family_size']} in the Holm family if every metric is measured (a lower bound on Holm's power)"
+        )
     head = (
-        f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar, 5% level, discordance "
-        f"assumed {stats.discordance:.2f}; a run reports its own):"
+        f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar: {'; '.join(tests)}; discordance "
+        f"assumed {stats.discordance:.2f}, a run reports its own):"
     )
     rows = [
-        f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}); {p['items_needed']} items "
-        f"give {stats.power:.0%}" + (" - underpowered" if p["power"] < stats.power else "")
+        f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}"
+        f"{', verdict' if p['test'] == 'verdict' else ''}); {p['items_needed']} items give {stats.power:.0%}"
+        + (" - underpowered" if p["power"] < stats.power else "")
         for name, p in power.items()
     ]
     return "\n".join([head, *rows])

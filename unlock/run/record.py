@@ -54,6 +54,7 @@ def make_record(
         "fit_quality_mean": mean_quality(quality),
         "vector_norms": {str(k): float(v.norm()) for k, v in result.target_vectors.items()},
         "conditions": conditions,
+        "selected_from": cfg.selected_from,
         "checker": CHECKER,
         "dropped_rows": dropped_rows(),
         "stages": session.cache.summary(),
@@ -80,6 +81,35 @@ def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
         "split": cfg.eval.split,
         "layers": ",".join(str(j) for j in sorted(plan.pairs)),
     }
+
+
+# What a validation sweep chooses: a test run's settings must equal its selected point's on these.
+SELECTED_SETTINGS = ("benchmark", "capability", "n_prompts", "aggregation", "rank", "method", "alpha", "rule")
+SELECTED_SETTINGS += ("positions", "layer_mode", "layers")
+
+
+def check_selected_from(cfg: DictConfig, plan: Plan) -> None:
+    """A test run that says it runs a sweep's selected point (``selected_from=<sweep dir>/<job>``) does:
+    the point finished on the validation split with the same models and the same settings. Checked
+    before any model loads; the mismatched settings are named."""
+    if not cfg.selected_from:
+        return
+    path = Path(str(cfg.selected_from)) / "results.json"
+    point = _read_json(path) if path.is_file() else {}
+    if point.get("status") != "ok":
+        raise ValueError(f"selected_from={cfg.selected_from}: {path} is not a finished sweep point's record")
+    split = (point.get("config") or {}).get("eval", {}).get("split")
+    if split != "validation" or cfg.eval.split != "test":
+        raise ValueError(
+            f"selected_from={cfg.selected_from}: a test run (eval.split=test, here {cfg.eval.split}) of a point "
+            f"selected on the validation split (that point's split: {split})"
+        )
+    mine = {"source": cfg.source_model.name, "target": cfg.target_model.name, **settings_summary(cfg, plan)}
+    theirs = {"source": point.get("source"), "target": point.get("target"), **point.get("settings", {})}
+    differ = [k for k in ("source", "target", *SELECTED_SETTINGS) if mine.get(k) != theirs.get(k)]
+    if differ:
+        shown = ", ".join(f"{k} {mine.get(k)!r} (the point: {theirs.get(k)!r})" for k in differ)
+        raise ValueError(f"selected_from={cfg.selected_from}: this run differs from the selected point: {shown}")
 
 
 def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:

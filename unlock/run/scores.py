@@ -6,12 +6,16 @@ Shared by both engines (unlock.run.evaluate for HF, unlock.run.evaluate_vllm for
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from unlock.analysis.stats import wilson_interval
 from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
+
+# What an evaluation records, part of its cache key: 2 added each item's response length in tokens
+# (gen_tokens, for the paired behaviour tests) and the steering dose per layer.
+RECORDS = 2
 
 
 @dataclass(frozen=True)
@@ -26,23 +30,18 @@ class EvalItem:
     how: SteeringSettings | None = None  # alpha, rule, positions when ``steering`` is set
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion; sensible at 0 and 1 and for small n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def summarise(
-    task_results: dict[str, Any], samples: list[dict], stats: dict[str, float], response_tokens: list[int]
+    task_results: dict[str, Any],
+    samples: list[dict],
+    stats: dict[str, float],
+    response_tokens: list[int],
+    dose: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     """Metrics of one condition on one task. ``gen_tokens`` is the length of the kept response (cut at
     the task's stop sequences), the paper's generation length; ``entropy`` is the mean next-token
-    entropy over every token generated before EOS or the token limit."""
+    entropy over every token generated before EOS or the token limit; ``dose`` is the mean relative
+    change ||h' - h|| / ||h|| steering applied at the steered positions, per layer, and ``dose_mean``
+    its mean over layers (steered conditions only)."""
     n = len(samples)
     metrics = {
         key.split(",")[0]: value
@@ -59,12 +58,22 @@ def summarise(
     if generated and "entropy_sum" in stats:  # the vLLM engine does not measure it
         out["entropy"] = stats["entropy_sum"] / generated
     out["forward_passes"] = stats.get("forward_passes", 0)
+    if dose:
+        out["dose"] = {str(layer): value for layer, value in sorted(dose.items())}
+        out["dose_mean"] = sum(dose.values()) / len(dose)
     return out
 
 
-def sample_rows(samples: list[dict]) -> list[dict]:
+def response_lengths(tokenizer: Any, rows: list[dict[str, Any]]) -> list[int]:
+    """Each kept response's length in tokens (cut at the task's stop sequences, as scored)."""
+    return [len(tokenizer(row["response"], add_special_tokens=False)["input_ids"]) for row in rows]
+
+
+def sample_rows(samples: list[dict], response_tokens: list[int] | None = None) -> list[dict]:
+    """One row per item: lm-eval's doc_id, target, prompt and response, the task's per-item metrics,
+    and ``gen_tokens`` (the response's length in tokens) where the engine gave it."""
     rows = []
-    for sample in samples:
+    for index, sample in enumerate(samples):
         response = sample.get("filtered_resps") or sample.get("resps")
         while isinstance(response, list) and len(response) == 1:
             response = response[0]
@@ -79,6 +88,7 @@ def sample_rows(samples: list[dict]) -> list[dict]:
                     for k in ("acc", "gen_words", "stepwise", "unparsable", "checker_timeout")
                     if k in sample
                 },
+                **({"gen_tokens": response_tokens[index]} if response_tokens else {}),
             }
         )
     return rows

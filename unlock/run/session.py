@@ -225,7 +225,7 @@ def native_source(cfg: DictConfig, prompts: PromptSets) -> tuple[Any, list[str]]
 
 def steering_sets(session: Session, result: Transfer, captures: Captures, plan: Plan) -> dict[str, Cached[dict]]:
     """The vectors each steered condition adds (conditions.CONDITIONS names them): UNLOCK's own, a
-    random direction of the same norm per layer, and the Target's own direction."""
+    random direction of the same norm per layer, UNLOCK's own negated, and the Target's own direction."""
     cfg = session.cfg
     sets: dict[str, Cached[dict]] = {"unlock": result.vectors}
     if "random" in cfg.eval.conditions:
@@ -234,6 +234,10 @@ def steering_sets(session: Session, result: Transfer, captures: Captures, plan: 
             {"name": "random", "seed": cfg.seed},
             lambda: random_like(result.vectors.value, cfg.seed),
             (result.vectors,),
+        )
+    if "reversed" in cfg.eval.conditions:
+        sets["reversed"] = session.step(
+            "vectors", {"name": "reversed"}, lambda: {j: -v for j, v in result.vectors.value.items()}, (result.vectors,)
         )
     if captures.target_unlocked is not None:
         native = extract(captures.target_unlocked, captures.target_locked, cfg.capability.aggregation, session.step)

@@ -26,15 +26,15 @@ from rich.table import Table
 
 from unlock.analysis.fidelity import verdict
 from unlock.analysis.generations import write as write_generations
-from unlock.analysis.paired import CONTROL, excludes_zero, interval_excludes_zero
-from unlock.analysis.paired import cell as paired_cell
+from unlock.analysis.paired import CONTROL, sweep_verdict, verdict_line, words
 from unlock.analysis.plots import pyplot, rank_n_heatmap, save_figure
+from unlock.analysis.stats import mcnemar_one_sided
 from unlock.run.conditions import BASELINE
 from unlock.run.conditions import steered as steered_conditions
 from unlock.store.artifacts import atomic_write_bytes, atomic_write_json
 
 FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
-SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy")
+SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy", "dose_mean")
 AXIS_FLAG = "axis:"  # rows mark the columns that come from a job's overrides (its sweep axes)
 
 
@@ -84,9 +84,31 @@ SUMMARY_COLUMNS = (
     "gen words",
     "stepwise",
     "entropy",
-    "vs unsteered: paired diff [95% CI] p",
+    "dose",
+    "vs unsteered: paired acc diff [95% CI], what decides",
     "vs random",
+    "behaviour vs unsteered (* significant)",
 )
+BEHAVIOUR_LABELS = {"gen_tokens": "tok", "gen_words": "words", "stepwise": "steps", "repetition": "rep"}
+
+
+def paired_cell(result: dict[str, Any] | None) -> str:
+    """A paired accuracy comparison: the difference, its interval, and the words of the test that decides."""
+    if not result or not result.get("n"):
+        return "-"
+    low, high = result["diff_ci95"]
+    return f"{result['diff']:+.3f} [{low:+.2f}, {high:+.2f}] {words(result)}"
+
+
+def behaviour_cell(per_metric: dict[str, Any] | None) -> str:
+    """The behaviour comparisons against one baseline: each metric's mean paired difference, starred when
+    its test is significant after the family's adjustment."""
+    if not per_metric:
+        return "-"
+    return ", ".join(
+        f"{BEHAVIOUR_LABELS.get(m, m)} {r['diff']:+.3g}{'*' if r.get('significant') else ''}"
+        for m, r in per_metric.items()
+    )
 
 
 def conditions_table(record: dict[str, Any]) -> Table:
@@ -98,10 +120,10 @@ def conditions_table(record: dict[str, Any]) -> Table:
     )
     for column in SUMMARY_COLUMNS:
         table.add_column(column, justify="left" if column in ("condition", "task") else "right")
-    paired = record.get("paired", {})
+    paired, behaviour = record.get("paired", {}), record.get("behaviour", {})
     for condition, per_task in record.get("conditions", {}).items():
         if "skipped" in per_task:
-            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", *[""] * 7)
+            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", *[""] * (len(SUMMARY_COLUMNS) - 3))
             continue
         for task, m in per_task.items():
             versus = paired.get(condition, {}).get(task, {})
@@ -111,6 +133,7 @@ def conditions_table(record: dict[str, Any]) -> Table:
                 _fmt(m.get("gen_words"), 1),
                 _fmt(m.get("stepwise"), 2),
                 _fmt(m.get("entropy"), 2),
+                _fmt(m.get("dose_mean"), 3),
             )
             table.add_row(
                 condition,
@@ -119,6 +142,7 @@ def conditions_table(record: dict[str, Any]) -> Table:
                 *cells,
                 paired_cell(versus.get(BASELINE)),
                 paired_cell(versus.get(CONTROL)),
+                behaviour_cell(behaviour.get(condition, {}).get(task, {}).get(BASELINE)),
             )
     return table
 
@@ -138,7 +162,8 @@ def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     and transfer fidelity against its null and ceiling."""
     console = Console(file=sys.stdout, width=200)
     console.print(conditions_table(record))
-    console.print(paired_line(record.get("paired", {})))
+    for line in decision_lines(record):
+        console.print(line)
     console.print(stages_line(record.get("stages", {})))
     quality = record.get("fit_quality_mean", {})
     if quality:
@@ -186,7 +211,26 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
             for baseline, result in versus.items():
                 for name, value in paired_columns(result).items():
                     out[f"paired/{condition}/{task}/vs_{baseline}/{name}"] = value
+    for condition, task, baseline, metric, result in behaviour_results(record):
+        for name in ("diff", "p", "p_adjusted"):
+            out[f"behaviour/{condition}/{task}/vs_{baseline}/{metric}/{name}"] = result[name]
+        out[f"behaviour/{condition}/{task}/vs_{baseline}/{metric}/significant"] = int(result["significant"])
+    verdict = record.get("verdict") or {}
+    if verdict.get("transferred") is not None:
+        out["verdict/transferred"] = int(verdict["transferred"])
+        out["verdict/p"] = verdict["p"]
     return out
+
+
+def behaviour_results(record: dict[str, Any]) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """(condition, task, baseline, metric, result) for every behaviour comparison of a record."""
+    return [
+        (c, t, b, m, r)
+        for c, per_task in record.get("behaviour", {}).items()
+        for t, versus in per_task.items()
+        for b, per_metric in versus.items()
+        for m, r in per_metric.items()
+    ]
 
 
 def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
@@ -199,6 +243,10 @@ def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
         "ci_low": low,
         "ci_high": high,
         "p_mcnemar": result["p_mcnemar"],
+        "p_adjusted": result.get("p_adjusted"),
+        "significant": int(bool(result.get("significant"))),
+        "direction": result.get("direction"),
+        "decided_by": result.get("decided_by"),
         "wins": result["wins"],
         "losses": result["losses"],
         "items_needed": result["items_needed"],
@@ -207,29 +255,38 @@ def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def paired_line(paired: dict[str, Any]) -> str:
-    """What the paired tests say, in words: which comparisons' intervals exclude zero, and power."""
-    results = [
-        (f"{c} vs {b} ({t})", r)
-        for c, per_task in paired.items()
-        for t, versus in per_task.items()
+def decision_lines(record: dict[str, Any]) -> list[str]:
+    """What the run's tests decide, in the words every surface uses: the verdict; every other comparison
+    significant after the family's adjustment, one line per pair; and the comparisons that found nothing
+    with less than the target power (a "no" there says little)."""
+    if "verdict" not in record:  # a record from before the decision rule
+        return ["paired comparisons: this record has no verdict (made before the decision rule)"]
+    family = record.get("family") or {}
+    found: dict[str, list[str]] = {}
+    for c, per_task in record.get("paired", {}).items():
+        for t, versus in per_task.items():
+            for b, r in versus.items():
+                if r.get("significant") and r.get("decided_by") == "holm":
+                    found.setdefault(f"{c} vs {b} ({t})", []).append(f"accuracy {words(r)}")
+    for c, t, b, m, r in behaviour_results(record):
+        if r["significant"]:
+            found.setdefault(f"{c} vs {b} ({t})", []).append(f"{m} {words(r)}")
+    head = f"other comparisons ({family.get('tests', 0)} tests, Holm-adjusted at {family.get('level', 0.05):g}): "
+    lines = [verdict_line(record["verdict"]), head + ("" if found else "none significant")]
+    lines += [f"  {pair}: " + "; ".join(what).replace("significant ", "") for pair, what in found.items()]
+    weak = [
+        f"{c} vs {b}"
+        for c, per_task in record.get("paired", {}).items()
+        for versus in per_task.values()
         for b, r in versus.items()
-        if r.get("n")
+        if r.get("n") and r.get("underpowered") and not r.get("significant")
     ]
-    if not results:
-        return "paired comparisons: none (no per-item correctness to pair)"
-    clear = [name for name, r in results if excludes_zero(r)]
-    weak = [name for name, r in results if r["underpowered"]]
-    return (
-        "paired comparisons (same items; Newcombe 95% interval, exact McNemar): "
-        + (f"interval excludes 0 for {', '.join(clear)}" if clear else "no interval excludes 0")
-        + (
-            f"; {len(weak)} of {len(results)} underpowered for the paper's gain or stats.effect (items needed "
-            "in brackets)"
-            if weak
-            else ""
+    if weak:
+        lines.append(
+            "not significant and underpowered for the paper's gain or stats.effect (the deciding test's power "
+            f"< stats.power): {', '.join(weak)}"
         )
-    )
+    return lines
 
 
 def fidelity_line(summary: dict[str, Any]) -> str | None:
@@ -282,12 +339,18 @@ PAIRED_COLUMNS = (
     "ci_low",
     "ci_high",
     "p_mcnemar",
+    "p_adjusted",
+    "significant",
+    "direction",
+    "decided_by",
     "wins",
     "losses",
     "items_needed",
     "power",
     "underpowered",
+    "words",
 )
+BEHAVIOUR_COLUMNS = ("condition", "task", "baseline", "metric", "diff", "ci_low", "ci_high", "p", "p_adjusted")
 
 
 def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +369,7 @@ def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
         data = [[int(j), *[f.get(c) for c in columns[1:]]] for j, f in by_layer(fidelity.items())]
         tables["transfer_fidelity"] = wandb.Table(columns=columns, data=data)
     rows = [
-        [c, t, b, *paired_columns(r).values()]
+        [c, t, b, *paired_columns(r).values(), words(r)]
         for c, per_task in record.get("paired", {}).items()
         for t, versus in per_task.items()
         for b, r in versus.items()
@@ -314,6 +377,12 @@ def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
     ]
     if rows:
         tables["paired"] = wandb.Table(columns=list(PAIRED_COLUMNS), data=rows)
+    behaviour = [
+        [c, t, b, m, r["diff"], *(r["diff_ci95"] or [None, None]), r["p"], r["p_adjusted"], r["significant"], words(r)]
+        for c, t, b, m, r in behaviour_results(record)
+    ]
+    if behaviour:
+        tables["behaviour"] = wandb.Table(columns=[*BEHAVIOUR_COLUMNS, "significant", "words"], data=behaviour)
     return tables
 
 
@@ -373,6 +442,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         settings = {"split": record.get("config", {}).get("eval", {}).get("split"), **record.get("settings", {})}
         fit = record.get("fit_quality_mean", {})
         fidelity = record.get("transfer_fidelity_summary", {})
+        verdict = record.get("verdict") or {}
         for condition, per_task in record["conditions"].items():
             for task, metrics in per_task.items():
                 if not isinstance(metrics, dict):
@@ -399,9 +469,23 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                             for b in (BASELINE, CONTROL)
                             for k, v in paired_columns(versus.get(b)).items()
                         },
+                        **(point_evidence(verdict, versus) if condition == "unlock" else {}),
                     }
                 )
     return rows
+
+
+def point_evidence(verdict: dict[str, Any], versus: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep point's UNLOCK row says about transfer, as one p-value: the verdict's (unlock beats
+    unsteered and random, one-sided) where the point has one, else the one-sided exact McNemar test of
+    unlock against unsteered (a sweep that evaluates no random direction); and -log10 of it, to rank by."""
+    if verdict.get("transferred") is not None:
+        p, source = float(verdict["p"]), "verdict"
+    elif (versus.get(BASELINE) or {}).get("n"):
+        p, source = mcnemar_one_sided(versus[BASELINE]["wins"], versus[BASELINE]["losses"]), "vs unsteered"
+    else:
+        return {}
+    return {"point_p": p, "point_p_from": source, "point_evidence": -math.log10(max(p, 1e-300))}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -517,7 +601,7 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
 def _versus_cell(row: dict[str, Any]) -> str:
     if row.get("vs_unsteered_diff") is None:
         return "-"
-    mark = " underpowered" if row.get("vs_unsteered_underpowered") else ""
+    mark = " significant" if row.get("vs_unsteered_significant") else ""
     return (
         f"{row['vs_unsteered_diff']:+.3f} [{row['vs_unsteered_ci_low']:+.2f}, {row['vs_unsteered_ci_high']:+.2f}]{mark}"
     )
@@ -529,6 +613,8 @@ OBJECTIVES = {
     "acc": ("vs_unsteered_diff", "acc", "stepwise", "gen_words"),
     "stepwise": ("stepwise", "acc", "gen_words"),  # behaviour: share of generations that reason in steps
     "fidelity": ("layers_beating_null", "fidelity", "acc"),  # geometry: layers whose transfer beats the null
+    # the run's own claim: the strongest evidence that unlock beats unsteered and random (point_evidence)
+    "verdict": ("point_evidence", "vs_random_diff", "vs_unsteered_diff"),
 }
 
 
@@ -544,21 +630,39 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
     ]
     if not candidates:
         return None
-    best = max(candidates, key=lambda row: tuple(row.get(k) or 0.0 for k in keys))
-    paired = ("vs_unsteered_ci_low", "vs_unsteered_ci_high", "vs_unsteered_p_mcnemar", "vs_unsteered_underpowered")
-    clear = [
-        row["job"]
-        for row in candidates
-        if interval_excludes_zero(row.get("vs_unsteered_ci_low"), row.get("vs_unsteered_ci_high"))
-    ]
+    index = max(range(len(candidates)), key=lambda i: tuple(candidates[i].get(k) or 0.0 for k in keys))
+    best = candidates[index]
+    paired = ("vs_unsteered_ci_low", "vs_unsteered_ci_high", "vs_unsteered_p_mcnemar", "vs_random_diff")
+    shown = ("job", *sweep_axes(rows), *dict.fromkeys((*keys, *OBJECTIVES["acc"])), *paired, "overrides")
     return {
         "objective": objective,
-        **{
-            k: best.get(k)
-            for k in ("job", *sweep_axes(rows), *dict.fromkeys((*keys, *OBJECTIVES["acc"])), *paired, "overrides")
+        **{k: best.get(k) for k in shown},
+        # The selected point judged among every point it was chosen from (Holm across the k points).
+        "across_points": {
+            **sweep_verdict([row.get("point_p") for row in candidates], index),
+            "p_from": best.get("point_p_from"),
         },
-        "points_excluding_zero": clear,
     }
+
+
+def selection_lines(selected: dict[str, Any], objective: str, sweep_dir: Path) -> list[str]:
+    """What the sweep selected, how strong the evidence is once the choice among k points is accounted
+    for, and the command that runs the selected point on the test split (tied to this sweep)."""
+    across = selected["across_points"]
+    gain = selected.get("vs_unsteered_diff")
+    low, high = selected.get("vs_unsteered_ci_low"), selected.get("vs_unsteered_ci_high")
+    interval = f"{gain:+.3f} [{low:+.2f}, {high:+.2f}]" if gain is not None and low is not None else "-"
+    decided = "significant" if across["significant"] else "not significant"
+    dropped = ("eval.split=", "+sweep=")  # the test run is the point itself, not the sweep's settings
+    overrides = [o for o in str(selected.get("overrides") or "").split() if not o.startswith(dropped)]
+    return [
+        f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): job {selected['job']}",
+        f"  validation gain over unsteered {interval}: optimistic, the best of {across['points']} points",
+        f"  its {across['p_from'] or 'point'} p = {across['p']:.2g}, Holm-adjusted across the {across['points']} "
+        f"points p_adj = {across['p_adjusted']:.2g}: {decided}",
+        "  run it on the test split (the record names the sweep point it came from):",
+        f"  python launch.py {' '.join(overrides)} eval.split=test selected_from={sweep_dir}/{selected['job']}",
+    ]
 
 
 def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objective: str = "acc") -> dict[str, Any]:
@@ -580,12 +684,7 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     print(f"aggregate: {summary['csv']} and {len(plots)} plots in {sweep_dir}; {len(failed)} failed jobs")
     selected = summary["selected_on_validation"]
     if selected:
-        print(f"selected on validation by {objective} ({', '.join(OBJECTIVES[objective])}): {selected}")
-        if not selected["points_excluding_zero"]:
-            print(
-                "no sweep point's paired 95% interval against the unsteered Target excludes 0: the selected "
-                "point is not distinguishable from no steering on these validation items"
-            )
+        print("\n".join(selection_lines(selected, objective, sweep_dir)))
     if logger_cfg is not None and logger_cfg.name == "wandb":
         try:
             import wandb

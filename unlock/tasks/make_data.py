@@ -1,4 +1,5 @@
-"""Make the shipped local task data (fixed seed): arithmetic word problems and a multiple-choice set.
+"""Make the shipped local task data (fixed seed): arithmetic word problems, a multiple-choice set, and
+the planted control's additions (reserved problems its models never trained on: unlock.models.planted).
 
 Run `python -m unlock.tasks.make_data` to regenerate; the output is deterministic. Splits are drawn
 from one pool of distinct questions and never overlap: train (extraction and alignment prompts),
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+
+from unlock.models.planted import task_items
 
 DATA_DIR = Path(__file__).parent / "data"
 SEED = 20260406
@@ -100,6 +103,15 @@ def main() -> None:
         write_jsonl(
             DATA_DIR / f"mc_{split}.jsonl",
             [{"id": f"mc-{split}-{i}", "question": q, "choices": c, "label": l} for i, (q, c, l) in enumerate(rows)],
+        )
+    planted = _split(task_items(total, SEED))
+    for split, rows in planted.items():
+        write_jsonl(
+            DATA_DIR / f"planted_{split}.jsonl",
+            [
+                {"id": f"planted-{split}-{i}", "question": f"{r['verb']} {r['a']} and {r['b']}", "answer": r["answer"]}
+                for i, r in enumerate(rows)
+            ],
         )
     print(f"wrote {sorted(p.name for p in DATA_DIR.glob('*.jsonl'))} to {DATA_DIR}")
 
