@@ -543,22 +543,34 @@ def test_rows_carry_their_token_counts_and_steered_conditions_their_dose(single_
 
 
 def test_a_test_run_of_a_sweep_point_is_checked_against_it(tmp_path):
-    """selected_from names a finished validation point with the same settings; anything else is refused
-    before a model loads, naming what differs."""
+    """selected_from names the job its sweep selected, finished on the validation split with the same
+    models and settings; anything else is refused before a model loads, naming what differs."""
+    from omegaconf import OmegaConf
+
+    from unlock.run.record import check_selected_from
+
     point = tmp_path / "sweep" / "3"
     point.mkdir(parents=True)
     cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", "eval.split=test", f"selected_from={point}"])
-    from unlock.run.record import check_selected_from, settings_summary
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["eval"]["split"] = "validation"
+    config["source_model"]["device"] = "cuda"  # swept on a GPU node: devices do not matter
 
-    settings = settings_summary(cfg, make_plan(cfg))
-    record = {"status": "ok", "source": "tiny-llama", "target": "tiny-qwen2", "settings": settings}
-    (point / "results.json").write_text(json.dumps({**record, "config": {"eval": {"split": "validation"}}}))
-    check_selected_from(cfg, make_plan(cfg))
-    (point / "results.json").write_text(
-        json.dumps({**record, "settings": {**settings, "alpha": 0.5}, "config": {"eval": {"split": "validation"}}})
-    )
-    with pytest.raises(ValueError, match=r"differs from the selected point: alpha 0.1 \(the point: 0.5\)"):
-        check_selected_from(cfg, make_plan(cfg))
-    (point / "results.json").write_text(json.dumps({**record, "config": {"eval": {"split": "test"}}}))
+    def write(config, job="3"):
+        (point / "results.json").write_text(json.dumps({"status": "ok", "config": config}))
+        (point.parent / "aggregate.json").write_text(json.dumps({"selected_on_validation": {"job": job}}))
+
+    write(config)
+    check_selected_from(cfg)
+    write(config, job="5")
+    with pytest.raises(ValueError, match=r"the sweep selected job '5' .*, not '3'"):
+        check_selected_from(cfg)
+    write({**config, "alpha": {**config["alpha"], "value": 0.5}})
+    with pytest.raises(ValueError, match=r"differs from the selected point: alpha .*0.1.*the point: .*0.5"):
+        check_selected_from(cfg)
+    write({**config, "capability": {**config["capability"], "n_heldout": 9}})
+    with pytest.raises(ValueError, match=r"differs from the selected point: capability"):
+        check_selected_from(cfg)
+    write({**config, "eval": {"split": "test"}})
     with pytest.raises(ValueError, match="selected on the validation split \\(that point's split: test\\)"):
-        check_selected_from(cfg, make_plan(cfg))
+        check_selected_from(cfg)

@@ -164,8 +164,16 @@ def test_the_verdict_is_the_intersection_of_two_one_sided_exact_tests():
     assert (vs["effect"], vs["effect_from"], vr["effect_from"]) == (0.3, "paper", "default")
     assert vs["power"] == power_at(20, 0.3, 14 / 20, 0.05, 1), "the power of the test that decides"
     assert vr["items_needed"] == items_needed(0.1, 12 / 20, 0.8, 0.05, 1)
-    assert verdict["items_needed"] == max(vs["items_needed"], vr["items_needed"])
-    assert verdict["underpowered"] == (vs["underpowered"] or vr["underpowered"])
+    # every test must reject: the joint power is the product, and it needs more items than either alone
+    assert verdict["power"] == pytest.approx(vs["power"] * vr["power"])
+    assert verdict["underpowered"] == (verdict["power"] < 0.8)
+    n = verdict["items_needed"]
+    assert n >= max(vs["items_needed"], vr["items_needed"])
+
+    def joint(items):
+        return power_at(items, 0.3, 14 / 20, 0.05, 1) * power_at(items, 0.1, 12 / 20, 0.05, 1)
+
+    assert joint(n) >= 0.8 > joint(n - 1)
     decided = result["paired"]["unlock"]["t"]["unsteered"]
     assert (decided["decided_by"], decided["p_adjusted"], decided["significant"]) == ("verdict", 0.5**12, True)
     assert decided["p_one_sided"] == 0.5**14, "its own test is recorded; the flag and p are the verdict's"
@@ -236,9 +244,7 @@ def test_words_say_what_decided():
     verdict = {**base, "decided_by": "verdict", "p_adjusted": 0.003, "significant": True, "direction": "gain"}
     assert words(verdict) == "significant gain (verdict p = 0.003)"
     no = {**verdict, "p_adjusted": 0.2, "p_one_sided": 0.03, "significant": False, "direction": None}
-    assert words(no) == "not significant (verdict p = 0.2)"
-    no["diff_ci95"] = [0.01, 0.11]
-    assert words(no) == "not significant: interval excludes 0, one-sided McNemar p = 0.03"
+    assert words(no) == "not significant: the verdict failed (verdict p = 0.2; this test's one-sided p = 0.03)"
 
 
 def test_sweep_verdict_adjusts_the_selected_point_across_the_sweep():

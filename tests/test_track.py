@@ -44,6 +44,16 @@ def test_ties_go_to_the_next_key():
     assert select_best(rows, "fidelity")["job"] == "2"
 
 
+def test_a_missing_value_ranks_below_any_number_and_only_the_primary_task_competes():
+    rows = [_row("1", 0.1, 0.0, 0, 0.1), _row("2", 0.1, 0.0, 0, 0.1)]
+    rows[0]["vs_random_diff"], rows[1]["vs_random_diff"] = None, -0.05
+    rows[0]["point_evidence"] = rows[1]["point_evidence"] = 2.0
+    assert select_best(rows, "verdict")["job"] == "2", "a point without a random comparison is not a tie at 0"
+    other_task = {**_row("3", 1.0, 1.0, 18, 0.9), "primary_task": False}
+    assert select_best([*rows, other_task], "acc")["job"] != "3"
+    assert select_best([*rows, other_task], "acc")["across_points"]["points"] == 2, "one row per point"
+
+
 def test_unknown_objective_and_schema_choice():
     with pytest.raises(
         ValueError, match="selection objective 'luck' is not allowed; allowed: acc, stepwise, fidelity, verdict"

@@ -73,6 +73,7 @@ class UnlockVLLM(VLLM):
         super().__init__(pretrained=pretrained, **kwargs)
         self.steering = EngineSteering(self.model)
         self._default: str | None = None
+        self._default_meter: str | None = None  # whose dose the untagged requests count toward
         self._named: dict[str, str] = {}
         self._boundaries: dict[tuple[int, ...], int] = {}
         self._requests = 0
@@ -102,6 +103,7 @@ class UnlockVLLM(VLLM):
     ) -> None:
         """Steer every following request without a condition tag with these vectors (None: none)."""
         self._default = None if not vectors else self._register(vectors, alpha, rule, positions, parse_layers(layers))
+        self._default_meter = self._default
 
     def add_steering(
         self,
@@ -118,6 +120,7 @@ class UnlockVLLM(VLLM):
     def use_steering(self, name: str | None) -> None:
         """Steer untagged requests with the set registered under ``name`` (None: no default)."""
         self._default = (self._named[name] or None) if name is not None else None
+        self._default_meter = name
 
     def reset_stats(self) -> None:
         """Engine steps (forward passes of the batch), prompt tokens served from the prefix cache, and the
@@ -127,10 +130,10 @@ class UnlockVLLM(VLLM):
         self.cached_tokens = 0
 
     def steering_dose(self, name: str | None = None) -> dict[int, float]:
-        """{layer: mean ||h' - h|| / ||h|| over the steered positions} of the steering registered under
-        ``name`` (None: the default steering) since the last :meth:`reset_stats`."""
-        registered = self._named.get(name, "") if name is not None else self._default
-        return self.steering.doses[registered].means() if registered in self.steering.doses else {}
+        """{layer: mean ||h' - h|| / ||h|| over the steered positions} of the requests tagged ``name`` (None:
+        the untagged ones, steered by the default steering) since the last :meth:`reset_stats`."""
+        meter = name if name is not None else self._default_meter
+        return self.steering.doses[meter].means() if meter in self.steering.doses else {}
 
     @property
     def stats(self) -> dict[str, int]:
@@ -147,7 +150,7 @@ class UnlockVLLM(VLLM):
         if condition is not None:
             if condition not in self._named:
                 raise ValueError(f"{CONDITION_KEY}={condition!r} names no steering; registered: {sorted(self._named)}")
-            kwargs["extra_args"] = {TAG: {"set": self._named[condition]}}
+            kwargs["extra_args"] = {TAG: {"set": self._named[condition], "meter": condition}}
         return kwargs, until, max_gen_toks
 
     def _loglikelihood_tokens(self, requests, *args, **kwargs):
@@ -194,15 +197,18 @@ class UnlockVLLM(VLLM):
     def _tag(self, tokens: list[int], sp: Any, generate: bool) -> dict[str, Any] | None:
         """The steering tag of one request: its set (condition tag, else the default), its boundary
         (last prompt token; for loglikelihood the last context token) and a key for the check."""
-        named = (sp.extra_args or {}).get(TAG, {}).get("set") if sp.extra_args else None
-        name = named if named is not None else self._default
+        tagged = (sp.extra_args or {}).get(TAG) or {}
+        if tagged.get("set") is not None:  # a condition's request ("" when the condition is unsteered)
+            name, meter = tagged["set"], tagged.get("meter")
+        else:
+            name, meter = self._default, self._default_meter
         if not name:
             return None
         boundary = len(tokens) - 1 if generate else self._boundaries.get(tuple(tokens))
         if boundary is None:
             raise RuntimeError("a loglikelihood request arrived without its context length; cannot steer it exactly")
         self._requests += 1
-        return {"set": name, "boundary": int(boundary), "key": f"r{self._requests}"}
+        return {"set": name, "meter": meter, "boundary": int(boundary), "key": f"r{self._requests}"}
 
     def _label(self, tokens: list[int]) -> str:
         head = self.tokenizer.decode(tokens[:24]).replace("\n", " ")

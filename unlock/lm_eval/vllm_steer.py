@@ -97,10 +97,10 @@ class _Prepared:
 
 @dataclass
 class _Step:
-    """One engine step's plan: rows per steering set, and which request keys they belong to."""
+    """One engine step's plan: rows per (steering set, dose meter), and which request keys they belong to."""
 
-    rows: dict[str, torch.Tensor] = field(default_factory=dict)
-    positions: dict[str, list[tuple[str, list[int]]]] = field(default_factory=dict)
+    rows: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    positions: dict[tuple[str, str], list[tuple[str, list[int]]]] = field(default_factory=dict)
 
 
 class EngineSteering:
@@ -112,7 +112,9 @@ class EngineSteering:
         self.seen: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self._step = _Step()
         self.steps = 0  # engine steps (forward passes) seen
-        self.doses: dict[str, DoseMeter] = defaultdict(DoseMeter)  # per steering set: ||h' - h|| / ||h||
+        # ||h' - h|| / ||h|| per meter: a request's tag names its meter (the condition of the task it
+        # belongs to), so conditions that share a steering set (one condition on two tasks) stay apart
+        self.doses: dict[str, DoseMeter] = defaultdict(DoseMeter)
         self._handles: list[Any] = []
         (info,) = llm.collective_rpc(self._install)
         self.n_layers, self.hidden_size, self.device, self.dtype = info
@@ -159,7 +161,7 @@ class EngineSteering:
         req_ids = list(runner.input_batch.req_ids)
         starts = runner.query_start_loc.np[: len(req_ids) + 1]
         computed = runner.input_batch.num_computed_tokens_cpu
-        rows: dict[str, list[int]] = defaultdict(list)
+        rows: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, req_id in enumerate(req_ids):
             state = runner.requests.get(req_id)
             tag = (state.sampling_params.extra_args or {}).get(TAG) if state and state.sampling_params else None
@@ -169,25 +171,26 @@ class EngineSteering:
             boundary = tag["boundary"] if tag.get("boundary") is not None else len(state.prompt_token_ids) - 1
             picked = _pick(self.sets[tag["set"]].positions, first, first + n_rows, boundary)
             if picked:
-                rows[tag["set"]].extend(int(starts[i]) + p - first for p in picked)
-                step.positions.setdefault(tag["set"], []).append((tag["key"], picked))
-        step.rows = {name: torch.tensor(r, device=self.device) for name, r in rows.items()}
+                group = (tag["set"], tag.get("meter") or tag["set"])
+                rows[group].extend(int(starts[i]) + p - first for p in picked)
+                step.positions.setdefault(group, []).append((tag["key"], picked))
+        step.rows = {group: torch.tensor(r, device=self.device) for group, r in rows.items()}
         self._step = step
 
     def _hook(self, index: int):
         def steer(_module: nn.Module, _args: tuple, output: tuple[torch.Tensor, torch.Tensor]):
-            for name, rows in self._step.rows.items():
+            for (name, meter), rows in self._step.rows.items():
                 prepared = self.sets[name]
                 shift = prepared.shifts.get(index)
                 if shift is None:
                     continue
                 hidden, residual = output
                 stream = hidden[rows].float() + residual[rows].float()
-                steered = apply_shift(stream, shift, prepared.rule)
-                self.doses[name].add(index, stream, steered)
-                hidden[rows] = steered.to(hidden.dtype)
+                steered = apply_shift(stream, shift, prepared.rule).to(hidden.dtype)
+                self.doses[meter].add(index, stream, steered)  # as applied, in the model's dtype (as on HF)
+                hidden[rows] = steered
                 residual[rows] = 0
-                for key, picked in self._step.positions[name]:
+                for key, picked in self._step.positions[(name, meter)]:
                     self.seen[key][index].extend(picked)
             return output
 

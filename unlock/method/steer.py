@@ -126,7 +126,7 @@ class DoseMeter:
         self._sums: dict[int, list] = {}
 
     def add(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> None:
-        change = relative_change(before, after)
+        change = relative_change(before.detach(), after.detach())
         total = self._sums.setdefault(layer, [0.0, 0])
         total[0] = total[0] + change.sum()
         total[1] += change.numel()

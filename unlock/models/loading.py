@@ -202,8 +202,8 @@ class PlantedSource(ModelSource):
             family=cfg["family"],
             hidden_size=cfg["hidden_size"],
             num_layers=cfg["num_layers"],
-            corpus=cfg.get("corpus") or Recipe.corpus,
-            steps=cfg.get("train_steps") or Recipe.steps,
+            corpus=Recipe.corpus if cfg.get("corpus") is None else cfg["corpus"],
+            steps=Recipe.steps if cfg.get("train_steps") is None else cfg["train_steps"],
             seed=cfg["seed"],
         )
 

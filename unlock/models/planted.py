@@ -89,7 +89,7 @@ class Recipe:
             )
 
     def spec(self) -> dict[str, Any]:
-        corpus = {"verbs": VERBS, "cue": CUE, "cue_share": CUE_SHARE, "digits": DIGITS}
+        corpus = {"verbs": VERBS, "cue": CUE, "cue_share": CUE_SHARE, "digits": DIGITS, "characters": _CHARACTERS}
         return {**asdict(self), **corpus}
 
 

@@ -41,10 +41,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
     plan = make_plan(cfg)
     DROPPED.clear()  # this run's benchmark only (a multirun may run many in one process)
+    check_selected_from(cfg)
     if cfg.dry_run:
         return dry_run(cfg, plan)
     check_devices_present(cfg)
-    check_selected_from(cfg, plan)
     session = Session(cfg)
     captures = capture_all(session, prompt_sets(cfg))
     result = transfer(

@@ -83,33 +83,49 @@ def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
     }
 
 
-# What a validation sweep chooses: a test run's settings must equal its selected point's on these.
-SELECTED_SETTINGS = ("benchmark", "capability", "n_prompts", "aggregation", "rank", "method", "alpha", "rule")
-SELECTED_SETTINGS += ("positions", "layer_mode", "layers")
+# What determines a sweep point's numbers besides the split: a test run of the point must agree on all of it.
+SELECTED_CONFIG = ("source_model", "target_model", "benchmark", "capability", "layer", "rank", "alpha", "seed")
 
 
-def check_selected_from(cfg: DictConfig, plan: Plan) -> None:
-    """A test run that says it runs a sweep's selected point (``selected_from=<sweep dir>/<job>``) does:
-    the point finished on the validation split with the same models and the same settings. Checked
-    before any model loads; the mismatched settings are named."""
+def check_selected_from(cfg: DictConfig) -> None:
+    """A test run that says it runs a sweep's selected point (``selected_from=<sweep dir>/<job>``) does: the
+    sweep selected that job (its aggregate.json), the point finished on the validation split, and the
+    models, capability, layers, rank, alpha and seed are the point's (devices aside). Checked before
+    any model loads; what differs is named."""
     if not cfg.selected_from:
         return
-    path = Path(str(cfg.selected_from)) / "results.json"
-    point = _read_json(path) if path.is_file() else {}
+    point_dir = Path(str(cfg.selected_from))
+    point = _read_json(point_dir / "results.json") if (point_dir / "results.json").is_file() else {}
     if point.get("status") != "ok":
-        raise ValueError(f"selected_from={cfg.selected_from}: {path} is not a finished sweep point's record")
+        raise ValueError(f"selected_from={cfg.selected_from}: {point_dir}/results.json is not a finished sweep point")
+    aggregate = point_dir.parent / "aggregate.json"
+    chosen = ((_read_json(aggregate) if aggregate.is_file() else {}).get("selected_on_validation") or {}).get("job")
+    if chosen != point_dir.name:
+        raise ValueError(
+            f"selected_from={cfg.selected_from}: the sweep selected job {chosen!r} ({aggregate}), "
+            f"not {point_dir.name!r}"
+        )
     split = (point.get("config") or {}).get("eval", {}).get("split")
     if split != "validation" or cfg.eval.split != "test":
         raise ValueError(
             f"selected_from={cfg.selected_from}: a test run (eval.split=test, here {cfg.eval.split}) of a point "
             f"selected on the validation split (that point's split: {split})"
         )
-    mine = {"source": cfg.source_model.name, "target": cfg.target_model.name, **settings_summary(cfg, plan)}
-    theirs = {"source": point.get("source"), "target": point.get("target"), **point.get("settings", {})}
-    differ = [k for k in ("source", "target", *SELECTED_SETTINGS) if mine.get(k) != theirs.get(k)]
+    mine = _comparable(OmegaConf.to_container(cfg, resolve=True))
+    theirs = _comparable(point.get("config") or {})
+    differ = [k for k in SELECTED_CONFIG if mine.get(k) != theirs.get(k)]
     if differ:
-        shown = ", ".join(f"{k} {mine.get(k)!r} (the point: {theirs.get(k)!r})" for k in differ)
+        shown = ", ".join(f"{k} {json.dumps(mine.get(k))} (the point: {json.dumps(theirs.get(k))})" for k in differ)
         raise ValueError(f"selected_from={cfg.selected_from}: this run differs from the selected point: {shown}")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The config nodes a test run shares with its point, as JSON values, without the models' devices."""
+    out = json.loads(json.dumps({k: config.get(k) for k in SELECTED_CONFIG}, default=str))
+    for node in (out.get("source_model"), out.get("target_model"), (out.get("capability") or {}).get("unlocked_model")):
+        if isinstance(node, dict):
+            node.pop("device", None)
+    return out
 
 
 def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:

@@ -210,7 +210,8 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
         for task, versus in per_task.items():
             for baseline, result in versus.items():
                 for name, value in paired_columns(result).items():
-                    out[f"paired/{condition}/{task}/vs_{baseline}/{name}"] = value
+                    if isinstance(value, (int, float)):  # metrics only; the words go to the paired table
+                        out[f"paired/{condition}/{task}/vs_{baseline}/{name}"] = value
     for condition, task, baseline, metric, result in behaviour_results(record):
         for name in ("diff", "p", "p_adjusted"):
             out[f"behaviour/{condition}/{task}/vs_{baseline}/{metric}/{name}"] = result[name]
@@ -443,6 +444,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         fit = record.get("fit_quality_mean", {})
         fidelity = record.get("transfer_fidelity_summary", {})
         verdict = record.get("verdict") or {}
+        primary = ((record.get("config") or {}).get("eval", {}).get("tasks") or [None])[0]
         for condition, per_task in record["conditions"].items():
             for task, metrics in per_task.items():
                 if not isinstance(metrics, dict):
@@ -469,6 +471,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                             for b in (BASELINE, CONTROL)
                             for k, v in paired_columns(versus.get(b)).items()
                         },
+                        "primary_task": primary is None or task == primary,
                         **(point_evidence(verdict, versus) if condition == "unlock" else {}),
                     }
                 )
@@ -623,14 +626,17 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
     if objective not in OBJECTIVES:
         raise ValueError(f"selection objective {objective!r} is not allowed; allowed: {', '.join(OBJECTIVES)}")
     keys = OBJECTIVES[objective]
-    candidates = [
+    candidates = [  # one per point: its UNLOCK row on the primary task (the verdict's)
         row
         for row in rows
-        if row.get("status") == "ok" and row.get("condition") == "unlock" and row.get("split") == "validation"
+        if row.get("status") == "ok"
+        and row.get("condition") == "unlock"
+        and row.get("split") == "validation"
+        and row.get("primary_task", True)
     ]
     if not candidates:
         return None
-    index = max(range(len(candidates)), key=lambda i: tuple(candidates[i].get(k) or 0.0 for k in keys))
+    index = max(range(len(candidates)), key=lambda i: tuple(_rank(candidates[i].get(k)) for k in keys))
     best = candidates[index]
     paired = ("vs_unsteered_ci_low", "vs_unsteered_ci_high", "vs_unsteered_p_mcnemar", "vs_random_diff")
     shown = ("job", *sweep_axes(rows), *dict.fromkeys((*keys, *OBJECTIVES["acc"])), *paired, "overrides")
@@ -643,6 +649,11 @@ def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str,
             "p_from": best.get("point_p_from"),
         },
     }
+
+
+def _rank(value: Any) -> float:
+    """A ranking key's value; a missing one ranks below every number (not as 0)."""
+    return float("-inf") if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def selection_lines(selected: dict[str, Any], objective: str, sweep_dir: Path) -> list[str]:
