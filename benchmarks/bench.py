@@ -9,6 +9,8 @@ MISS by the median, with "?" when the interval still straddles the target (not r
 
   steer_generate   steered / unsteered batched greedy generation (batch 8)          target <= 1.03
   steer_score      steered / unsteered batched scoring forward pass (batch 8)       target <= 1.03
+  steer_all_generate, steer_all_score   the same, steering every position (positions=all)  <= 1.03
+  steer_one_layer_all                   scoring, every position of one middle layer         <= 1.03
   noise_floor_a_a  unsteered scoring / itself: what this machine can resolve        (information)
   capture_layer    capture of layer L (early exit) / full pass with hidden states   target <= 1.1 (L+1)/n
   eval_throughput  `unlock` lm-eval model at alpha 0 / lm-eval's `hf`, same task    target <= 1.05
@@ -173,48 +175,65 @@ def random_vectors(model, seed: int = 0) -> dict[int, torch.Tensor]:
     return {j: torch.randn(hidden_size(model), generator=gen) for j in range(num_layers(model))}
 
 
+def encode(tokenizer, texts: list[str], model) -> Any:
+    """A padded batch on the model's device (a CUDA model given CPU tensors fails at its first layer)."""
+    return tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+
+
 def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[dict[str, Any]]:
     from unlock.method.steer import Steering
 
     model, tok = loaded.model, loaded.tokenizer
-    batch = tok(prompts(8), return_tensors="pt", padding=True)
+    batch = encode(tok, prompts(8), model)
     vectors = random_vectors(model)
     pad = tok.pad_token_id
 
     # Built once, as the `unlock` lm-eval model does for a whole evaluation; the timed calls enter it.
     steering = Steering(model, vectors, 0.1)
+    everywhere = Steering(model, vectors, 0.1, positions="all")
+    middle = len(vectors) // 2
+    one_layer = Steering(model, {middle: vectors[middle]}, 0.1, positions="all")
 
-    def generate(steer: bool):
+    def generate(steer):
         def call():
-            with torch.inference_mode(), steering if steer else contextlib.nullcontext():
+            with torch.inference_mode(), steer or contextlib.nullcontext():
                 model.generate(
                     **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
                 )
 
         return call
 
-    def score(steer: bool):
+    def score(steer):
         def call():
-            with torch.inference_mode(), steering if steer else contextlib.nullcontext():
+            with torch.inference_mode(), steer or contextlib.nullcontext():
                 model(**batch)
 
         return call
 
     return [
+        *_steering_rows(label, timing, generate, score, steering, f"batch 8, {new_tokens} new tokens"),
+        row(label, "steer_all_generate", timing.ratios(generate(everywhere), generate(None)), 1.03, "every position"),
+        row(label, "steer_all_score", timing.ratios(score(everywhere), score(None)), 1.03, "every position"),
         row(
             label,
-            "steer_generate",
-            timing.ratios(generate(True), generate(False)),
+            "steer_one_layer_all",
+            timing.ratios(score(one_layer), score(None)),
             1.03,
-            f"batch 8, {new_tokens} new tokens, every layer",
+            f"scoring, every position of layer {middle}",
         ),
-        row(label, "steer_score", timing.ratios(score(True), score(False)), 1.03, "batch 8, every layer"),
+    ]
+
+
+def _steering_rows(label: str, timing: Timing, generate, score, steering, what: str) -> list[dict[str, Any]]:
+    return [
+        row(label, "steer_generate", timing.ratios(generate(steering), generate(None)), 1.03, f"{what}, every layer"),
+        row(label, "steer_score", timing.ratios(score(steering), score(None)), 1.03, "batch 8, every layer"),
         # A/A: the same unsteered call against itself. Its spread is what this machine can resolve;
         # a ratio inside it is not a measured cost.
         row(
             label,
             "noise_floor_a_a",
-            timing.ratios(score(False), score(False)),
+            timing.ratios(score(None), score(None)),
             None,
             "unsteered scoring vs itself: the timing noise on this machine",
         ),
@@ -236,7 +255,7 @@ def bench_capture(label: str, loaded, timing: Timing) -> dict[str, Any]:
 
     def full():
         with torch.inference_mode():
-            model(**tok(texts, return_tensors="pt", padding=True), output_hidden_states=True)
+            model(**encode(tok, texts, model), output_hidden_states=True)
 
     target = 1.1 * (layer + 1) / n_layers
     return row(label, "capture_layer", timing.ratios(early, full), target, f"layer {layer} of {n_layers}, batch 8")

@@ -115,7 +115,15 @@ def test_tiny_bench_writes_every_row_to_csv(tmp_path, monkeypatch):
         ]
     )
     measures = [r["measure"] for r in rows]
-    assert measures == ["steer_generate", "steer_score", "noise_floor_a_a", "capture_layer"]
+    assert measures == [
+        "steer_generate",
+        "steer_score",
+        "noise_floor_a_a",
+        "steer_all_generate",
+        "steer_all_score",
+        "steer_one_layer_all",
+        "capture_layer",
+    ]
     with out.open() as f:
         written = list(csv.DictReader(f))
     assert [r["measure"] for r in written] == measures
@@ -132,3 +140,41 @@ def test_skipping_everything_is_an_error_not_an_empty_csv(tmp_path):
     with pytest.raises(SystemExit, match="nothing measured"):
         bench.main(["--models", "tiny", "--skip", ",".join(bench.SKIPPABLE), "--out", str(out)])
     assert not out.exists()
+
+
+def test_the_inputs_go_to_the_models_device():
+    """make bench on CUDA crashed at once: the prompts were tokenised on the CPU and handed to a CUDA
+    model. A model on another device (meta: no GPU needed) gets its inputs there."""
+    from unlock.models.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model("llama", hidden_size=32, num_layers=2).to("meta")
+    batch = bench.encode(tiny_tokenizer(), ["Question: 1 + 1?", "Q"], model)
+    assert {t.device.type for t in batch.values()} == {"meta"}
+
+
+def test_gpu_check_refuses_at_once_without_cuda():
+    """make gpu-check on a machine without CUDA: a non-zero exit and why, before anything is built."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "no CUDA GPU here" in proc.stderr
+    assert "[gpu-check]" not in proc.stdout, "nothing ran"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_on_small_shapes(tmp_path):
+    """The kit's own dry run (--small: small shapes, the CPU allowed): every row comes out, none failed."""
+    from benchmarks import gpu_check
+
+    out = tmp_path / "table.md"
+    assert gpu_check.main(["--small", "--budget", "0", "--out", str(out)]) == 0
+    table = out.read_text()
+    for check in ("harness_bf16", "steer_generate", "steer_all_generate", "steer_one_layer_all", "capture_layer"):
+        assert f"| {check} |" in table, check
+    assert "verdict:" in table and "| bench_tiny | ok |" in table

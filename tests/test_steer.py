@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unlock.method.capture import capture_activations, position_ids_from_mask
-from unlock.method.steer import LAST_COLUMN, Steering, apply_rule
+from unlock.method.steer import EVERY_POSITION, LAST_COLUMN, Steering, apply_rule
 from unlock.models.tiny import tiny_tokenizer
 
 LAYERS = 4
@@ -260,3 +260,23 @@ def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, 
     with Steering(llama, {layer: vector}, alpha=alpha, rule=rule) as unmeasured:
         capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
     assert unmeasured.dose is None, "measured only when asked"
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt"])
+def test_every_position_view_path_equals_gather_path(llama, tokenizer, prompts, positions):
+    """Without padding, steering every position uses the whole hidden state as a view (no index tensors,
+    no gather or scatter). The same prompt left-padded in a batch with a longer one takes the gather
+    path (its pads are not steered): its real positions come out the same."""
+    short, long = sorted(prompts, key=lambda p: len(tokenizer(p)["input_ids"]))[:: len(prompts) - 1]
+    steering = Steering(llama, _vectors(11), 0.3, positions=positions)
+    with torch.no_grad(), steering:
+        alone = tokenizer([short], return_tensors="pt")
+        view = llama(**alone).logits[0]
+        assert steering._index == EVERY_POSITION
+        batch = tokenizer([short, long], return_tensors="pt", padding=True)
+        gathered = llama(**batch, position_ids=position_ids_from_mask(batch["attention_mask"])).logits[0]
+        assert isinstance(steering._index[0], torch.Tensor)
+    torch.testing.assert_close(view, gathered[-view.shape[0] :], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        plain = llama(**alone).logits[0]
+    assert not torch.allclose(view, plain, atol=1e-4)

@@ -78,9 +78,11 @@ class SteeringSettings:
 
 
 # Positions a forward call steers, as an index into hidden states (batch, seq, d): (rows, cols) index
-# tensors, or LAST_COLUMN, the final position of every row (a view, no gather).
+# tensors, or a view without gather or scatter: LAST_COLUMN, the final position of every row, or
+# EVERY_POSITION, the whole call (all-position steering, and every decoding step that steers).
 LAST_COLUMN = (slice(None), -1)
-SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int]
+EVERY_POSITION = (slice(None), slice(None))
+SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int] | tuple[slice, slice]
 
 
 def check_alpha(alpha: float) -> float:
@@ -234,13 +236,15 @@ class Steering(contextlib.AbstractContextManager):
     def _steered_index(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, past_len: int
     ) -> SteeredIndex | None:
-        """The positions this forward call steers: (rows, cols) index tensors, LAST_COLUMN, or None."""
+        """The positions this forward call steers: (rows, cols) index tensors, a view (LAST_COLUMN,
+        EVERY_POSITION), or None."""
         batch, length = input_ids.shape[:2]
         device = input_ids.device
         if past_len > 0:  # a decoding step: its tokens are generated ones
-            if self._positions.after:
-                return torch.ones(batch, length, dtype=torch.bool, device=device).nonzero(as_tuple=True)
-            return None
+            return EVERY_POSITION if self._positions.after else None
+        every = self._positions.before and self._positions.last and (self._positions.after or self._boundary is None)
+        if every and (attention_mask is None or bool(attention_mask[:, -length:].all())):
+            return EVERY_POSITION  # every position of this call is steered (no padding): the whole tensor
         if (
             self._positions == POSITION_RULES["last"]
             and self._boundary is None
