@@ -2,8 +2,12 @@
 main job's wall time per engine (part of `make bench`; alone: python -m benchmarks.engines).
 
   vllm_over_hf         steered generation tok/s, vLLM / HF (UnlockVLLM / UnlockLM), same prompts     target >= 1.5
-  vllm_steer_cost      vLLM steered / unsteered generation time (alternated)                         target <= 1.05
-  engine_start         vLLM engine start-up, seconds (apart from throughput)                         (information)
+  vllm_steer_cost      vLLM steered / unsteered generation time (alternated), eager mode             target <= 1.05
+  compiled_steer_cost  the same in vLLM's compiled mode (steering compiled into the layers)          target <= 1.05
+  compiled_all_cost    compiled, steering every position of every layer / unsteered                 target <= 1.05
+  compiled_idle_cost   compiled, unsteered: UnlockVLLM / lm-eval's plain `vllm` (steering code idle)  target <= 1.03
+  compiled_over_eager  steered generation tok/s, compiled / eager                                    (information)
+  engine_start         vLLM engine start-up, seconds, eager and compiled (apart from throughput)    (information)
   main_job             `launch.py` wall time and eval forward work, eval.engine=hf vs vllm, captures
                        cached                                                                       (information)
 
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,34 +65,30 @@ def _generator(lm, engine: str, prompts: list[str], new_tokens: int):
     )
 
 
+VLLM_ENGINES = {  # engine name -> (UnlockVLLM's steering in the layers, enforce_eager)
+    "vllm": (True, True),
+    "vllm_compiled": (True, False),
+    "vllm_plain_compiled": (False, False),  # lm-eval's own `vllm` class: no steering code in the layers
+}
+
+
 def child(engine: str, package: str, prompts: int, new_tokens: int, repeats: int) -> dict:
-    """One engine in this process: start-up, then timed steered (and, for vLLM, unsteered) generations."""
-    from unlock.method.blocks import hidden_size, num_layers
+    """One engine in this process: start-up, then timed steered (last token; on a steering vLLM engine
+    also every position) and unsteered generations, alternated."""
     from unlock.models.gguf import cached_checkpoint
     from unlock.run.config import project_root
 
     path = str(cached_checkpoint(package, os.environ.get("UNLOCK_CACHE", os.path.join(project_root(), "cache"))))
     start = time.perf_counter()
-    if engine == "vllm":
-        from unlock.lm_eval.vllm_model import UnlockVLLM
-
-        # No prefix cache: every timed pass prefills its prompts, as one evaluation does.
-        lm = UnlockVLLM(pretrained=path, dtype="float32", batch_size="auto", enable_prefix_caching=False)
-        width, depth = lm.steering.hidden_size, lm.steering.n_layers
-    else:
-        from unlock.lm_eval.hf_model import UnlockLM
-
-        lm = UnlockLM(pretrained=path, dtype="float32", batch_size=prompts, device="cpu")
-        width, depth = hidden_size(lm.model), num_layers(lm.model)
+    lm, modes = _engine(engine, path, prompts)
     started = time.perf_counter() - start
-    gen = torch.Generator().manual_seed(0)
-    vectors = {layer: torch.randn(width, generator=gen) for layer in range(depth)}
-    generate = _generator(lm, engine, _prompts(prompts), new_tokens)
+    generate = _generator(lm, "hf" if engine == "hf" else "vllm", _prompts(prompts), new_tokens)
     generate()  # warm-up
-    times: dict[str, list[float]] = {"steered": [], "unsteered": []}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for i in range(repeats):
-        for mode in ("steered", "unsteered") if i % 2 == 0 else ("unsteered", "steered"):
-            lm.set_steering(vectors if mode == "steered" else None, 0.1, "norm_preserving", "last")
+        for mode in modes if i % 2 == 0 else modes[::-1]:
+            if mode != "unsteered" or len(modes) > 1:
+                lm.set_steering(*STEER[mode])
             begin = time.perf_counter()
             generate()
             times[mode].append(time.perf_counter() - begin)
@@ -97,6 +98,37 @@ def child(engine: str, package: str, prompts: int, new_tokens: int, repeats: int
         "tokens": prompts * new_tokens,
         **{k: statistics.median(v) for k, v in times.items()},
     }
+
+
+def _vectors(width: int, depth: int) -> dict[int, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {layer: torch.randn(width, generator=gen) for layer in range(depth)}
+
+
+STEER: dict[str, tuple] = {"unsteered": (None,)}  # filled by _engine: mode -> set_steering arguments
+
+
+def _engine(engine: str, path: str, prompts: int) -> tuple[Any, tuple[str, ...]]:
+    """The engine and the modes it is timed in."""
+    if engine == "hf":
+        from unlock.lm_eval.hf_model import UnlockLM
+        from unlock.method.blocks import hidden_size, num_layers
+
+        lm = UnlockLM(pretrained=path, dtype="float32", batch_size=prompts, device="cpu")
+        STEER["steered"] = (_vectors(hidden_size(lm.model), num_layers(lm.model)), 0.1, "norm_preserving", "last")
+        return lm, ("steered", "unsteered")
+    from unlock.lm_eval.vllm_model import VLLM, UnlockVLLM
+
+    steering, eager = VLLM_ENGINES[engine]
+    # No prefix cache: every timed pass prefills its prompts, as one evaluation does.
+    args = {"dtype": "float32", "batch_size": "auto", "enable_prefix_caching": False, "enforce_eager": eager}
+    if not steering:
+        return VLLM(pretrained=path, **args), ("unsteered",)
+    lm = UnlockVLLM(pretrained=path, **args)
+    vectors = _vectors(lm.steering.hidden_size, lm.steering.n_layers)
+    STEER["steered"] = (vectors, 0.1, "norm_preserving", "last")
+    STEER["all"] = (vectors, 0.1, "norm_preserving", "all")
+    return lm, ("steered", "all", "unsteered")
 
 
 def run_child(engine: str, package: str, args: argparse.Namespace) -> dict:
@@ -167,36 +199,61 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     rows = []
     for label in args.models.split(","):
-        hf, vl = run_child("hf", PACKAGES[label], args), run_child("vllm", PACKAGES[label], args)
-        rows += [
-            {
-                "model": label,
-                "measure": "vllm_over_hf",
-                "value": hf["steered"] / vl["steered"],
-                "target": ">= 1.5",
-                "note": f"{hf['tokens'] / hf['steered']:.0f} vs {vl['tokens'] / vl['steered']:.0f} tok/s steered "
-                f"({args.prompts} prompts x {args.new_tokens} tokens)",
-            },
-            {
-                "model": label,
-                "measure": "vllm_steer_cost",
-                "value": vl["steered"] / vl["unsteered"],
-                "target": "<= 1.05",
-                "note": f"{vl['steered']:.1f} s vs {vl['unsteered']:.1f} s (HF: {hf['steered'] / hf['unsteered']:.2f})",
-            },
-            {
-                "model": label,
-                "measure": "engine_start",
-                "value": vl["start_s"],
-                "target": "",
-                "note": f"vLLM engine start-up (HF load {hf['start_s']:.1f} s)",
-            },
-        ]
+        runs = {engine: run_child(engine, PACKAGES[label], args) for engine in ("hf", *VLLM_ENGINES)}
+        rows += engine_rows(label, runs, args)
     if not args.skip_main_job:
         rows += main_job_rows()
     for row in rows:
-        print(f"{row['model']:<9} {row['measure']:<16} {row['value']:>8.2f}  {row['target']:<8} {row['note']}")
+        print(f"{row['model']:<9} {row['measure']:<20} {row['value']:>8.2f}  {row['target']:<8} {row['note']}")
     return rows
+
+
+def engine_rows(label: str, runs: dict[str, dict], args: argparse.Namespace) -> list[dict]:
+    hf, eager, compiled, plain = (runs[e] for e in ("hf", *VLLM_ENGINES))
+
+    def row(measure: str, value: float, target: str, note: str) -> dict:
+        return {"model": label, "measure": measure, "value": value, "target": target, "note": note}
+
+    def cost(run: dict, mode: str) -> str:
+        return f"{run[mode]:.1f} s vs {run['unsteered']:.1f} s"
+
+    work = f"{args.prompts} prompts x {args.new_tokens} tokens"
+    return [
+        row(
+            "vllm_over_hf",
+            hf["steered"] / eager["steered"],
+            ">= 1.5",
+            f"{hf['tokens'] / hf['steered']:.0f} vs {eager['tokens'] / eager['steered']:.0f} tok/s steered, "
+            f"eager ({work})",
+        ),
+        row(
+            "vllm_steer_cost",
+            eager["steered"] / eager["unsteered"],
+            "<= 1.05",
+            f"{cost(eager, 'steered')} (HF: {hf['steered'] / hf['unsteered']:.2f})",
+        ),
+        row("compiled_steer_cost", compiled["steered"] / compiled["unsteered"], "<= 1.05", cost(compiled, "steered")),
+        row("compiled_all_cost", compiled["all"] / compiled["unsteered"], "<= 1.05", cost(compiled, "all")),
+        row(
+            "compiled_idle_cost",
+            compiled["unsteered"] / plain["unsteered"],
+            "<= 1.03",
+            f"{compiled['unsteered']:.1f} s vs {plain['unsteered']:.1f} s (lm-eval's vllm)",
+        ),
+        row(
+            "compiled_over_eager",
+            eager["steered"] / compiled["steered"],
+            "",
+            f"{compiled['tokens'] / compiled['steered']:.0f} vs {eager['tokens'] / eager['steered']:.0f} tok/s steered",
+        ),
+        row(
+            "engine_start",
+            eager["start_s"],
+            "",
+            f"s eager; compiled {compiled['start_s']:.0f} s, plain compiled {plain['start_s']:.0f} s "
+            f"(HF load {hf['start_s']:.1f} s)",
+        ),
+    ]
 
 
 def main_job_rows() -> list[dict]:

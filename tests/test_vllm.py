@@ -1,7 +1,9 @@
 """`unlock_vllm` (lm-eval's vLLM class + UNLOCK's steering inside the engine) against `unlock` (HF +
 Steering), the independent path: greedy fp32 generations identical on tiny Llama, Qwen2 and Gemma3 for
 both rules and every position mode, loglikelihoods within 1e-3, mixed batches, chunked prefill,
-prefix caching, and the check that refuses to report an unsteered request as steered.
+prefix caching, and the checks that refuse to report an unsteered request as steered. The engines run
+in vLLM's compiled mode (torch.compile with Inductor; the steering compiled into the decoder layers)
+unless a test says otherwise; the same steering in eager mode and the hook fallback are compared too.
 
 Random tiny models have near-tied logits; their output embeddings are scaled up so that greedy
 choices are well separated (top-1 minus top-2 of order 0.5 in these models). vLLM's detokenizer
@@ -186,11 +188,24 @@ def test_chunked_prefill_steers_the_last_token_in_a_later_chunk(llama_dir):
     gc.collect()
 
 
-def test_the_check_fires_when_the_hooks_do_not_run(llama_dir):
+def test_the_checks_fire_when_the_compiled_engine_does_not_steer(llama_dir):
+    from unlock.lm_eval.vllm_graph import CODE_KEY, SteeringBank
+
     vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512)
+    assert vl.compiled and vl.steering.mode == "graph"
+    config = vl.model.llm_engine.vllm_config
+    assert config.additional_config["unlock_steering"] == CODE_KEY["unlock_steering"], "in the compile-cache key"
+    assert config.model_config.architectures == ["UnlockSteered_LlamaForCausalLM"]
     vl.set_steering(vectors(), 0.5, "norm_preserving", "last")
     assert vl.generate_until(_instances(CONTEXTS[:1], None)), "steered and checked"
-    vl.steering.remove_hooks()  # what compiled graphs or Model Runner V2 do: the model runs unhooked
+    # A compiled model that does not read the planned buffers (a graph compiled without the steering):
+    # the plan goes to a bank no layer reads, and the per-layer counts say so.
+    bank = vl.steering.bank
+    vl.steering.bank = SteeringBank(4, WIDTH, bank.max_rows)
+    with pytest.raises(RuntimeError, match=r"steered 0 rows at layer 0 for .*, 1 were planned"):
+        vl.generate_until(_instances(CONTEXTS[:1], None))
+    vl.steering.bank = bank
+    vl.steering.remove_hooks()  # no plan before the steps (Model Runner V2 would not call it): unsteered
     with pytest.raises(
         RuntimeError,
         match=r"request '<s>Question: Sam has 3 apples.*was not steered where it "
@@ -201,9 +216,24 @@ def test_the_check_fires_when_the_hooks_do_not_run(llama_dir):
     gc.collect()
 
 
-def test_compiled_mode_is_refused(llama_dir):
-    with pytest.raises(ValueError, match="enforce_eager=False is not allowed: compiled graphs skip the steering hooks"):
-        UnlockVLLM(pretrained=str(llama_dir), enforce_eager="false")
+@pytest.mark.parametrize(("mode", "eager"), [("graph", True), ("hooks", True)])
+def test_eager_steering_and_the_hook_fallback_equal_the_hf_path(llama_dir, mode, eager):
+    hf = UnlockLM(pretrained=str(llama_dir), dtype="float32", batch_size=4, device="cpu")
+    vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, steering=mode, enforce_eager=eager)
+    assert (vl.steering.mode, vl.compiled) == (mode, not eager)
+    for rule, alpha, positions in SETTINGS:
+        hf.set_steering(vectors(), alpha, rule, positions)
+        vl.set_steering(vectors(), alpha, rule, positions)
+        assert evaluate(vl, "unlock_arith") == evaluate(hf, "unlock_arith"), (mode, rule, positions)
+    del vl
+    gc.collect()
+
+
+def test_bad_steering_modes_are_refused_before_the_engine_starts(llama_dir):
+    with pytest.raises(ValueError, match="enforce_eager=False is not allowed with steering=hooks"):
+        UnlockVLLM(pretrained=str(llama_dir), steering="hooks", enforce_eager="false")
+    with pytest.raises(ValueError, match="steering='compiled' is not allowed; allowed: graph, hooks"):
+        UnlockVLLM(pretrained=str(llama_dir), steering="compiled")
 
 
 def test_steer_file_settings_are_the_defaults_as_in_unlock(llama_dir, tmp_path):
@@ -211,7 +241,7 @@ def test_steer_file_settings_are_the_defaults_as_in_unlock(llama_dir, tmp_path):
 
     path = tmp_path / "v.safetensors"
     save_steering_vectors(path, vectors(5), {"alpha": 3.0, "rule": "add", "positions": "all"})
-    vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, steer=str(path))
+    vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, steer=str(path), enforce_eager=True)
     hf = UnlockLM(pretrained=str(llama_dir), dtype="float32", batch_size=4, device="cpu", steer=str(path))
     assert evaluate(vl, "unlock_arith") == evaluate(hf, "unlock_arith")
     prepared = next(iter(vl.steering.sets.values()))

@@ -8,22 +8,31 @@ in a later chunk or after a prefix-cache hit); loglikelihood requests at the las
 the ``unlock`` class does. Requests of several steerings share one engine call: a task whose
 generation kwargs carry ``unlock_steer: NAME`` is steered by the set registered under NAME
 (:meth:`UnlockVLLM.add_steering`), others by the default set (:meth:`UnlockVLLM.set_steering`).
-After every call each steered request is checked to have been steered where it should be
-(:meth:`unlock.lm_eval.vllm_steer.EngineSteering.check`); anything else raises, naming the request.
+The steering is compiled into the Target's decoder layers (``steering=graph``, the default;
+:mod:`unlock.lm_eval.vllm_graph`), so the engine runs in vLLM's compiled mode (torch.compile, CUDA
+graphs) unless told ``enforce_eager=True``; ``steering=hooks`` is the fallback of Python hooks, eager
+only. After every call the engine's per-layer counts must equal the plan
+(:meth:`~unlock.lm_eval.vllm_steer.EngineSteering.collect`) and each steered request must have been
+steered where it should be (:meth:`~unlock.lm_eval.vllm_steer.EngineSteering.check`); anything else
+raises, naming the layer or the request.
 
 Importing this module imports vLLM; nothing else in the package does.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from unlock.lm_eval.vllm_graph import CODE_KEY, steered_architecture
 from unlock.lm_eval.vllm_steer import (
     ENGINE_ENV,
+    STEERING_MODES,
     TAG,
     EngineSteering,
     SteeringSet,
@@ -42,11 +51,37 @@ from unlock.lm_eval.hf_model import context_boundaries, parse_layers, steering_s
 from unlock.method.steer import SteeringSettings  # noqa: E402
 
 CONDITION_KEY = "unlock_steer"  # in a task's generation_kwargs: the steering set's registered name
+log = logging.getLogger(__name__)
+
+
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1")
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """A dict engine arg as lm-eval's model_args string may carry it (a JSON string) or as given."""
+    return dict(json.loads(value) if isinstance(value, str) else value or {})
+
+
+def _graph_engine_args(pretrained: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine args that build the Target with steering compiled into its layers: its architecture
+    replaced by the steered subclass (hf_overrides), and the steering code's hash in the compile-cache
+    key (additional_config)."""
+    from transformers import AutoConfig
+
+    overrides = _as_dict(kwargs.get("hf_overrides"))
+    config = AutoConfig.from_pretrained(pretrained, trust_remote_code=_is_true(kwargs["trust_remote_code"]))
+    architectures = overrides.get("architectures") or getattr(config, "architectures", None) or []
+    if len(architectures) != 1:
+        raise ValueError(f"{pretrained} names architectures {architectures}; unlock_vllm steers a model with one")
+    overrides["architectures"] = [steered_architecture(architectures[0])]
+    return {"hf_overrides": overrides, "additional_config": {**_as_dict(kwargs.get("additional_config")), **CODE_KEY}}
 
 
 @register_model("unlock_vllm")
 class UnlockVLLM(VLLM):
-    """lm-eval's VLLM with per-request UNLOCK steering, in eager mode on the V1 model runner."""
+    """lm-eval's VLLM with per-request UNLOCK steering compiled into the Target's layers (``steering=graph``,
+    compiled or eager as vLLM is told) or by Python hooks (``steering=hooks``, eager), on the V1 model runner."""
 
     def __init__(
         self,
@@ -56,22 +91,30 @@ class UnlockVLLM(VLLM):
         rule: str | None = None,
         positions: str | None = None,
         layers: str | list[int] | None = None,
+        steering: str = "graph",
         **kwargs: Any,
     ) -> None:
         vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
-        if str(kwargs.get("enforce_eager", True)).lower() == "false":
-            raise ValueError(
-                "enforce_eager=False is not allowed: compiled graphs skip the steering hooks (silently); "
-                "unlock_vllm runs eagerly"
-            )
+        if steering not in STEERING_MODES:
+            raise ValueError(f"steering={steering!r} is not allowed; allowed: {', '.join(STEERING_MODES)}")
         if int(kwargs.get("data_parallel_size", 1)) != 1 or int(kwargs.get("tensor_parallel_size", 1)) != 1:
             raise ValueError(
                 "unlock_vllm steers one in-process engine: data_parallel_size and tensor_parallel_size must be 1"
             )
-        kwargs["enforce_eager"] = True
         kwargs.setdefault("trust_remote_code", False)
+        if steering == "hooks":
+            if str(kwargs.get("enforce_eager", True)).lower() == "false":
+                raise ValueError(
+                    "enforce_eager=False is not allowed with steering=hooks: compiled graphs skip Python hooks "
+                    "(silently); use steering=graph (the default) to run compiled"
+                )
+            kwargs["enforce_eager"] = True
+        else:
+            kwargs.update(_graph_engine_args(pretrained, kwargs))
         super().__init__(pretrained=pretrained, **kwargs)
-        self.steering = EngineSteering(self.model)
+        self.compiled = not _is_true(self.model.llm_engine.vllm_config.model_config.enforce_eager)
+        self.steering = EngineSteering(self.model, steering)
+        log.info("unlock_vllm: %s steering, %s mode", steering, "compiled" if self.compiled else "eager")
         self._default: str | None = None
         self._default_meter: str | None = None  # whose dose the untagged requests count toward
         self._named: dict[str, str] = {}
@@ -180,6 +223,7 @@ class UnlockVLLM(VLLM):
         outputs = self.model.generate(
             prompts, sampling_params=params, use_tqdm=self.batch_size == "auto", lora_request=self.lora_request
         )
+        self.steering.collect()
         for tokens, output, tag in zip(requests, outputs, tags, strict=True):
             self.cached_tokens += int(output.num_cached_tokens or 0)
             if tag is not None:

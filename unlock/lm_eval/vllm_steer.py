@@ -13,10 +13,14 @@ the set, the prompt boundary (the last prompt token, or for a loglikelihood requ
 token) and a key the check below reads back. Requests of different steering share one call; their
 prompts carry different ``cache_salt`` so prefix-cache blocks are never shared between steerings.
 
-Python hooks run only in eager mode and only on the V1 model runner (compiled graphs and Model
-Runner V2 skip them, silently): :data:`ENGINE_ENV` and ``enforce_eager=True`` select that mode, and
-:meth:`EngineSteering.check` raises after every call for any steered request that was not steered
-at exactly its positions, at every steered layer. The hooks read vLLM internals (model runner
+By default the steering is compiled into the decoder layers (:mod:`unlock.lm_eval.vllm_graph`), so it
+runs in vLLM's compiled mode (torch.compile, CUDA graphs) as in eager mode: this module plans each
+step's rows in Python before the model runs and writes them into the layers' persistent buffers.
+Python hooks on the layers (``mode="hooks"``) remain as a fallback; they run only in eager mode.
+Both run on the V1 model runner (:data:`ENGINE_ENV`: Model Runner V2 prepares its batch elsewhere).
+After every call :meth:`EngineSteering.collect` checks, from counts the compiled layers keep, that
+every planned row was steered at every layer, and :meth:`EngineSteering.check` that every steered
+request was steered at exactly its positions. The planner reads vLLM internals (model runner
 attributes); tests/test_vllm.py guards them by behaviour on the locked version.
 """
 
@@ -43,10 +47,12 @@ from unlock.method.steer import (
     apply_shift,
     steering_shift,
 )
+from unlock.method.steer_op import RULE_CODES
 
 TAG = "unlock_steer"
-# In-process engine (hooks and the check share this process's memory) on the V1 model runner.
+# In-process engine (the step planner and the check share this process's memory) on the V1 model runner.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+STEERING_MODES = ("graph", "hooks")  # compiled into the layers (any mode), or Python hooks (eager only)
 
 
 @dataclass(frozen=True)
@@ -99,15 +105,25 @@ class _Prepared:
 class _Step:
     """One engine step's plan: rows per (steering set, dose meter), and which request keys they belong to."""
 
-    rows: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    rows: dict[tuple[str, str], Any] = field(default_factory=dict)  # row indices (a tensor in hooks mode)
     positions: dict[tuple[str, str], list[tuple[str, list[int]]]] = field(default_factory=dict)
 
 
 class EngineSteering:
-    """Hooks on the decoder layers of an in-process vLLM engine; steers each request by its tag and
-    records where it did, for :meth:`check`."""
+    """UNLOCK's steering in an in-process vLLM engine: steers each request by its tag and records where
+    it did, for :meth:`check`.
 
-    def __init__(self, llm: Any) -> None:
+    ``graph`` (the default): the engine was built with :func:`unlock.lm_eval.vllm_graph.steered_architecture`,
+    its compiled layers steer from a :class:`~unlock.lm_eval.vllm_graph.SteeringBank`, and this class
+    writes the bank's per-row buffers before every model step (around the model runner's
+    ``_model_forward``, the step's forward call that vLLM documents as the method to override) and
+    checks afterwards, from the bank's per-layer counts, that every planned row was steered at every
+    layer. ``hooks``: Python hooks on the decoder layers (eager mode only; the fallback)."""
+
+    def __init__(self, llm: Any, mode: str = "graph") -> None:
+        if mode not in STEERING_MODES:
+            raise ValueError(f"unknown vLLM steering mode {mode!r}; allowed: {', '.join(STEERING_MODES)}")
+        self.mode = mode
         self.sets: dict[str, _Prepared] = {}
         self.seen: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         self._step = _Step()
@@ -116,22 +132,35 @@ class EngineSteering:
         # belongs to), so conditions that share a steering set (one condition on two tasks) stay apart
         self.doses: dict[str, DoseMeter] = defaultdict(DoseMeter)
         self._handles: list[Any] = []
+        self._resident: dict[str, int] = {}  # graph mode: steering set -> bank slot
+        self._meters: dict[str, int] = {}  # graph mode: dose meter -> bank meter, this call
+        self._planned: dict[tuple[int, int], int] = defaultdict(int)  # (layer, meter) -> rows planned
         (info,) = llm.collective_rpc(self._install)
         self.n_layers, self.hidden_size, self.device, self.dtype = info
 
     # --- set up ----------------------------------------------------------------------------------
     def _install(self, worker: Any) -> tuple[int, int, torch.device, torch.dtype]:
         self.runner = worker.model_runner
-        layers = decoder_layers(self.runner.get_model())
-        self._handles.append(layers[0].register_forward_pre_hook(lambda *_: self._plan()))
-        for index, layer in enumerate(layers):
-            self._handles.append(layer.register_forward_hook(self._hook(index)))
-        weight = next(self.runner.get_model().parameters())
+        model = self.runner.get_model()
+        layers = decoder_layers(model)
+        if self.mode == "graph":
+            self.bank = getattr(model, "unlock_bank", None)
+            if self.bank is None:
+                raise RuntimeError(
+                    f"the engine's model ({type(model).__name__}) has no steering bank: build it with "
+                    "hf_overrides={'architectures': [unlock.lm_eval.vllm_graph.steered_architecture(...)]}"
+                )
+            self._handles.append(_wrap_forward(self.runner, self._plan_graph, self._clear_graph))
+        else:
+            self._handles.append(layers[0].register_forward_pre_hook(lambda *_: self._plan_hooks()))
+            for index, layer in enumerate(layers):
+                self._handles.append(layer.register_forward_hook(self._hook(index)))
+        weight = next(model.parameters())
         width = int(self.runner.model_config.get_hidden_size())
         return len(layers), width, weight.device, weight.dtype
 
     def remove_hooks(self) -> None:
-        """Detach every hook (the engine then runs unsteered; :meth:`check` will say so)."""
+        """Stop steering (the engine then runs unsteered; :meth:`check` will say so)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -149,19 +178,18 @@ class EngineSteering:
                         f"({self.hidden_size},)"
                     )
                 shift = steering_shift(vector.detach().float(), float(steering.alpha), steering.rule)
-                shifts[int(layer)] = shift.to(self.device)
+                shifts[int(layer) % self.n_layers] = shift.to(self.device)
             self.sets[name] = _Prepared(steering.rule, steering.positions, shifts)
         return name
 
     # --- in the engine -------------------------------------------------------------------------
-    def _plan(self) -> None:
-        """Once per engine step (before layer 0): the rows each steering set touches."""
+    def _plan(self) -> _Step:
+        """Once per engine step, before the model runs: the rows each (steering set, meter) touches."""
         self.steps += 1
         runner, step = self.runner, _Step()
         req_ids = list(runner.input_batch.req_ids)
         starts = runner.query_start_loc.np[: len(req_ids) + 1]
         computed = runner.input_batch.num_computed_tokens_cpu
-        rows: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, req_id in enumerate(req_ids):
             state = runner.requests.get(req_id)
             tag = (state.sampling_params.extra_args or {}).get(TAG) if state and state.sampling_params else None
@@ -172,9 +200,13 @@ class EngineSteering:
             picked = _pick(self.sets[tag["set"]].positions, first, first + n_rows, boundary)
             if picked:
                 group = (tag["set"], tag.get("meter") or tag["set"])
-                rows[group].extend(int(starts[i]) + p - first for p in picked)
+                step.rows.setdefault(group, []).extend(int(starts[i]) + p - first for p in picked)
                 step.positions.setdefault(group, []).append((tag["key"], picked))
-        step.rows = {group: torch.tensor(r, device=self.device) for group, r in rows.items()}
+        return step
+
+    def _plan_hooks(self) -> None:
+        step = self._plan()
+        step.rows = {group: torch.tensor(rows, device=self.device) for group, rows in step.rows.items()}
         self._step = step
 
     def _hook(self, index: int):
@@ -196,7 +228,87 @@ class EngineSteering:
 
         return steer
 
+    def _plan_graph(self) -> None:
+        """Write the bank's per-row slots and meters for this step (the rest stay -1 / unsteered)."""
+        step = self._plan()
+        if not step.rows:
+            return
+        bank = self.bank
+        n = 1 + max(max(rows) for rows in step.rows.values())
+        if n > bank.max_rows:
+            raise RuntimeError(f"a step of {n} rows exceeds the steering bank's {bank.max_rows}")
+        slots = torch.full((n,), -1, dtype=torch.int64)
+        meters = torch.full((n,), bank.meters, dtype=torch.int64)
+        in_step = {name for name, _ in step.rows}
+        for (name, meter), rows in step.rows.items():
+            slot, index = self._slot(name, in_step), self._meter(meter)
+            slots[rows], meters[rows] = slot, index
+            for layer in self.sets[name].shifts:
+                self._planned[(layer, index)] += len(rows)
+                for key, picked in step.positions[(name, meter)]:
+                    self.seen[key][layer].extend(picked)
+        bank.slots[:n].copy_(slots)
+        bank.meter[:n].copy_(meters)
+
+    def _clear_graph(self) -> None:
+        self.bank.slots.fill_(-1)
+
+    def _slot(self, name: str, in_step: set[str]) -> int:
+        """The bank slot holding steering set ``name``, uploading it (into a free slot, or one whose set
+        this step does not use) if it is not resident."""
+        if name in self._resident:
+            return self._resident[name]
+        bank = self.bank
+        taken = set(self._resident.values())
+        free = [s for s in range(bank.sets) if s not in taken]
+        if not free:
+            evict = next((n for n in self._resident if n not in in_step), None)
+            if evict is None:
+                raise RuntimeError(f"one engine step uses more than {bank.sets} steering sets (the bank's slots)")
+            free = [self._resident.pop(evict)]
+        slot = free[0]
+        prepared = self.sets[name]
+        bank.shifts[:, slot].zero_()
+        bank.active[:, slot] = False
+        for layer, shift in prepared.shifts.items():
+            bank.shifts[layer, slot].copy_(shift)
+            bank.active[layer, slot] = True
+        bank.rules[slot] = RULE_CODES[prepared.rule]
+        self._resident[name] = slot
+        return slot
+
+    def _meter(self, meter: str) -> int:
+        if meter not in self._meters:
+            if len(self._meters) >= self.bank.meters:
+                raise RuntimeError(
+                    f"one engine call uses more than {self.bank.meters} dose meters (conditions x tasks)"
+                )
+            self._meters[meter] = len(self._meters)
+        return self._meters[meter]
+
     # --- after a call --------------------------------------------------------------------------
+    def collect(self) -> None:
+        """Graph mode, after each engine call: read the bank's per-layer counts and doses, and raise
+        unless every layer steered exactly the rows planned for it (a compiled graph without the
+        steering, or a step the plan missed, shows up here)."""
+        if self.mode != "graph":
+            return
+        count, dose = (self.bank.count.to("cpu", copy=True), self.bank.dose.to("cpu", copy=True))
+        self.bank.count.zero_()
+        self.bank.dose.zero_()
+        names = {index: meter for meter, index in self._meters.items()}
+        planned, self._planned, self._meters = self._planned, defaultdict(int), {}
+        for layer in range(self.n_layers):
+            for index in range(self.bank.meters):
+                got, want = int(count[layer, index]), planned.get((layer, index), 0)
+                if got != want:
+                    raise RuntimeError(
+                        f"the engine steered {got} rows at layer {layer} for {names.get(index, 'no meter')!r}, "
+                        f"{want} were planned: its compiled model does not run UNLOCK's steering as planned"
+                    )
+                if want:
+                    self.doses[names[index]].add_sum(layer, float(dose[layer, index]), want)
+
     def check(
         self, key: str, name: str, boundary: int, prompt_len: int, n_generated: int, n_cached: int, label: str
     ) -> None:
@@ -211,9 +323,32 @@ class EngineSteering:
                 raise RuntimeError(
                     f"request {label} was not steered where it should be at layer {layer} ({prepared.positions}): "
                     f"steered positions {sorted(got)[:12]}, required {sorted(must)[:12]} (prompt {prompt_len} tokens, "
-                    f"boundary {boundary}, {n_cached} from the prefix cache, {n_generated} generated). Hooks run only "
-                    "in eager mode on vLLM's V1 model runner (enforce_eager=True, VLLM_USE_V2_MODEL_RUNNER=0)"
+                    f"boundary {boundary}, {n_cached} from the prefix cache, {n_generated} generated; "
+                    f"{self.mode} steering on vLLM's V1 model runner)"
                 )
+
+
+class _Restore:
+    def __init__(self, runner: Any, original: Callable) -> None:
+        self.runner, self.original = runner, original
+
+    def remove(self) -> None:
+        self.runner._model_forward = self.original
+
+
+def _wrap_forward(runner: Any, before: Callable[[], None], after: Callable[[], None]) -> _Restore:
+    """Run ``before`` ahead of every model step of ``runner`` and ``after`` once it is done."""
+    original = runner._model_forward
+
+    def planned(*args: Any, **kwargs: Any) -> Any:
+        before()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            after()
+
+    runner._model_forward = planned
+    return _Restore(runner, original)
 
 
 def _pick(positions: str, first: int, end: int, boundary: int) -> list[int]:

@@ -133,6 +133,12 @@ class DoseMeter:
         total[0] = total[0] + change.sum()
         total[1] += change.numel()
 
+    def add_sum(self, layer: int, total: float, n: int) -> None:
+        """Add ``n`` positions whose relative changes sum to ``total`` (measured elsewhere, e.g. in a graph)."""
+        sums = self._sums.setdefault(layer, [0.0, 0])
+        sums[0] = sums[0] + total
+        sums[1] += n
+
     def means(self) -> dict[int, float]:
         """{layer: mean relative dose over every steered position so far} (layers with positions only)."""
         return {layer: float(total) / n for layer, (total, n) in sorted(self._sums.items()) if n}

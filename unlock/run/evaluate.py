@@ -177,6 +177,11 @@ def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
     }
     if ev.engine != "hf":
         spec["engine"] = str(ev.engine)
+    if ev.engine == "vllm":  # compiled and eager kernels round differently
+        spec["engine_mode"] = {
+            "steering": str(ev.vllm.get("steering", "graph")),
+            "eager": str(ev.vllm.get("enforce_eager", False)).lower() == "true",
+        }
     return spec
 
 

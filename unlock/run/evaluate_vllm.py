@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from typing import Any
 
@@ -45,7 +46,10 @@ class VLLMEvaluator:
             _ENGINE.clear()
             self.models.release_all()  # the HF weights are not needed while vLLM holds its own
             start = time.perf_counter()
-            _ENGINE[key] = UnlockVLLM(pretrained=path, batch_size="auto", **args)
+            _ENGINE[key] = lm = UnlockVLLM(pretrained=path, batch_size="auto", **args)
+            mode = "compiled" if lm.compiled else "eager"
+            how = f"{lm.steering.mode} steering" + (" (the hook fallback)" if lm.steering.mode == "hooks" else "")
+            print(f"[unlock] {model_cfg.name}: vLLM engine, {how}, {mode}", file=sys.stderr)
             # In results.json's model_load_seconds; absent when a sweep's earlier point started it.
             self.models.load_seconds[f"{model_cfg.name} (vllm engine)"] = time.perf_counter() - start
         return _ENGINE[key]
@@ -101,10 +105,9 @@ class VLLMEvaluator:
         samples = results["samples"][name]
         generation = bool(samples) and isinstance((samples[0].get("filtered_resps") or [None])[0], str)
         lengths = response_lengths(lm.tokenizer, sample_rows(samples)) if generation else []
-        return {
-            "metrics": summarise(results["results"][name], samples, {"forward_passes": steps}, lengths, dose),
-            "samples": sample_rows(samples, lengths),
-        }
+        metrics = summarise(results["results"][name], samples, {"forward_passes": steps}, lengths, dose)
+        metrics["vllm"] = {"steering": lm.steering.mode, "compiled": lm.compiled}  # the hook fallback is named
+        return {"metrics": metrics, "samples": sample_rows(samples, lengths)}
 
 
 def _tagged(task: Any, name: str) -> Any:
