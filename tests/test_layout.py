@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,14 +156,26 @@ def test_only_the_run_layer_reads_the_composed_config():
 def test_each_concern_has_its_folder():
     """Besides the notebook import paths (one-line aliases of the moved modules), unlock/ holds only
     folders named after what they hold."""
-    top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    assert top == ["align", "artifacts", "capture", "extract", "pipeline", "steer", "tiny"]
+    import unlock
+
+    top = sorted(f"unlock.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    assert top == sorted(unlock.ALIASES), "every top-level module is a permanent alias listed in unlock.ALIASES"
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
     assert folders == ["analysis", "lm_eval", "method", "models", "run", "store", "tasks"]
-    import unlock.capture
-    import unlock.method.capture
 
-    assert unlock.capture is unlock.method.capture, "the old path is the same module, private names included"
+
+@pytest.mark.parametrize("alias", sorted(__import__("unlock").ALIASES))
+def test_each_permanent_import_path_is_the_module_it_names(alias):
+    """In a fresh interpreter, importing the short path first gives the very module object of the long
+    one (private names included), and importing it again afterwards does too."""
+    target = __import__("unlock").ALIASES[alias]
+    code = (
+        f"import importlib, sys; a = importlib.import_module({alias!r}); b = importlib.import_module({target!r}); "
+        f"assert a is b is sys.modules[{alias!r}], (a, b); "
+        f"assert importlib.import_module({alias!r}) is b; print(b.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == target
 
 
 def test_statistics_live_in_one_home_below_the_run_layer():

@@ -2,6 +2,10 @@
 
 Stages, one module each: capture (activations) -> extract (direction) -> align (map) -> steer.
 Names below are imported lazily so that `import unlock` costs nothing until a name is used.
+
+The short import paths in :data:`ALIASES` are permanent (notebooks and the paper's readers use them),
+not deprecated: each is a file in this folder that makes the path the very module object it names, so
+private names, patches and ``isinstance`` checks agree whichever path is imported.
 """
 
 from importlib import import_module
@@ -20,6 +24,17 @@ _EXPORTS = {
     "Steering": "unlock.method.steer",
 }
 __all__ = sorted(_EXPORTS)
+
+# Permanent short import paths -> the module each one is (unlock/<name>.py, one line of sys.modules).
+ALIASES = {
+    "unlock.align": "unlock.method.align",
+    "unlock.artifacts": "unlock.store.artifacts",
+    "unlock.capture": "unlock.method.capture",
+    "unlock.extract": "unlock.method.extract",
+    "unlock.pipeline": "unlock.method.pipeline",
+    "unlock.steer": "unlock.method.steer",
+    "unlock.tiny": "unlock.models.tiny",
+}
 
 
 def __getattr__(name: str):
