@@ -229,11 +229,41 @@ def test_eager_steering_and_the_hook_fallback_equal_the_hf_path(llama_dir, mode,
     gc.collect()
 
 
+def test_a_call_beyond_the_banks_slots_is_refused_before_it_runs_and_the_engine_stays_usable(llama_dir):
+    from unlock.lm_eval.vllm_graph import SETS
+
+    vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, enforce_eager=True)
+    names = [f"c{i}" for i in range(SETS + 1)]
+    for i, name in enumerate(names):
+        vl.add_steering(name, vectors(10 + i), 2.0, "add", "last")
+    many = [inst for name in names for inst in _instances(CONTEXTS[:1], name)]
+    with pytest.raises(
+        ValueError, match=f"steers {SETS + 1} steering sets and {SETS + 1} dose meters; .* holds {SETS}"
+    ):
+        vl.generate_until(many)
+    alone = vl.generate_until(_instances(CONTEXTS[:1], "c0"))  # checked: nothing of the refused call is left
+    assert alone == vl.generate_until(_instances(CONTEXTS[:1], "c0"))
+    with pytest.raises(ValueError, match="two steering vectors for layer 3"):
+        vl.set_steering({3: vectors()[0], -1: vectors()[1]}, 1.0, "add", "last")
+    del vl
+    gc.collect()
+
+
+def test_architectures_whose_config_vllm_adjusts_by_name_are_refused():
+    from unlock.lm_eval.vllm_graph import steered_architecture
+
+    with pytest.raises(ValueError, match="adjusts its engine config for architecture 'GptOssForCausalLM'"):
+        steered_architecture("GptOssForCausalLM")
+    assert steered_architecture("LlamaForCausalLM") == "UnlockSteered_LlamaForCausalLM"
+
+
 def test_bad_steering_modes_are_refused_before_the_engine_starts(llama_dir):
     with pytest.raises(ValueError, match="enforce_eager=False is not allowed with steering=hooks"):
         UnlockVLLM(pretrained=str(llama_dir), steering="hooks", enforce_eager="false")
     with pytest.raises(ValueError, match="steering='compiled' is not allowed; allowed: graph, hooks"):
         UnlockVLLM(pretrained=str(llama_dir), steering="compiled")
+    with pytest.raises(ValueError, match="does not steer with speculative decoding"):
+        UnlockVLLM(pretrained=str(llama_dir), speculative_config={"method": "ngram", "num_speculative_tokens": 2})
 
 
 def test_steer_file_settings_are_the_defaults_as_in_unlock(llama_dir, tmp_path):

@@ -63,8 +63,9 @@ class SteeringBank(nn.Module):
         self.register_buffer("slots", torch.full((max_rows,), -1, dtype=torch.int64), persistent=False)
         # the last meter is the bin of rows that are not steered
         self.register_buffer("meter", torch.full((max_rows,), meters, dtype=torch.int64), persistent=False)
-        self.register_buffer("dose", torch.zeros(n_layers, meters + 1, **f32), persistent=False)
-        self.register_buffer("count", torch.zeros(n_layers, meters + 1, **f32), persistent=False)
+        # float64 and int64: one call's sums stay exact far beyond float32's 2**24 rows
+        self.register_buffer("dose", torch.zeros(n_layers, meters + 1, dtype=torch.float64), persistent=False)
+        self.register_buffer("count", torch.zeros(n_layers, meters + 1, dtype=torch.int64), persistent=False)
 
     def steer(self, layer: int, output: Any) -> Any:
         """A decoder layer's output with its planned rows steered. vLLM's layers return ``(hidden,
@@ -81,8 +82,8 @@ class SteeringBank(nn.Module):
             torch.finfo(torch.float32).tiny
         )
         meter = torch.where(on, self.meter[:n], self.meters)
-        self.dose[layer].index_add_(0, meter, change)
-        self.count[layer].index_add_(0, meter, on.float())
+        self.dose[layer].index_add_(0, meter, change.double())
+        self.count[layer].index_add_(0, meter, on.long())
         mask = on.unsqueeze(-1)
         if residual is None:
             return torch.where(mask, steered, hidden)
@@ -138,7 +139,13 @@ def steered_architecture(architecture: str) -> str:
             f"vLLM has no model class for architecture {architecture!r}; steer this Target with the HF engine "
             "(eval.engine=hf)"
         )
-    # ModelRegistry.models maps each architecture to its (lazily imported) class: a public field
+    if architecture in _config_fixed_architectures():
+        raise ValueError(
+            f"vLLM adjusts its engine config for architecture {architecture!r} by name, which the steered "
+            "subclass's name would skip; steer it with steering=hooks (eager) or the HF engine"
+        )
+    # The registry's table of architectures (an attribute of vLLM's ModelRegistry object, guarded by
+    # tests/test_vllm.py): each entry imports its class on demand.
     base = ModelRegistry.models[architecture].load_model_cls()
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
@@ -147,3 +154,12 @@ def steered_architecture(architecture: str) -> str:
 
     ModelRegistry.register_model(name, type(name, (base,), {"__init__": __init__}))
     return name
+
+
+def _config_fixed_architectures() -> set[str]:
+    """Architectures whose engine config vLLM adjusts by name (MODELS_CONFIG_MAP)."""
+    try:
+        from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+    except ImportError:  # a later vLLM may move it; the steered engine's parity tests still guard the result
+        return set()
+    return set(MODELS_CONFIG_MAP)

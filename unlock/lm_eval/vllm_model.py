@@ -46,6 +46,7 @@ for _key, _value in ENGINE_ENV.items():
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 from vllm import TokensPrompt  # noqa: E402
+from vllm.config import CompilationMode  # noqa: E402
 
 from unlock.lm_eval.hf_model import context_boundaries, parse_layers, steering_settings  # noqa: E402
 from unlock.method.steer import SteeringSettings  # noqa: E402
@@ -101,6 +102,11 @@ class UnlockVLLM(VLLM):
             raise ValueError(
                 "unlock_vllm steers one in-process engine: data_parallel_size and tensor_parallel_size must be 1"
             )
+        if kwargs.get("speculative_config"):
+            raise ValueError(
+                "unlock_vllm does not steer with speculative decoding (its draft tokens' positions are settled on "
+                "the device, after the steering is planned): leave speculative_config unset"
+            )
         kwargs.setdefault("trust_remote_code", False)
         if steering == "hooks":
             if str(kwargs.get("enforce_eager", True)).lower() == "false":
@@ -112,7 +118,8 @@ class UnlockVLLM(VLLM):
         else:
             kwargs.update(_graph_engine_args(pretrained, kwargs))
         super().__init__(pretrained=pretrained, **kwargs)
-        self.compiled = not _is_true(self.model.llm_engine.vllm_config.model_config.enforce_eager)
+        config = self.model.llm_engine.vllm_config
+        self.compiled = not config.model_config.enforce_eager and config.compilation_config.mode != CompilationMode.NONE
         self.steering = EngineSteering(self.model, steering)
         log.info("unlock_vllm: %s steering, %s mode", steering, "compiled" if self.compiled else "eager")
         self._default: str | None = None
@@ -220,10 +227,16 @@ class UnlockVLLM(VLLM):
             prompts.append(TokensPrompt(prompt_token_ids=list(tokens), cache_salt=tag["set"] if tag else "unsteered"))
             params.append(sp)
             tags.append(tag)
-        outputs = self.model.generate(
-            prompts, sampling_params=params, use_tqdm=self.batch_size == "auto", lora_request=self.lora_request
-        )
-        self.steering.collect()
+        steered = [tag for tag in tags if tag is not None]
+        self.steering.check_call({t["set"] for t in steered}, {t["meter"] or t["set"] for t in steered})
+        try:
+            outputs = self.model.generate(
+                prompts, sampling_params=params, use_tqdm=self.batch_size == "auto", lora_request=self.lora_request
+            )
+            self.steering.collect()
+        except BaseException:
+            self.steering.reset()
+            raise
         for tokens, output, tag in zip(requests, outputs, tags, strict=True):
             self.cached_tokens += int(output.num_cached_tokens or 0)
             if tag is not None:

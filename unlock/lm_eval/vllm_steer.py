@@ -178,7 +178,10 @@ class EngineSteering:
                         f"({self.hidden_size},)"
                     )
                 shift = steering_shift(vector.detach().float(), float(steering.alpha), steering.rule)
-                shifts[int(layer) % self.n_layers] = shift.to(self.device)
+                index = int(layer) % self.n_layers
+                if index in shifts:
+                    raise ValueError(f"two steering vectors for layer {index} (given as {sorted(steering.vectors)})")
+                shifts[index] = shift.to(self.device)
             self.sets[name] = _Prepared(steering.rule, steering.positions, shifts)
         return name
 
@@ -286,6 +289,26 @@ class EngineSteering:
             self._meters[meter] = len(self._meters)
         return self._meters[meter]
 
+    def check_call(self, sets: set[str], meters: set[str]) -> None:
+        """Refuse, before the engine runs, a call the bank cannot steer: more steering sets than its
+        slots, or more dose meters than it counts."""
+        if self.mode != "graph":
+            return
+        if len(sets) > self.bank.sets or len(meters) > self.bank.meters:
+            raise ValueError(
+                f"one vLLM call steers {len(sets)} steering sets and {len(meters)} dose meters; the engine's "
+                f"steering bank holds {self.bank.sets} and {self.bank.meters} (unlock.lm_eval.vllm_graph.SETS, METERS)"
+            )
+
+    def reset(self) -> None:
+        """Forget a call that did not finish: its plan, counts, doses and request records."""
+        self._planned, self._meters = defaultdict(int), {}
+        self.seen.clear()
+        if self.mode == "graph":
+            self.bank.count.zero_()
+            self.bank.dose.zero_()
+            self.bank.slots.fill_(-1)
+
     # --- after a call --------------------------------------------------------------------------
     def collect(self) -> None:
         """Graph mode, after each engine call: read the bank's per-layer counts and doses, and raise
@@ -329,6 +352,8 @@ class EngineSteering:
 
 
 class _Restore:
+    """Undoes :func:`_wrap_forward` (the handle :meth:`EngineSteering.remove_hooks` removes)."""
+
     def __init__(self, runner: Any, original: Callable) -> None:
         self.runner, self.original = runner, original
 

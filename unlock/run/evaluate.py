@@ -178,10 +178,9 @@ def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
     if ev.engine != "hf":
         spec["engine"] = str(ev.engine)
     if ev.engine == "vllm":  # compiled and eager kernels round differently
-        spec["engine_mode"] = {
-            "steering": str(ev.vllm.get("steering", "graph")),
-            "eager": str(ev.vllm.get("enforce_eager", False)).lower() == "true",
-        }
+        steering = str(ev.vllm.get("steering", "graph"))
+        eager = steering == "hooks" or str(ev.vllm.get("enforce_eager", False)).lower() in ("true", "1")
+        spec["engine_mode"] = {"steering": steering, "eager": eager}
     return spec
 
 
