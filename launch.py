@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
     from unlock.analysis.generations import write as write_generations
     from unlock.run.harness import run
     from unlock.run.record import failure_record
-    from unlock.run.track import log_run, plot_fidelity, print_summary
+    from unlock.run.summary import plot_fidelity, print_summary
+    from unlock.run.wandb_log import log_run
 
     hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
@@ -69,6 +70,3 @@ def record_or_exit(output_dir: str, record: dict) -> str:
 
 if __name__ == "__main__":
     main()
-    from unlock.run.track import FAILED_SWEEP_POINTS
-
-    sys.exit(1 if FAILED_SWEEP_POINTS else 0)

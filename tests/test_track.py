@@ -167,3 +167,19 @@ def test_any_swept_key_becomes_a_column_and_a_plot_axis(tmp_path, capsys):
         summary["selected_on_validation"]["capability.seed"] == 1
         and summary["selected_on_validation"]["rank option"] == "ridge"
     )
+
+
+def test_a_local_sweep_with_a_failed_point_aggregates_and_exits_non_zero(tmp_path):
+    """No module-level state carries the failure: the callback ends the multirun with exit code 1 after
+    the aggregate (with the failed point named) is on disk."""
+    import json
+
+    from tests.helpers import launch
+
+    tiny = ["experiment=tiny", "eval.limit=2", "eval.max_new_tokens=4", "eval.conditions=[unsteered,unlock]"]
+    proc = launch(["-m", *tiny, "layer=list", "layer.indices=[1],[42]", "progress=false"], tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (sweep_dir,) = (tmp_path / "logs" / "multiruns").iterdir()
+    summary = json.loads((sweep_dir / "aggregate.json").read_text())
+    assert summary["jobs"] == 2 and [f["job"] for f in summary["failed"]] == ["1"], summary["failed"]
+    assert "1 of 2 sweep points failed" in proc.stderr

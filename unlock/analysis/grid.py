@@ -16,7 +16,6 @@ and PNG plots to the run directory, and logs them to W&B with logger=wandb.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
@@ -34,7 +33,8 @@ from unlock.run.config import map_settings
 from unlock.run.plan import make_plan
 from unlock.run.record import mean_quality
 from unlock.run.session import Captures, Session, capture_all, prompt_sets
-from unlock.run.track import wandb_mode, write_csv
+from unlock.run.track import write_csv
+from unlock.run.wandb_log import log_files
 from unlock.store.artifacts import atomic_write_json
 
 N_GRID = (4, 16, 32, 64, 128, 256, 512)
@@ -180,35 +180,10 @@ def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> li
     write_csv(out_dir / "analysis.csv", result["grid"])
     paths = plot_analysis(result, out_dir)
     if cfg.logger.name == "wandb":
-        _log_wandb(cfg, result, paths, out_dir)
+        log_files(
+            cfg.logger, out_dir, f"{out_dir.name}-analyze", {"analysis_grid": result["grid"]}, paths, job_type="analyze"
+        )
     return paths
-
-
-def _log_wandb(cfg: DictConfig, result: dict[str, Any], paths: list[Path], out_dir: Path) -> None:
-    try:
-        import wandb
-
-        run = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            job_type="analyze",
-            dir=str(out_dir),
-            mode=wandb_mode(cfg.logger.mode),
-            name=f"{out_dir.name}-analyze",
-            reinit="finish_previous",
-        )
-        columns = sorted({k for row in result["grid"] for k in row})
-        run.log(
-            {
-                "analysis_grid": wandb.Table(
-                    columns=columns, data=[[r.get(c) for c in columns] for r in result["grid"]]
-                ),
-                **{p.stem: wandb.Image(str(p)) for p in paths},
-            }
-        )
-        run.finish()
-    except Exception as error:  # the files are on disk
-        print(f"[unlock] W&B logging of the analysis failed ({type(error).__name__}: {error})", file=sys.stderr)
 
 
 def report(cfg: DictConfig, out_dir: Path) -> None:

@@ -1,3 +1,5 @@
-"""The run layer: the config schema (the only reader of the composed Hydra config), the plan, the
-session that caches each stage, the conditions and their evaluation, and the results record, table,
-W&B runs and sweep aggregates."""
+"""The run layer: the config schema (config), the plan, the session that caches each stage, the
+conditions and their evaluation (evaluate, evaluate_vllm, engines), the results record (record), what
+a record says on the console (summary), the one W&B writer (wandb_log) and sweeps (track: aggregate,
+objectives, selection, the multirun callback). The composed Hydra config still reaches several of
+these modules (issue 29 moves it into one settings object)."""

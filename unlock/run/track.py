@@ -1,8 +1,9 @@
-"""Stage 6: record and show results: a printed table per run, W&B runs, and sweep aggregates.
-
-Results JSON is always on disk before W&B is touched; ``logger=none`` never imports wandb. At the end
-of a multirun, :class:`AggregateCallback` reads every job's ``results.json`` (never only job status),
-writes ``aggregate.csv`` plus PNG plots in the sweep directory, and logs them to W&B when enabled.
+"""Sweeps: at the end of a multirun, :class:`AggregateCallback` reads every job's ``results.json`` (never
+only job status), writes ``aggregate.csv``, ``aggregate.json`` and PNG plots in the sweep directory,
+selects the best point on validation by the sweep's objective, and logs them to W&B when enabled. A
+sweep with failed points exits non-zero (the callback raises SystemExit once all is written: Hydra
+reports an ordinary exception from a callback as a warning only). ``python -m unlock.run.track DIR``
+aggregates a sweep directory again by hand.
 """
 
 from __future__ import annotations
@@ -11,30 +12,26 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from unlock.analysis.fidelity import verdict
 from unlock.analysis.generations import write as write_generations
-from unlock.analysis.paired import CONTROL, sweep_verdict, verdict_line, words
+from unlock.analysis.paired import CONTROL, sweep_verdict
 from unlock.analysis.plots import pyplot, rank_n_heatmap, save_figure
 from unlock.analysis.stats import mcnemar_one_sided
 from unlock.run.conditions import BASELINE
 from unlock.run.conditions import steered as steered_conditions
+from unlock.run.summary import SHOWN_METRICS, fmt, paired_columns
+from unlock.run.wandb_log import log_files
 from unlock.store.artifacts import atomic_write_bytes, atomic_write_json
 
-FAILED_SWEEP_POINTS: list[dict[str, Any]] = []  # filled at the end of a multirun, read by launch.py
-SHOWN_METRICS = ("acc", "gen_tokens", "gen_words", "stepwise", "entropy", "dose_mean")
 AXIS_FLAG = "axis:"  # rows mark the columns that come from a job's overrides (its sweep axes)
 
 
@@ -60,362 +57,6 @@ def sweep_axes(rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if _varying(rows, k)]
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _acc_cell(metrics: dict[str, Any]) -> str:
-    if "acc" not in metrics:
-        return "-"
-    ci = metrics.get("acc_ci95")
-    return f"{metrics['acc']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{metrics['acc']:.3f}"
-
-
-SUMMARY_COLUMNS = (
-    "condition",
-    "task",
-    "acc [95% CI]",
-    "n",
-    "gen tokens",
-    "gen words",
-    "stepwise",
-    "entropy",
-    "dose",
-    "vs unsteered: paired acc diff [95% CI], what decides",
-    "vs random",
-    "behaviour vs unsteered (* significant)",
-)
-BEHAVIOUR_LABELS = {"gen_tokens": "tok", "gen_words": "words", "stepwise": "steps", "repetition": "rep"}
-
-
-def paired_cell(result: dict[str, Any] | None) -> str:
-    """A paired accuracy comparison: the difference, its interval, and the words of the test that decides."""
-    if not result or not result.get("n"):
-        return "-"
-    low, high = result["diff_ci95"]
-    return f"{result['diff']:+.3f} [{low:+.2f}, {high:+.2f}] {words(result)}"
-
-
-def behaviour_cell(per_metric: dict[str, Any] | None) -> str:
-    """The behaviour comparisons against one baseline: each metric's mean paired difference, starred when
-    its test is significant after the family's adjustment."""
-    if not per_metric:
-        return "-"
-    return ", ".join(
-        f"{BEHAVIOUR_LABELS.get(m, m)} {r['diff']:+.3g}{'*' if r.get('significant') else ''}"
-        for m, r in per_metric.items()
-    )
-
-
-def conditions_table(record: dict[str, Any]) -> Table:
-    """Conditions side by side, with their paired comparisons against the unsteered and random ones."""
-    shown = ("n_prompts", "rank_effective", "alpha", "aggregation", "method")
-    settings = ", ".join(f"{k}={v}" for k, v in record.get("settings", {}).items() if k in shown)
-    table = Table(
-        title=f"UNLOCK {record.get('source')} -> {record.get('target')} ({record.get('capability')}): {settings}"
-    )
-    for column in SUMMARY_COLUMNS:
-        table.add_column(column, justify="left" if column in ("condition", "task") else "right")
-    paired, behaviour = record.get("paired", {}), record.get("behaviour", {})
-    for condition, per_task in record.get("conditions", {}).items():
-        if "skipped" in per_task:
-            table.add_row(condition, "-", f"skipped: {per_task['skipped']}", *[""] * (len(SUMMARY_COLUMNS) - 3))
-            continue
-        for task, m in per_task.items():
-            versus = paired.get(condition, {}).get(task, {})
-            cells = (
-                _fmt(m.get("n")),
-                _fmt(m.get("gen_tokens"), 1),
-                _fmt(m.get("gen_words"), 1),
-                _fmt(m.get("stepwise"), 2),
-                _fmt(m.get("entropy"), 2),
-                _fmt(m.get("dose_mean"), 3),
-            )
-            table.add_row(
-                condition,
-                task,
-                _acc_cell(m),
-                *cells,
-                paired_cell(versus.get(BASELINE)),
-                paired_cell(versus.get(CONTROL)),
-                behaviour_cell(behaviour.get(condition, {}).get(task, {}).get(BASELINE)),
-            )
-    return table
-
-
-def stages_line(stages: dict[str, Any]) -> str:
-    return "stages: " + "; ".join(
-        f"{name} {s['hits']} hit / {s['misses']} computed"
-        + (f" / {s['shared']} from another job" if s.get("shared") else "")
-        + (f" / {s['foreign']} foreign file(s) replaced" if s.get("foreign") else "")
-        + f", {s['forward_passes']} forward passes, {s['seconds']:.1f}s"
-        for name, s in stages.items()
-    )
-
-
-def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
-    """One screen: conditions side by side, what the paired tests say, stage cache hits, fit quality
-    and transfer fidelity against its null and ceiling."""
-    console = Console(file=sys.stdout, width=200)
-    console.print(conditions_table(record))
-    for line in decision_lines(record):
-        console.print(line)
-    console.print(stages_line(record.get("stages", {})))
-    quality = record.get("fit_quality_mean", {})
-    if quality:
-        console.print("map fit (mean over layers): " + ", ".join(f"{k}={v:.3f}" for k, v in quality.items()))
-    line = fidelity_line(record.get("transfer_fidelity_summary", {}))
-    if line:
-        console.print(line)
-    if path is not None:
-        console.print(f"results: {path}")
-
-
-# --------------------------------------------------------------------------------------------------
-# W&B
-# --------------------------------------------------------------------------------------------------
-def wandb_mode(cfg_mode: str) -> str:
-    return os.environ.get("WANDB_MODE", cfg_mode)
-
-
-def _sweep_group(output_dir: Path) -> str | None:
-    """Jobs of one multirun share a W&B group: the sweep directory's name."""
-    try:
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return Path(hydra_cfg.sweep.dir).name
-    except Exception:
-        pass
-    return None
-
-
-def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for condition, per_task in record.get("conditions", {}).items():
-        for task, metrics in per_task.items():
-            if not isinstance(metrics, dict):
-                continue
-            for name, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    out[f"{condition}/{task}/{name}"] = value
-    for name, value in record.get("fit_quality_mean", {}).items():
-        out[f"fit/{name}"] = value
-    for name, value in record.get("transfer_fidelity_summary", {}).items():
-        out[f"fidelity/{name}"] = value
-    for condition, per_task in record.get("paired", {}).items():
-        for task, versus in per_task.items():
-            for baseline, result in versus.items():
-                for name, value in paired_columns(result).items():
-                    if isinstance(value, (int, float)):  # metrics only; the words go to the paired table
-                        out[f"paired/{condition}/{task}/vs_{baseline}/{name}"] = value
-    for condition, task, baseline, metric, result in behaviour_results(record):
-        for name in ("diff", "p", "p_adjusted"):
-            out[f"behaviour/{condition}/{task}/vs_{baseline}/{metric}/{name}"] = result[name]
-        out[f"behaviour/{condition}/{task}/vs_{baseline}/{metric}/significant"] = int(result["significant"])
-    verdict = record.get("verdict") or {}
-    if verdict.get("transferred") is not None:
-        out["verdict/transferred"] = int(verdict["transferred"])
-        out["verdict/p"] = verdict["p"]
-    return out
-
-
-def behaviour_results(record: dict[str, Any]) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-    """(condition, task, baseline, metric, result) for every behaviour comparison of a record."""
-    return [
-        (c, t, b, m, r)
-        for c, per_task in record.get("behaviour", {}).items()
-        for t, versus in per_task.items()
-        for b, per_metric in versus.items()
-        for m, r in per_metric.items()
-    ]
-
-
-def paired_columns(result: dict[str, Any] | None) -> dict[str, Any]:
-    """A paired comparison as flat columns (W&B, the sweep CSV)."""
-    if not result or not result.get("n"):
-        return {}
-    low, high = result["diff_ci95"]
-    return {
-        "diff": result["diff"],
-        "ci_low": low,
-        "ci_high": high,
-        "p_mcnemar": result["p_mcnemar"],
-        "p_adjusted": result.get("p_adjusted"),
-        "significant": int(bool(result.get("significant"))),
-        "direction": result.get("direction"),
-        "decided_by": result.get("decided_by"),
-        "wins": result["wins"],
-        "losses": result["losses"],
-        "items_needed": result["items_needed"],
-        "power": result["power"],
-        "underpowered": int(result["underpowered"]),
-    }
-
-
-def decision_lines(record: dict[str, Any]) -> list[str]:
-    """What the run's tests decide, in the words every surface uses: the verdict; every other comparison
-    significant after the family's adjustment, one line per pair; and the comparisons that found nothing
-    with less than the target power (a "no" there says little)."""
-    if "verdict" not in record:  # a record from before the decision rule
-        return ["paired comparisons: this record has no verdict (made before the decision rule)"]
-    family = record.get("family") or {}
-    found: dict[str, list[str]] = {}
-    for c, per_task in record.get("paired", {}).items():
-        for t, versus in per_task.items():
-            for b, r in versus.items():
-                if r.get("significant") and r.get("decided_by") == "holm":
-                    found.setdefault(f"{c} vs {b} ({t})", []).append(f"accuracy {words(r)}")
-    for c, t, b, m, r in behaviour_results(record):
-        if r["significant"]:
-            found.setdefault(f"{c} vs {b} ({t})", []).append(f"{m} {words(r)}")
-    head = f"other comparisons ({family.get('tests', 0)} tests, Holm-adjusted at {family.get('level', 0.05):g}): "
-    lines = [verdict_line(record["verdict"]), head + ("" if found else "none significant")]
-    lines += [f"  {pair}: " + "; ".join(what).replace("significant ", "") for pair, what in found.items()]
-    weak = [
-        f"{c} vs {b}"
-        for c, per_task in record.get("paired", {}).items()
-        for versus in per_task.values()
-        for b, r in versus.items()
-        if r.get("n") and r.get("underpowered") and not r.get("significant")
-    ]
-    if weak:
-        lines.append(
-            "not significant and underpowered for the paper's gain or stats.effect (the deciding test's power "
-            f"< stats.power): {', '.join(weak)}"
-        )
-    return lines
-
-
-def fidelity_line(summary: dict[str, Any]) -> str | None:
-    if not summary:
-        return None
-    line = (
-        f"transfer fidelity: {summary['beat_null']} of {summary['layers']} layers beat the null (cos(UNLOCK, "
-        f"native) above the 95th percentile of random Source directions' |cos| through the same map); mean cos "
-        f"{summary['mean_cos']:.3f}, mean null p95 {summary['mean_null_p95']:.3f}"
-    )
-    if "mean_self_ceiling" not in summary:  # a record from before the ceiling was measured
-        return line
-    return (
-        f"{line}\nfidelity {summary['mean_cos']:.2f} against a self-transfer ceiling of "
-        f"{summary['mean_self_ceiling']:.2f} (the most any map into its subspace reaches): {verdict(summary)}"
-    )
-
-
-def plot_fidelity(record: dict[str, Any], out_dir: str | Path) -> Path | None:
-    """cos(UNLOCK, native) per Target layer against the null's 95th percentile band (transfer_fidelity.png)."""
-    fidelity = record.get("transfer_fidelity") or {}
-    if not fidelity:
-        return None
-    layers = sorted(fidelity, key=int)
-    xs = [int(j) for j in layers]
-    band = [fidelity[j]["null_p95"] for j in layers]
-    fig, ax = pyplot().subplots(figsize=(max(6.0, 0.35 * len(xs) + 2), 3.8))
-    ax.fill_between(xs, [-b for b in band], band, color="grey", alpha=0.3, label="null: 95% of random |cos|")
-    ax.plot(xs, [fidelity[j]["cos"] for j in layers], marker="o", label="cos(UNLOCK, native)")
-    if all("self_ceiling" in fidelity[j] for j in layers):
-        ceiling = [fidelity[j]["self_ceiling"] for j in layers]
-        ax.plot(xs, ceiling, color="tab:red", linestyle="--", label="self-transfer ceiling (|cos| cannot exceed)")
-        ax.plot(xs, [-c for c in ceiling], color="tab:red", linestyle="--")
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.set(
-        xlabel="Target layer",
-        ylabel="cosine",
-        ylim=(-1.05, 1.05),
-        title=f"{record.get('source')} -> {record.get('target')}: transfer fidelity by layer",
-    )
-    ax.legend(fontsize=8)
-    return save_figure(fig, Path(out_dir) / "transfer_fidelity.png")
-
-
-PAIRED_COLUMNS = (
-    "condition",
-    "task",
-    "baseline",
-    "diff",
-    "ci_low",
-    "ci_high",
-    "p_mcnemar",
-    "p_adjusted",
-    "significant",
-    "direction",
-    "decided_by",
-    "wins",
-    "losses",
-    "items_needed",
-    "power",
-    "underpowered",
-    "words",
-)
-BEHAVIOUR_COLUMNS = ("condition", "task", "baseline", "metric", "diff", "ci_low", "ci_high", "p", "p_adjusted")
-
-
-def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
-    """The run's per-layer fit and fidelity and its paired comparisons as W&B tables."""
-    tables = {}
-    by_layer = lambda items: sorted(items, key=lambda kv: int(kv[0]))
-    quality = record.get("fit_quality", {})
-    if quality:
-        columns = ["target_layer", "source_layer", *sorted(next(iter(quality.values())))]
-        pairs = record["plan"]["pairs"]
-        data = [[int(j), pairs[str(j)], *[q[c] for c in columns[2:]]] for j, q in by_layer(quality.items())]
-        tables["fit_quality"] = wandb.Table(columns=columns, data=data)
-    fidelity = record.get("transfer_fidelity") or {}
-    if fidelity:
-        columns = ["target_layer", "cos", "null_p95", "p_value", "self_ceiling"]
-        data = [[int(j), *[f.get(c) for c in columns[1:]]] for j, f in by_layer(fidelity.items())]
-        tables["transfer_fidelity"] = wandb.Table(columns=columns, data=data)
-    rows = [
-        [c, t, b, *paired_columns(r).values(), words(r)]
-        for c, per_task in record.get("paired", {}).items()
-        for t, versus in per_task.items()
-        for b, r in versus.items()
-        if r.get("n")
-    ]
-    if rows:
-        tables["paired"] = wandb.Table(columns=list(PAIRED_COLUMNS), data=rows)
-    behaviour = [
-        [c, t, b, m, r["diff"], *(r["diff_ci95"] or [None, None]), r["p"], r["p_adjusted"], r["significant"], words(r)]
-        for c, t, b, m, r in behaviour_results(record)
-    ]
-    if behaviour:
-        tables["behaviour"] = wandb.Table(columns=[*BEHAVIOUR_COLUMNS, "significant", "words"], data=behaviour)
-    return tables
-
-
-def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
-    """One W&B run per Hydra job; a W&B failure is reported and never loses the on-disk results."""
-    if cfg.logger.name != "wandb":
-        return
-    try:
-        import wandb
-
-        run = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            config=record.get("config"),
-            group=_sweep_group(Path(output_dir)),
-            tags=list(cfg.logger.tags),
-            dir=str(output_dir),
-            mode=wandb_mode(cfg.logger.mode),
-            name=Path(output_dir).name,
-            reinit="finish_previous",
-        )
-        run.log(flat_metrics(record))
-        run.summary.update({**record.get("settings", {}), "status": record.get("status")})
-        run.log(wandb_tables(wandb, record))
-        run.finish()
-    except Exception as error:  # results are already on disk
-        print(f"[unlock] W&B logging failed ({type(error).__name__}: {error}); results.json is intact", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------------------
-# Sweep aggregation
-# --------------------------------------------------------------------------------------------------
 def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per (job, condition, task); failed and unfinished jobs get a row with their error."""
     rows: list[dict[str, Any]] = []
@@ -560,7 +201,7 @@ def _rank_n_heatmap(steered: list[dict[str, Any]], task: str, out_dir: Path) -> 
     cells = {}
     for n, k in {(row["n_prompts"], row["rank"]) for row in steered}:
         value = _mean(row["acc"] for row in steered if row["rank"] == k and row["n_prompts"] == n)
-        cells[(n, k)] = (value, _fmt(value, 2))
+        cells[(n, k)] = (value, fmt(value, 2))
     return rank_n_heatmap(cells, f"{task}: UNLOCK accuracy, rank x N", out_dir / "rank_x_n_heatmap.png")
 
 
@@ -590,12 +231,12 @@ def print_sweep_table(rows: list[dict[str, Any]]) -> None:
             continue
         table.add_row(
             row["job"],
-            *[_fmt(row.get(a)) for a in axes],
+            *[fmt(row.get(a)) for a in axes],
             row["condition"],
             row["task"],
-            _fmt(row.get("acc")),
+            fmt(row.get("acc")),
             _versus_cell(row),
-            _fmt(row.get("gen_tokens"), 1),
+            fmt(row.get("gen_tokens"), 1),
             "ok",
         )
     Console(file=sys.stdout, width=160).print(table)
@@ -697,32 +338,17 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     if selected:
         print("\n".join(selection_lines(selected, objective, sweep_dir)))
     if logger_cfg is not None and logger_cfg.name == "wandb":
-        try:
-            import wandb
-
-            run = wandb.init(
-                project=logger_cfg.project,
-                entity=logger_cfg.entity,
-                group=sweep_dir.name,
-                job_type="aggregate",
-                name=f"{sweep_dir.name}-aggregate",
-                dir=str(sweep_dir),
-                mode=wandb_mode(logger_cfg.mode),
-                reinit="finish_previous",
-            )
-            columns = sorted({k for row in rows for k in row} - {AXIS_FLAG})
-            run.log(
-                {
-                    "aggregate": wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows]),
-                    **{p.stem: wandb.Image(str(p)) for p in plots},
-                }
-            )
-            run.finish()
-        except Exception as error:
-            print(
-                f"[unlock] W&B aggregate logging failed ({type(error).__name__}: {error}); CSV and plots are on disk",
-                file=sys.stderr,
-            )
+        rows_logged = [{k: v for k, v in row.items() if k != AXIS_FLAG} for row in rows]
+        tables = {"aggregate": rows_logged}
+        log_files(
+            logger_cfg,
+            sweep_dir,
+            f"{sweep_dir.name}-aggregate",
+            tables,
+            plots,
+            job_type="aggregate",
+            group=sweep_dir.name,
+        )
     return summary
 
 
@@ -739,8 +365,9 @@ class AggregateCallback(Callback):
                 f"the others are in {summary['csv']}",
                 file=sys.stderr,
             )
-            # Hydra turns exceptions in callbacks into warnings; launch.py exits non-zero on this.
-            FAILED_SWEEP_POINTS.extend(summary["failed"])
+            # Hydra reports an exception from a callback as a warning and exits 0; SystemExit is not an
+            # Exception, so it ends the multirun with exit code 1 (tests/test_track.py checks it)
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":
