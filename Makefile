@@ -54,7 +54,7 @@ sweep: $(HOOK)
 
 # Paper vs this harness for every paper preset with results under logs/ (writes logs/paper_report.md).
 report: $(HOOK)
-	$(PY) -m unlock.analysis.report $(ARGS)
+	$(PY) -m unlock.run.report $(ARGS)
 
 # The paper's analyses from cached activations (rank x N fit and transfer fidelity, spectral entropy):
 # writes analysis.json/.csv and plots to a run directory; ARGS are Hydra overrides, as for `make run`.

@@ -416,8 +416,8 @@ def write_csv(out: Path, rows: list[dict[str, Any]], host: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from unlock.analysis.report import default_log_dir
     from unlock.models.loading import load_model
+    from unlock.run.report import default_log_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,smollm2,gemma3", help=f"comma list of {', '.join(MODELS)}")

@@ -141,16 +141,38 @@ def test_method_modules_import_no_config_framework_and_nothing_around_them():
 
 
 def test_only_the_run_layer_reads_the_composed_config():
-    """The run layer turns the Hydra config into settings objects; elsewhere only `make analyze` (its Hydra
-    entry point and the grid it composes like a run) and the model loader (which takes one model's
-    config node) import omegaconf or hydra."""
+    """The run layer turns the Hydra config into settings objects; elsewhere only `make analyze`'s Hydra
+    entry point and the model loader (which takes one model's config node) import omegaconf or hydra."""
     readers = {
         name
         for name, tree in _modules().items()
         if any(m.split(".")[0] in ("omegaconf", "hydra") for m in _imported(tree))
     }
     outside = {name for name in readers if not name.startswith("unlock.run.")}
-    assert outside == {"unlock.analysis.__main__", "unlock.analysis.grid", "unlock.models.loading"}
+    assert outside == {"unlock.analysis.__main__", "unlock.models.loading"}
+
+
+# Layers, lowest first: a module imports only from its own layer or lower ones. tasks is data (the
+# planted corpus is generated from the planted models' recipe); lm_eval and analysis are side by side
+# and do not import each other; entry points (`__main__` modules) may import anything.
+LAYERS = {"method": 0, "store": 1, "models": 2, "tasks": 3, "lm_eval": 4, "analysis": 4, "run": 5}
+
+
+def test_layers_only_point_down():
+    arrows = set()
+    for name, tree in _modules().items():
+        parts = name.split(".")
+        if len(parts) < 3 or parts[-1] == "__main__" or parts[1] not in LAYERS:
+            continue
+        for imported in _imported(tree):
+            other = imported.split(".")
+            if imported.startswith("unlock.") and len(other) > 2 and other[1] in LAYERS and other[1] != parts[1]:
+                if LAYERS[other[1]] >= LAYERS[parts[1]]:
+                    arrows.add(f"{name} -> {imported}")
+    assert not arrows, "imports that point up or sideways:\n" + "\n".join(sorted(arrows))
+    assert set(LAYERS) == {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}, (
+        "every folder has a layer"
+    )
 
 
 def test_each_concern_has_its_folder():

@@ -14,8 +14,8 @@ import yaml
 
 from tests.helpers import CONF, ROOT, compose_run, launch
 from unlock.analysis.paper import PAPER_NUMBERS
-from unlock.analysis.report import comparison_rows, find_results, render
 from unlock.run.harness import run
+from unlock.run.report import comparison_rows, find_results, render
 from unlock.tasks.hub import FIELDS, split_rows
 
 STANDINS = ROOT / "tests" / "standin_configs"
@@ -324,7 +324,7 @@ def test_report_takes_the_newest_finished_test_run_and_renders_markdown(tmp_path
     assert "qwen15_cot_14b_to_7b/gsm8k" in text, "setups without results are listed"
     out = tmp_path / "report.md"
     proc = subprocess.run(
-        [sys.executable, "-m", "unlock.analysis.report", str(tmp_path), "--out", str(out)],
+        [sys.executable, "-m", "unlock.run.report", str(tmp_path), "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,7 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from unlock.analysis.grid import report
+from unlock.run.analyze import report
 from unlock.run.config import register_configs
 
 register_configs()

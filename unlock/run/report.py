@@ -1,7 +1,7 @@
 """Paper vs this harness: a markdown table for every paper setup that has results on disk.
 
     make report                         # scans the log dir, writes <log_dir>/paper_report.md
-    python -m unlock.analysis.report DIR [DIR..] --out report.md
+    python -m unlock.run.report DIR [DIR..] --out report.md
 
 The paper's numbers live in unlock/analysis/paper_numbers.yaml. A run counts when it finished, was evaluated
 on the test split and names a setup (``paper.setup``, set by the conf/experiment/paper/ presets);
