@@ -33,6 +33,7 @@ from torch import nn
 
 from unlock.method import steer_op
 from unlock.method.blocks import decoder_layers
+from unlock.method.steer import relative_change
 from unlock.method.steer_op import steer_rows_update
 
 PREFIX = "UnlockSteered_"
@@ -77,12 +78,8 @@ class SteeringBank(nn.Module):
         slots = self.slots[:n]
         steered, on = steer_rows_update(stream, self.shifts[layer], slots, self.rules)
         on = on & self.active[layer].index_select(0, slots.clamp(min=0))
-        h = stream.float()
-        change = torch.linalg.vector_norm(steered.float() - h, dim=-1) / torch.linalg.vector_norm(h, dim=-1).clamp_min(
-            torch.finfo(torch.float32).tiny
-        )
         meter = torch.where(on, self.meter[:n], self.meters)
-        self.dose[layer].index_add_(0, meter, change.double())
+        self.dose[layer].index_add_(0, meter, relative_change(stream, steered).double())
         self.count[layer].index_add_(0, meter, on.long())
         mask = on.unsqueeze(-1)
         if residual is None:

@@ -302,12 +302,16 @@ class EngineSteering:
 
     def reset(self) -> None:
         """Forget a call that did not finish: its plan, counts, doses and request records."""
-        self._planned, self._meters = defaultdict(int), {}
         self.seen.clear()
         if self.mode == "graph":
-            self.bank.count.zero_()
-            self.bank.dose.zero_()
+            self._new_call()
             self.bank.slots.fill_(-1)
+
+    def _new_call(self) -> None:
+        """Graph mode: empty the plan, the meters and the bank's counts and doses for the next call."""
+        self._planned, self._meters = defaultdict(int), {}
+        self.bank.count.zero_()
+        self.bank.dose.zero_()
 
     # --- after a call --------------------------------------------------------------------------
     def collect(self) -> None:
@@ -317,10 +321,9 @@ class EngineSteering:
         if self.mode != "graph":
             return
         count, dose = (self.bank.count.to("cpu", copy=True), self.bank.dose.to("cpu", copy=True))
-        self.bank.count.zero_()
-        self.bank.dose.zero_()
         names = {index: meter for meter, index in self._meters.items()}
-        planned, self._planned, self._meters = self._planned, defaultdict(int), {}
+        planned = self._planned
+        self._new_call()
         for layer in range(self.n_layers):
             for index in range(self.bank.meters):
                 got, want = int(count[layer, index]), planned.get((layer, index), 0)

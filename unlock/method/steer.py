@@ -129,12 +129,11 @@ class DoseMeter:
 
     def add(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> None:
         change = relative_change(before.detach(), after.detach())
-        total = self._sums.setdefault(layer, [0.0, 0])
-        total[0] = total[0] + change.sum()
-        total[1] += change.numel()
+        self.add_sum(layer, change.sum(), change.numel())
 
-    def add_sum(self, layer: int, total: float, n: int) -> None:
-        """Add ``n`` positions whose relative changes sum to ``total`` (measured elsewhere, e.g. in a graph)."""
+    def add_sum(self, layer: int, total: float | torch.Tensor, n: int) -> None:
+        """Add ``n`` positions whose relative changes sum to ``total`` (a device tensor is summed there,
+        without a host sync; a float comes from elsewhere, e.g. counts a compiled graph kept)."""
         sums = self._sums.setdefault(layer, [0.0, 0])
         sums[0] = sums[0] + total
         sums[1] += n
