@@ -23,6 +23,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from unlock.analysis.generations import write as write_generations
+    from unlock.run.config import composed, run_settings
     from unlock.run.harness import run
     from unlock.run.record import failure_record
     from unlock.run.summary import plot_fidelity, print_summary
@@ -31,9 +32,10 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = hydra_cfg.runtime.output_dir
     try:
-        record = run(cfg, output_dir)
+        settings = run_settings(cfg)  # the config is read here, once; below, only the settings
+        record = run(settings, output_dir)
     except Exception as error:
-        record_or_exit(output_dir, failure_record(cfg, error))
+        record_or_exit(output_dir, failure_record(composed(cfg, resolve=False), error))
         print(f"[unlock] run failed: {type(error).__name__}: {error}", file=sys.stderr)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # The other points of the sweep go on; the aggregate lists this one as failed and the
@@ -46,8 +48,8 @@ def main(cfg: DictConfig) -> float | None:
     print_summary(record, path)
     plot_fidelity(record, output_dir)
     write_generations(output_dir)
-    log_run(cfg, record, output_dir)
-    unlock_acc = record["conditions"].get("unlock", {}).get(cfg.eval.tasks[0], {}).get("acc")
+    log_run(settings.logger, record, output_dir)
+    unlock_acc = record["conditions"].get("unlock", {}).get(settings.evaluation.tasks[0], {}).get("acc")
     return unlock_acc
 
 

@@ -319,7 +319,7 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
     """A 3 x 3 rank x alpha sweep sharing one cache vs 9 cold runs, on tiny models, in-process."""
     from hydra import compose, initialize_config_dir
 
-    from unlock.run.config import register_configs
+    from unlock.run.config import register_configs, run_settings
     from unlock.run.harness import run
 
     register_configs()
@@ -340,7 +340,7 @@ def bench_sweep(repeats: int) -> list[dict[str, Any]]:
             )
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            record = run(cfg, out)
+            record = run(run_settings(cfg), out)
             return time.perf_counter() - start, record
 
     with tempfile.TemporaryDirectory() as cache:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from unlock.run.config import register_configs
+from unlock.run.config import RunSettings, register_configs, run_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -20,6 +20,11 @@ def compose_run(overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def settings_for(overrides: list[str]) -> RunSettings:
+    """A run's settings, as launch.py builds them from the composed config."""
+    return run_settings(compose_run(overrides))
 
 
 def launch(args: list[str], tmp: Path, extra_env: dict[str, str] | None = None, check: bool = True):

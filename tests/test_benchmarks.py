@@ -187,6 +187,7 @@ def test_olympiadbench_answer_is_final_answer_0_without_math_mode(qwen_files):
 @pytest.mark.parametrize("bench", ["svamp", "gsm8k", "agieval_math", "deepmind_math", "arith"])
 def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_path):
     from tests.helpers import compose_run
+    from unlock.run.config import run_settings
     from unlock.run.harness import run
 
     cfg = compose_run(
@@ -203,7 +204,7 @@ def test_qwen25_math_source_is_a_clear_error_where_it_has_no_items(bench, tmp_pa
         match=f"benchmark.source=qwen25_math has no items for benchmark '{bench}'; "
         "it covers: minerva_math, olympiadbench, gaokao2023en, amc23, math",
     ):
-        run(cfg, tmp_path)
+        run(run_settings(cfg), tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,35 +272,37 @@ def test_a_task_without_solutions_fails_clearly_when_shots_are_asked(mocked_hub)
 
 def test_dry_run_reports_items_and_dropped_rows(mocked_hub, tmp_path, capsys):
     from tests.helpers import compose_run
+    from unlock.run.config import run_settings
     from unlock.run.harness import run
 
     cfg = compose_run(
         ["experiment=tiny", "benchmark=gaokao2023en", "dry_run=true", "check_data=true", f"paths.cache_dir={tmp_path}"]
     )
-    record = run(cfg, tmp_path)
+    record = run(run_settings(cfg), tmp_path)
     assert record["data"]["dropped_rows"] == {"MARIO-Math-Reasoning/Gaokao2023-Math-En": {"train": 2}}
     assert record["data"]["items"] == {"train": 64, "validation": 32, "test": 120 - 2 - 96}
     assert "dropped for want of an answer" in capsys.readouterr().out
 
 
 def test_dry_run_of_the_offline_benchmark_checks_its_data(tmp_path):
-    from tests.helpers import compose_run
+    from tests.helpers import settings_for
     from unlock.run.harness import run
 
-    record = run(compose_run(["experiment=tiny", "dry_run=true", f"paths.cache_dir={tmp_path}"]), tmp_path)
+    record = run(settings_for(["experiment=tiny", "dry_run=true", f"paths.cache_dir={tmp_path}"]), tmp_path)
     assert record["data"]["items"] == {"train": 200, "validation": 80, "test": 120}
 
 
 def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     """The planned items are the split's, cut by eval.limit; the effect is stats.effect where the paper
     reports none, its gain where it does (qwen15 7B -> 14B, GSM8K: 74.2 - 15.9 points)."""
-    from tests.helpers import compose_run
+    from tests.helpers import compose_run, settings_for
     from unlock.analysis.stats import items_needed, power_at
+    from unlock.run.config import run_settings
     from unlock.run.harness import run
     from unlock.run.plan import planned_power
 
     record = run(
-        compose_run(
+        settings_for(
             ["experiment=tiny", "dry_run=true", "eval.limit=100", "stats.effect=0.2", f"paths.cache_dir={tmp_path}"]
         ),
         tmp_path,
@@ -324,5 +327,5 @@ def test_dry_run_prints_the_power_of_the_planned_test_items(tmp_path, capsys):
     }
     assert "power of the paired tests on 100 test items" in capsys.readouterr().out
     paper = compose_run(["experiment=paper/cot_qwen15_7b_to_14b", "benchmark=gsm8k", f"paths.cache_dir={tmp_path}"])
-    gain = planned_power(paper, 1319)["unlock vs unsteered"]
+    gain = planned_power(run_settings(paper), 1319)["unlock vs unsteered"]
     assert gain["effect_from"] == "paper" and gain["effect"] == pytest.approx(0.583) and gain["power"] > 0.99

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, compose_run, launch, results
+from tests.helpers import ROOT, compose_run, launch, results, settings_for
 from unlock.run.harness import run
 from unlock.run.record import RecordExists, write_record
 from unlock.run.session import CODECS
@@ -68,8 +68,8 @@ def test_a_file_without_provenance_is_never_used(tmp_path, content):
 def tiny_cache(tmp_path_factory):
     """One finished tiny run (its cache and record, the reference) and the cache of another config."""
     tmp = tmp_path_factory.mktemp("swap")
-    record = run(compose_run([*TINY, f"paths.cache_dir={tmp / 'cache'}"]), tmp / "first")
-    run(compose_run([*TINY, "rank.value=2", "alpha.value=0.2", f"paths.cache_dir={tmp / 'other'}"]), tmp / "other_out")
+    record = run(settings_for([*TINY, f"paths.cache_dir={tmp / 'cache'}"]), tmp / "first")
+    run(settings_for([*TINY, "rank.value=2", "alpha.value=0.2", f"paths.cache_dir={tmp / 'other'}"]), tmp / "other_out")
     return tmp, record
 
 
@@ -92,7 +92,7 @@ def test_files_swapped_between_keys_in_every_stage_are_recomputed(tiny_cache, tm
         shutil.copy(source, victim)
         victims[stage] = victim
     with pytest.warns(ForeignArtifact) as caught:
-        second = run(compose_run([*TINY, f"paths.cache_dir={cache_dir}"]), tmp_path / "second")
+        second = run(settings_for([*TINY, f"paths.cache_dir={cache_dir}"]), tmp_path / "second")
     warned = "\n".join(str(w.message) for w in caught)
     for stage, victim in victims.items():
         assert str(victim) in warned, f"{stage}: the swapped file is not named"
@@ -104,7 +104,7 @@ def test_files_swapped_between_keys_in_every_stage_are_recomputed(tiny_cache, tm
 
 def test_every_codec_writes_the_envelope_it_is_given(tmp_path):
     """Each stage's file carries exactly the provenance handed to its writer, read back by its loader."""
-    first = compose_run([*TINY, f"paths.cache_dir={tmp_path / 'cache'}"])
+    first = settings_for([*TINY, f"paths.cache_dir={tmp_path / 'cache'}"])
     run(first, tmp_path / "out")
     for stage in STAGES:
         suffix, _save, load = CODECS.get(stage, (".json", save_json, load_json))
@@ -225,7 +225,7 @@ def test_a_concurrent_alpha_sweep_computes_the_alpha_free_stages_once(tmp_path):
 
     alphas = ["0.05", "0.1", "0.2"]
     records = _concurrent([[*TINY, f"alpha.value={a}"] for a in alphas], tmp_path)
-    single = run(compose_run([*TINY, f"paths.cache_dir={tmp_path / 'alone'}"]), tmp_path / "alone_out")
+    single = run(settings_for([*TINY, f"paths.cache_dir={tmp_path / 'alone'}"]), tmp_path / "alone_out")
     for stage in ("capture", "extract", "align", "vectors", "lens"):
         computed = sum(r["stages"][stage]["misses"] for r in records)
         assert computed == single["stages"][stage]["misses"], (stage, [r["stages"][stage] for r in records])

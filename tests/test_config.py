@@ -194,12 +194,13 @@ def scaled(xs, xt, k, scale=2.0):
     return scale * left, right
 align.SOLVERS["scaled"] = scaled
 steer.POSITION_RULES["before_last"] = steer.PositionRule(before=True, last=False, after=False)
-from unlock.run.config import map_settings, steering_settings
+from unlock.run.config import run_settings
 from tests.helpers import compose_run
-cfg = compose_run(["experiment=tiny", "rank.method=scaled", "+rank.options.scale=3.0", "alpha.positions=before_last"])
-settings = map_settings(cfg)
+overrides = ["experiment=tiny", "rank.method=scaled", "+rank.options.scale=3.0", "alpha.positions=before_last"]
+run = run_settings(compose_run(overrides))
+settings = run.map
 assert settings.spec() == {"rank": 4, "method": "scaled", "centre": False, "scale": 3.0}, settings.spec()
-assert steering_settings(cfg).positions == "before_last"
+assert run.steering.positions == "before_last"
 x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
 fitted = align.fit_map(x, x, 2, "scaled", scale=3.0)
 assert torch.allclose(fitted.weight, 3 * align.fit_map(x, x, 2).weight, atol=1e-5)
@@ -222,14 +223,14 @@ def test_each_setting_has_one_default_and_the_main_job_uses_it():
     MapSettings' solver options), and no group option or the main-job overlay restates them."""
     from unlock.method.capture import CaptureSettings
     from unlock.method.steer import SteeringSettings
-    from unlock.run.config import capture_settings, eval_settings, map_settings, steering_settings
+    from unlock.run.config import run_settings
 
-    cfg = compose_run([])
-    assert steering_settings(cfg) == SteeringSettings()
-    assert capture_settings(cfg) == CaptureSettings()
-    settings = eval_settings(cfg)
+    run = run_settings(compose_run([]))
+    assert run.steering == SteeringSettings()
+    assert run.capture == CaptureSettings()
+    settings = run.evaluation.engine
     assert (settings.batch_size, settings.random_seed, settings.bootstrap_iters) == (16, 0, 0)
-    assert map_settings(cfg).spec() == {"rank": 16, "method": "unlock", "centre": False}
+    assert run.map.spec() == {"rank": 16, "method": "unlock", "centre": False}
     restating = {
         "alpha/default.yaml": ("value", "rule", "positions"),
         "rank/default.yaml": ("value",),

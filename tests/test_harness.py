@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, compose_run, launch, results
+from unlock.run.config import run_settings
 from unlock.run.harness import run
 from unlock.run.plan import make_plan
 from unlock.store.artifacts import load_activations
@@ -205,16 +206,16 @@ def test_bad_configs_fail_before_weights_load(tmp_path, monkeypatch):
     for overrides, message in cases:
         cfg = compose_run([*TINY, f"paths.cache_dir={tmp_path}", *overrides])
         with pytest.raises(ValueError, match=message):
-            run(cfg, tmp_path / "out")
+            run(run_settings(cfg), tmp_path / "out")
     missing = compose_run(
         [*TINY, f"paths.cache_dir={tmp_path}", "target_model=hf", f"target_model.path={tmp_path}/none"]
     )
     with pytest.raises(FileNotFoundError, match=rf"path '{tmp_path}/none' is not a directory; an hf model's path is"):
-        run(missing, tmp_path / "out")
+        run(run_settings(missing), tmp_path / "out")
 
 
 def test_explicit_pairs_from_the_command_line_steer_those_layers():
-    assert make_plan(compose_run([*TINY, "layer.explicit_pairs={0:3,5:1}"])).pairs == {0: 3, 5: 1}
+    assert make_plan(run_settings(compose_run([*TINY, "layer.explicit_pairs={0:3,5:1}"]))).pairs == {0: 3, 5: 1}
 
 
 def test_failed_run_leaves_a_failure_record(tmp_path):
@@ -228,9 +229,10 @@ def test_failed_run_leaves_a_failure_record(tmp_path):
 
 def test_layer_selection_and_pairing_in_plan():
     cfg = compose_run([*TINY, "layer=middle"])
-    assert make_plan(cfg).pairs == {3: 1}  # depth 0.5 of 6 layers: 2.5 rounds up to 3; Source floor(3*3/5) = 1
+    # depth 0.5 of 6 layers: 2.5 rounds up to 3; Source floor(3*3/5) = 1
+    assert make_plan(run_settings(cfg)).pairs == {3: 1}
     cfg = compose_run([*TINY, "layer=list", "layer.indices=[0,5]"])
-    assert make_plan(cfg).pairs == {0: 0, 5: 3}
+    assert make_plan(run_settings(cfg)).pairs == {0: 0, 5: 3}
 
 
 @pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
@@ -354,7 +356,7 @@ def test_reference_condition_uses_another_model_with_the_capability_prompt(tmp_p
             "eval.reference_model.seed=5",
         ]
     )
-    record = run(cfg, tmp_path / "out")
+    record = run(run_settings(cfg), tmp_path / "out")
     assert set(record["conditions"]) == {"unsteered", "reference"}
     assert record["conditions"]["reference"]["unlock_arith"]["lm_eval_task"] == "unlock_arith_cot"
     assert record["conditions"]["unsteered"]["unlock_arith"]["lm_eval_task"] == "unlock_arith"
@@ -376,7 +378,7 @@ def test_checkpoint_contrast_uses_the_post_trained_source(tmp_path):
             "eval.conditions=[unsteered,unlock,native]",
         ]
     )
-    record = run(cfg, tmp_path / "out")
+    record = run(run_settings(cfg), tmp_path / "out")
     # The Target is evaluated with the same step-by-step prompt the Source variants were captured with.
     assert cfg.capability.locked_task == cfg.capability.unlocked_task == "unlock_arith_cot"
     assert record["conditions"]["unlock"]["unlock_arith_cot"]["lm_eval_task"] == "unlock_arith_cot"
@@ -395,7 +397,7 @@ def test_unlocked_model_of_another_shape_is_rejected(tmp_path):
         ]
     )
     with pytest.raises(ValueError, match=r"unlocked_model has 6 layers x 48 wide, but the Source has 4 x 64"):
-        make_plan(cfg)
+        make_plan(run_settings(cfg))
 
 
 @pytest.mark.slow  # launch.py or the lm_eval CLI in a subprocess: in make test, not the edit loop
@@ -466,7 +468,7 @@ def test_paired_comparisons_equal_a_recount_of_the_saved_samples(tmp_path):
             "alpha.positions=all",
         ]
     )
-    record = run(cfg, tmp_path)
+    record = run(run_settings(cfg), tmp_path)
     paired = record["paired"]
     assert {c: set(paired[c]["unlock_mc"]) for c in paired} == {
         "unlock": {"unsteered", "random"},
@@ -503,7 +505,7 @@ def test_with_source_equal_to_target_fidelity_reaches_the_ceiling_in_the_run(tmp
             "eval.conditions=[native]",
         ]
     )
-    record = run(cfg, tmp_path)
+    record = run(run_settings(cfg), tmp_path)
     fidelity = record["transfer_fidelity"]
     assert len(fidelity) == 4 and all(0 < f["self_ceiling"] <= 1 for f in fidelity.values())
     for layer in fidelity.values():
@@ -561,16 +563,16 @@ def test_a_test_run_of_a_sweep_point_is_checked_against_it(tmp_path):
         (point.parent / "aggregate.json").write_text(json.dumps({"selected_on_validation": {"job": job}}))
 
     write(config)
-    check_selected_from(cfg)
+    check_selected_from(run_settings(cfg))
     write(config, job="5")
     with pytest.raises(ValueError, match=r"the sweep selected job '5' .*, not '3'"):
-        check_selected_from(cfg)
+        check_selected_from(run_settings(cfg))
     write({**config, "alpha": {**config["alpha"], "value": 0.5}})
     with pytest.raises(ValueError, match=r"differs from the selected point: alpha .*0.1.*the point: .*0.5"):
-        check_selected_from(cfg)
+        check_selected_from(run_settings(cfg))
     write({**config, "capability": {**config["capability"], "n_heldout": 9}})
     with pytest.raises(ValueError, match=r"differs from the selected point: capability"):
-        check_selected_from(cfg)
+        check_selected_from(run_settings(cfg))
     write({**config, "eval": {"split": "test"}})
     with pytest.raises(ValueError, match="selected on the validation split \\(that point's split: test\\)"):
-        check_selected_from(cfg)
+        check_selected_from(run_settings(cfg))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,16 +141,60 @@ def test_method_modules_import_no_config_framework_and_nothing_around_them():
         }, name
 
 
-def test_only_the_run_layer_reads_the_composed_config():
-    """The run layer turns the Hydra config into settings objects; elsewhere only `make analyze`'s Hydra
-    entry point and the model loader (which takes one model's config node) import omegaconf or hydra."""
-    readers = {
-        name
-        for name, tree in _modules().items()
-        if any(m.split(".")[0] in ("omegaconf", "hydra") for m in _imported(tree))
-    }
-    outside = {name for name in readers if not name.startswith("unlock.run.")}
-    assert outside == {"unlock.analysis.__main__", "unlock.models.loading"}
+# Where the composed Hydra config may be read: the module that turns it into RunSettings, and the entry
+# points Hydra calls with it (make analyze's `__main__`, the multirun's callback; launch.py is outside
+# the package). Everything else takes settings objects.
+CONFIG_READERS = {"unlock.run.config", "unlock.analysis.__main__"}
+CONFIG_ENTRY_FUNCTIONS = {("unlock.run.track", "on_multirun_end")}  # Hydra's callback: hands it to run.config
+HYDRA_BASES = {"hydra.experimental.callback"}  # the callback's base class (no config is read through it)
+
+
+def config_reader_violations(modules: dict[str, ast.Module]) -> list[str]:
+    """omegaconf or hydra imports, and parameters that take a config (``cfg``, ``*_cfg``, ``config`` or an
+    annotation naming DictConfig or RunConfig), outside the allowed readers."""
+    found = []
+    for name, tree in modules.items():
+        if name in CONFIG_READERS:
+            continue
+        framework = {m for m in _imported(tree) if m.split(".")[0] in ("omegaconf", "hydra")} - HYDRA_BASES
+        found += [f"{name} imports {m}" for m in sorted(framework)]
+        for func in ast.walk(tree):
+            if (
+                not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))
+                or (name, func.name) in CONFIG_ENTRY_FUNCTIONS
+            ):
+                continue
+            for arg in [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if (
+                    arg.arg in ("cfg", "config")
+                    or arg.arg.endswith("_cfg")
+                    or re.search(r"DictConfig|RunConfig", annotation)
+                ):
+                    found.append(f"{name}.{func.name}({arg.arg}: {annotation or '?'})")
+    return found
+
+
+def test_only_run_config_and_the_entry_points_read_the_composed_config():
+    """run_settings (unlock.run.config) reads the composed config once; below the entry points no module
+    imports omegaconf or hydra and no function takes the config."""
+    assert config_reader_violations(_modules()) == []
+
+
+def test_the_config_reader_check_finds_a_reader():
+    planted = ast.parse(
+        "from omegaconf import DictConfig\n"
+        "def plan(cfg): ...\n"
+        "def load(model_cfg): ...\n"
+        "def typed(x: DictConfig): ...\n"
+        "def fine(settings, hf_config): ...\n"
+    )
+    assert config_reader_violations({"unlock.run.plan": planted}) == [
+        "unlock.run.plan imports omegaconf",
+        "unlock.run.plan.plan(cfg: ?)",
+        "unlock.run.plan.load(model_cfg: ?)",
+        "unlock.run.plan.typed(x: DictConfig)",
+    ]
 
 
 # Layers, lowest first: a module imports only from its own layer or lower ones. tasks is data (the

@@ -125,7 +125,6 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     from functools import partial
 
     from lm_eval.models.hf_steered import SteeredModel, steer
-    from omegaconf import OmegaConf
 
     from unlock.method.blocks import block_path_under_base_model
     from unlock.method.pipeline import Cached
@@ -138,8 +137,7 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
     assert found == block_path == block_path_under_base_model(model)
     generator = torch.Generator().manual_seed(1)
     vectors = {j: torch.randn(64, generator=generator) for j in (0, 2)}
-    cfg = OmegaConf.create({"alpha": {"value": 0.5, "rule": "add", "positions": "all"}})
-    files = export_steering(tmp_path, {"unlock": Cached(vectors)}, cfg, found)
+    files = export_steering(tmp_path, {"unlock": Cached(vectors)}, SteeringSettings(0.5, "add", "all"), found)
     assert set(files) == {"steering_vectors", "lm_eval_steered"}
     exported = torch.load(tmp_path / "lm_eval_steered.pt", weights_only=True)
     assert set(exported) == {f"{block_path}.0", f"{block_path}.2"}

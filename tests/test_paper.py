@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import CONF, ROOT, compose_run, launch
+from tests.helpers import CONF, ROOT, compose_run, launch, settings_for
 from unlock.analysis.paper import PAPER_NUMBERS
+from unlock.run.config import run_settings
 from unlock.run.harness import run
 from unlock.run.report import comparison_rows, find_results, render
 from unlock.tasks.hub import FIELDS, split_rows
@@ -86,7 +87,7 @@ def test_preset_benchmarks_are_lm_eval_tasks():
 @pytest.mark.parametrize("preset", PRESETS)
 def test_dry_run_passes_for_every_preset_on_standin_configs(preset, tmp_path):
     cfg = compose_run(standin_overrides(preset))
-    record = run(cfg, tmp_path)
+    record = run(run_settings(cfg), tmp_path)
     assert record["status"] == "dry_run"
     target = json.loads((Path(cfg.target_model.path) / "config.json").read_text())
     target = target.get("text_config", target)
@@ -102,7 +103,7 @@ def test_dry_run_passes_for_every_preset_on_standin_configs(preset, tmp_path):
 
 def test_dry_run_memory_plan_counts_parameters_from_the_config():
     cfg = compose_run(standin_overrides("paper/cot_qwen15_14b_to_7b"))
-    memory = run(cfg, "/nonexistent")["memory"]
+    memory = run(run_settings(cfg), "/nonexistent")["memory"]
     by_role = {m["role"]: m for m in memory["models"]}
     # Qwen1.5-14B: 40 layers of 4 x 5120^2 attention + 3 x 5120 x 13696 MLP, plus 2 x 152064 x 5120 embeddings.
     expected = 40 * (4 * 5120 * 5120 + 3 * 5120 + 3 * 5120 * 13696 + 2 * 5120) + 2 * 152064 * 5120 + 5120
@@ -121,7 +122,7 @@ def test_dry_run_memory_plan_counts_parameters_from_the_config():
 def test_dry_run_fails_clearly_when_the_model_cannot_have_the_layer_or_rank(extra, expected, tmp_path):
     cfg = compose_run(standin_overrides("paper/cot_qwen15_14b_to_7b", extra))
     with pytest.raises(ValueError) as info:
-        run(cfg, tmp_path)
+        run(run_settings(cfg), tmp_path)
     assert all(part in str(info.value) for part in expected), str(info.value)
 
 
@@ -347,8 +348,8 @@ def test_half_precision_activation_storage_is_a_separate_cache_entry(tmp_path):
         f"paths.cache_dir={tmp_path / 'cache'}",
         "progress=false",
     ]
-    full = run(compose_run(overrides), tmp_path / "full")
-    half = run(compose_run([*overrides, "capability.activation_storage=bfloat16"]), tmp_path / "half")
+    full = run(settings_for(overrides), tmp_path / "full")
+    half = run(settings_for([*overrides, "capability.activation_storage=bfloat16"]), tmp_path / "half")
     assert half["stages"]["capture"]["misses"] == full["stages"]["capture"]["misses"] > 0, (
         "not reused across precisions"
     )

@@ -9,14 +9,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from unlock.run.analyze import report
-from unlock.run.config import register_configs
+from unlock.run.config import register_configs, run_settings
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    report(cfg, Path(HydraConfig.get().runtime.output_dir))
+    report(run_settings(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from unlock.method.blocks import ModelShape
@@ -53,18 +53,45 @@ class ModelSize:
     context: int | None
 
 
-def model_cfg_dict(model_cfg: Any) -> dict[str, Any]:
-    """A model config (DictConfig, dataclass or mapping) as a plain, resolved dict."""
-    if isinstance(model_cfg, DictConfig):
-        return OmegaConf.to_container(model_cfg, resolve=True)  # type: ignore[return-value]
-    if hasattr(model_cfg, "__dataclass_fields__"):
-        return asdict(model_cfg)
-    return dict(model_cfg)
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: what every source reads (the config groups ``source_model`` and ``target_model``
+    are this, and their schema's defaults are these). Which fields determine the weights is each
+    source's ``identity_keys``; ``name`` and ``device`` never do."""
+
+    name: str = ""  # short label used in tables and W&B
+    kind: str = "hf"  # a key of SOURCES
+    path: str | None = None  # HF id or local directory (hf); package name (gguf_package)
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: str = "float32"  # a key of DTYPES, or "auto"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    # tiny and planted models only
+    family: str = "llama"
+    hidden_size: int = 64
+    num_layers: int = 4
+    seed: int = 0
+    # planted models only (unlock.models.planted.Recipe)
+    corpus: str = Recipe.corpus
+    train_steps: int = Recipe.steps
+
+    @classmethod
+    def of(cls, spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
+        """A spec from itself or from a mapping of its fields (a notebook's or a benchmark's dict);
+        an unknown field is refused, naming the allowed ones."""
+        if isinstance(spec, ModelSpec):
+            return spec
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise ValueError(f"unknown model field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        return cls(**{key: (str(v) if key in ("kind", "dtype") else v) for key, v in spec.items()})
 
 
-def text_config(config: Any) -> Any:
-    """The language-model part of a config (multimodal configs nest it as text_config)."""
-    return getattr(config, "text_config", None) or config
+def text_config(hf_config: Any) -> Any:
+    """The language-model part of a transformers config (multimodal configs nest it as text_config)."""
+    return getattr(hf_config, "text_config", None) or hf_config
 
 
 class ModelSource:
@@ -73,13 +100,13 @@ class ModelSource:
     kind: ClassVar[str]
     identity_keys: ClassVar[tuple[str, ...]]
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.cfg = cfg
-        self.trust_remote_code = bool(cfg.get("trust_remote_code", False))
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.trust_remote_code = bool(spec.trust_remote_code)
 
     def identity(self) -> dict[str, Any]:
         """The fields that determine the weights (device and label excluded)."""
-        return {**{key: self.cfg.get(key) for key in self.identity_keys}, "dtype": self.cfg.get("dtype", "float32")}
+        return {**{key: getattr(self.spec, key) for key in self.identity_keys}, "dtype": self.spec.dtype}
 
     def config(self, cache_dir: str | None = None) -> Any:
         raise NotImplementedError
@@ -128,11 +155,11 @@ class ModelSource:
     def load(self, cache_dir: str) -> LoadedModel:
         """Weights and tokenizer, in eval mode, on the configured device and dtype, left padding."""
         start = time.perf_counter()
-        model, tokenizer = self.weights(cache_dir, DTYPES.get(self.cfg.get("dtype", "float32"), "auto"))
+        model, tokenizer = self.weights(cache_dir, DTYPES.get(self.spec.dtype, "auto"))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        model.to(self.cfg.get("device", "cpu"))
+        model.to(self.spec.device)
         return LoadedModel(model=model, tokenizer=tokenizer, load_seconds=time.perf_counter() - start)
 
 
@@ -144,25 +171,25 @@ class HFSource(ModelSource):
 
     def _from(self) -> dict[str, Any]:
         return {
-            "revision": self.cfg.get("revision"),
-            "gguf_file": self.cfg.get("gguf_file"),
+            "revision": self.spec.revision,
+            "gguf_file": self.spec.gguf_file,
             "trust_remote_code": self.trust_remote_code,
         }
 
     def config(self, cache_dir: str | None = None) -> Any:
-        check_local_path(self.cfg)
-        return _hub_config(self.cfg["path"], **self._from())
+        check_local_path(self.spec)
+        return _hub_config(self.spec.path, **self._from())
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
-        return _pretrained(self.cfg["path"], dtype, self._from())
+        return _pretrained(self.spec.path, dtype, self._from())
 
     def checkpoint(self, cache_dir: str) -> str:
-        if self.cfg.get("revision") or self.cfg.get("gguf_file"):
+        if self.spec.revision or self.spec.gguf_file:
             raise ValueError(
-                f"model {self.cfg.get('name')!r}: the vLLM engine takes a directory or hub id without "
+                f"model {self.spec.name!r}: the vLLM engine takes a directory or hub id without "
                 "revision or gguf_file; convert it to a directory first"
             )
-        return str(self.cfg["path"])
+        return str(self.spec.path)
 
 
 class TinySource(ModelSource):
@@ -172,16 +199,14 @@ class TinySource(ModelSource):
     identity_keys = ("kind", "family", "hidden_size", "num_layers", "seed")
 
     def config(self, cache_dir: str | None = None) -> Any:
-        return tiny_config(self.cfg["family"], hidden_size=self.cfg["hidden_size"], num_layers=self.cfg["num_layers"])
+        return tiny_config(self.spec.family, hidden_size=self.spec.hidden_size, num_layers=self.spec.num_layers)
 
     def shape(self) -> ModelShape:
-        return ModelShape(n_layers=self.cfg["num_layers"], hidden_size=self.cfg["hidden_size"])
+        return ModelShape(n_layers=self.spec.num_layers, hidden_size=self.spec.hidden_size)
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
-        cfg = self.cfg
-        model = tiny_model(
-            cfg["family"], hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], seed=cfg["seed"]
-        )
+        spec = self.spec
+        model = tiny_model(spec.family, hidden_size=spec.hidden_size, num_layers=spec.num_layers, seed=spec.seed)
         return (model if dtype in (torch.float32, "auto") else model.to(dtype)), tiny_tokenizer()
 
     def checkpoint(self, cache_dir: str) -> str:
@@ -197,14 +222,14 @@ class PlantedSource(ModelSource):
     identity_keys = ("kind",)
 
     def recipe(self) -> Recipe:
-        cfg = self.cfg
+        spec = self.spec
         return Recipe(
-            family=cfg["family"],
-            hidden_size=cfg["hidden_size"],
-            num_layers=cfg["num_layers"],
-            corpus=Recipe.corpus if cfg.get("corpus") is None else cfg["corpus"],
-            steps=Recipe.steps if cfg.get("train_steps") is None else cfg["train_steps"],
-            seed=cfg["seed"],
+            family=spec.family,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            corpus=spec.corpus,
+            steps=spec.train_steps,
+            seed=spec.seed,
         )
 
     def identity(self) -> dict[str, Any]:
@@ -219,7 +244,7 @@ class PlantedSource(ModelSource):
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         recipe = self.recipe()
-        label = self.cfg.get("name") or f"planted {recipe.family}"
+        label = self.spec.name or f"planted {recipe.family}"
 
         def compute() -> tuple[dict[str, torch.Tensor], int]:
             from tqdm.auto import tqdm
@@ -260,32 +285,32 @@ class PackagedGGUFSource(ModelSource):
     def config(self, cache_dir: str | None = None) -> Any:
         if cache_dir is None:
             raise ValueError(
-                f"the config of packaged model {self.cfg['path']!r} needs the cache dir (it is converted once)"
+                f"the config of packaged model {self.spec.path!r} needs the cache dir (it is converted once)"
             )
-        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
+        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.spec.path, cache_dir))
 
     def shape(self) -> ModelShape:
-        return gguf_models.package_shape(self.cfg["path"])
+        return gguf_models.package_shape(self.spec.path)
 
     def size(self) -> ModelSize:
-        spec = gguf_models.package_spec(self.cfg["path"])
+        spec = gguf_models.package_spec(self.spec.path)
         return ModelSize(spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"])
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         return _pretrained(self.checkpoint(cache_dir), dtype, {})
 
     def checkpoint(self, cache_dir: str) -> str:
-        return str(gguf_models.cached_checkpoint(self.cfg["path"], cache_dir))
+        return str(gguf_models.cached_checkpoint(self.spec.path, cache_dir))
 
 
-def check_local_path(cfg: dict[str, Any]) -> None:
+def check_local_path(spec: ModelSpec) -> None:
     """An ``hf`` path that names a local directory must exist: transformers would read a missing one as
     a malformed hub id and say only that. A hub id is 'name' or 'org/name'."""
-    path = str(cfg.get("path") or "")
+    path = str(spec.path or "")
     local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
     if not path or (local and not Path(path).expanduser().is_dir()):
         raise FileNotFoundError(
-            f"model {cfg.get('name')!r}: path {path!r} is not a directory; an hf model's path is "
+            f"model {spec.name!r}: path {path!r} is not a directory; an hf model's path is "
             "a local directory (with config.json) or a hub id 'name' or 'org/name'"
         )
 
@@ -295,12 +320,14 @@ SOURCES: dict[str, type[ModelSource]] = {
 }
 
 
-def model_source(model_cfg: Any) -> ModelSource:
-    cfg = model_cfg_dict(model_cfg)
-    kind = cfg.get("kind", "hf")
-    if kind not in SOURCES:
-        raise ValueError(f"model kind {kind!r} is not allowed; allowed: {', '.join(SOURCES)}")
-    return SOURCES[kind](cfg)
+Spec = ModelSpec | Mapping[str, Any]  # what the questions below take
+
+
+def model_source(spec: Spec) -> ModelSource:
+    model = ModelSpec.of(spec)
+    if model.kind not in SOURCES:
+        raise ValueError(f"model kind {model.kind!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    return SOURCES[model.kind](model)
 
 
 @lru_cache(maxsize=32)
@@ -316,22 +343,22 @@ def _pretrained(source: str, dtype: Any, extra: dict[str, Any]) -> tuple[Any, An
     return model.eval(), tokenizer
 
 
-# The questions callers ask, by model config.
-def model_identity(model_cfg: Any) -> dict[str, Any]:
-    return model_source(model_cfg).identity()
+# The questions callers ask, by model spec.
+def model_identity(spec: Spec) -> dict[str, Any]:
+    return model_source(spec).identity()
 
 
-def read_shape(model_cfg: Any) -> ModelShape:
-    return model_source(model_cfg).shape()
+def read_shape(spec: Spec) -> ModelShape:
+    return model_source(spec).shape()
 
 
-def model_skeleton(model_cfg: Any, cache_dir: str):
-    return model_source(model_cfg).skeleton(cache_dir)
+def model_skeleton(spec: Spec, cache_dir: str):
+    return model_source(spec).skeleton(cache_dir)
 
 
-def model_checkpoint(model_cfg: Any, cache_dir: str) -> str:
-    return model_source(model_cfg).checkpoint(cache_dir)
+def model_checkpoint(spec: Spec, cache_dir: str) -> str:
+    return model_source(spec).checkpoint(cache_dir)
 
 
-def load_model(model_cfg: Any, cache_dir: str) -> LoadedModel:
-    return model_source(model_cfg).load(cache_dir)
+def load_model(spec: Spec, cache_dir: str) -> LoadedModel:
+    return model_source(spec).load(cache_dir)

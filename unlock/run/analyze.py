@@ -22,13 +22,11 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from omegaconf import DictConfig
-
 from unlock.analysis.fidelity import summarise, transfer_fidelity
 from unlock.analysis.grid import N_GRID, NULL_DRAWS, RANK_GRID, head, plot_analysis, spectral_entropy
 from unlock.method.extract import extract_directions
 from unlock.method.pipeline import MapSettings, transfer
-from unlock.run.config import map_settings
+from unlock.run.config import RunSettings
 from unlock.run.plan import make_plan
 from unlock.run.record import mean_quality
 from unlock.run.session import Captures, Session, capture_all, prompt_sets
@@ -87,15 +85,15 @@ def entropy_rows(captures: Captures, ns: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def analyze(cfg: DictConfig) -> dict[str, Any]:
-    plan = make_plan(cfg)
-    session = Session(cfg)
-    captures = capture_all(session, prompt_sets(cfg))
+def analyze(settings: RunSettings) -> dict[str, Any]:
+    plan = make_plan(settings)
+    session = Session(settings)
+    captures = capture_all(session, prompt_sets(settings))
     session.models.release_all()
-    n_max, width = cfg.capability.n_prompts, min(plan.source_width, plan.target_width)
+    n_max, width = settings.prompts.n_prompts, min(plan.source_width, plan.target_width)
     ns = sorted({n for n in N_GRID if n <= n_max} | {n_max})
     grid = [
-        grid_row(captures, plan.pairs, map_settings(cfg), n, rank, cfg.seed)
+        grid_row(captures, plan.pairs, settings.map, n, rank, settings.seed)
         for n in ns
         for rank in sorted({r for r in RANK_GRID if r <= min(n, width)} | {min(n, width)})
     ]
@@ -103,30 +101,35 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         "grid": grid,
         "entropy": entropy_rows(captures, ns),
         "pairs": {str(j): l for j, l in plan.pairs.items()},
-        "source": cfg.source_model.name,
-        "target": cfg.target_model.name,
+        "source": settings.models.source.name,
+        "target": settings.models.target.name,
         "null_draws": NULL_DRAWS,
         "stages": session.cache.summary(),
-        "heldout": cfg.capability.n_heldout,
+        "heldout": settings.prompts.n_heldout,
     }
 
 
-def write_analysis(cfg: DictConfig, result: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_analysis(settings: RunSettings, result: dict[str, Any], out_dir: Path) -> list[Path]:
     """analysis.json and analysis.csv first, then the plots, then W&B (nothing lost if a later step fails)."""
     atomic_write_json(out_dir / "analysis.json", result)
     write_csv(out_dir / "analysis.csv", result["grid"])
     paths = plot_analysis(result, out_dir)
-    if cfg.logger.name == "wandb":
+    if settings.logger.name == "wandb":
         log_files(
-            cfg.logger, out_dir, f"{out_dir.name}-analyze", {"analysis_grid": result["grid"]}, paths, job_type="analyze"
+            settings.logger,
+            out_dir,
+            f"{out_dir.name}-analyze",
+            {"analysis_grid": result["grid"]},
+            paths,
+            job_type="analyze",
         )
     return paths
 
 
-def report(cfg: DictConfig, out_dir: Path) -> None:
-    """Run the analysis for a composed config and write and print it (the body of `make analyze`)."""
-    result = analyze(cfg)
-    paths = write_analysis(cfg, result, out_dir)
+def report(settings: RunSettings, out_dir: Path) -> None:
+    """Run the analysis for a run's settings and write and print it (the body of `make analyze`)."""
+    result = analyze(settings)
+    paths = write_analysis(settings, result, out_dir)
     for row in result["grid"]:
         print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     print(f"analysis: {out_dir / 'analysis.json'}, {out_dir / 'analysis.csv'} and {len(paths)} plots")

@@ -53,3 +53,14 @@ DESIGN = Design(
 
 def label(name: str) -> str:
     return CONDITIONS[name].label if name in CONDITIONS else name
+
+
+# selection.objective -> the keys a sweep point is ranked by, in order (later keys break ties).
+OBJECTIVES = {
+    # the paper's: validation accuracy, as the paired gain over the unsteered Target on the same items
+    "acc": ("vs_unsteered_diff", "acc", "stepwise", "gen_words"),
+    "stepwise": ("stepwise", "acc", "gen_words"),  # behaviour: share of generations that reason in steps
+    "fidelity": ("layers_beating_null", "fidelity", "acc"),  # geometry: layers whose transfer beats the null
+    # the run's own claim: the strongest evidence that unlock beats unsteered and random (point_evidence)
+    "verdict": ("point_evidence", "vs_random_diff", "vs_unsteered_diff"),
+}

@@ -29,11 +29,9 @@ from unlock.method.extract import AGGREGATIONS
 from unlock.method.pipeline import MapSettings
 from unlock.method.steer import POSITION_RULES as STEER_POSITION_RULES
 from unlock.method.steer import STEER_RULES, SteeringSettings
-from unlock.models.loading import DTYPES, SOURCES
-from unlock.models.planted import Recipe
-from unlock.run.conditions import CONDITIONS
+from unlock.models.loading import DTYPES, SOURCES, ModelSpec
+from unlock.run.conditions import CONDITIONS, OBJECTIVES
 from unlock.run.engines import ENGINES, EvalSettings
-from unlock.run.track import OBJECTIVES
 from unlock.store.artifacts import STORAGE_DTYPES
 from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
 
@@ -67,25 +65,26 @@ Objective = _choices("Objective", tuple(OBJECTIVES))
 
 @dataclass
 class ModelConfig:
-    """A Hugging Face id or local path (kind=hf), a tiny random model (tiny), or a packaged GGUF."""
+    """A Hugging Face id or local path (kind=hf), a tiny random model (tiny), or a packaged GGUF; the
+    defaults are unlock.models.loading.ModelSpec's (what the run reads)."""
 
     name: str = MISSING  # short label used in tables and W&B
-    kind: ModelKind = ModelKind.hf
-    path: str | None = None  # HF id or local directory (hf); package name (gguf_package)
-    revision: str | None = None
-    gguf_file: str | None = None
-    dtype: DType = DType.float32
-    device: str = "cpu"
-    trust_remote_code: bool = False
+    kind: ModelKind = ModelKind(ModelSpec.kind)
+    path: str | None = ModelSpec.path  # HF id or local directory (hf); package name (gguf_package)
+    revision: str | None = ModelSpec.revision
+    gguf_file: str | None = ModelSpec.gguf_file
+    dtype: DType = DType(ModelSpec.dtype)
+    device: str = ModelSpec.device
+    trust_remote_code: bool = ModelSpec.trust_remote_code
     # tiny and planted models only
-    family: str = "llama"
-    hidden_size: int = 64
-    num_layers: int = 4
-    seed: int = 0
+    family: str = ModelSpec.family
+    hidden_size: int = ModelSpec.hidden_size
+    num_layers: int = ModelSpec.num_layers
+    seed: int = ModelSpec.seed
     # planted models only (unlock.models.planted.Recipe): the corpus (cue: the cue switches the steps on;
     # null: it means nothing) and the training steps
-    corpus: str = Recipe.corpus
-    train_steps: int = Recipe.steps
+    corpus: str = ModelSpec.corpus
+    train_steps: int = ModelSpec.train_steps
 
 
 @dataclass
@@ -219,9 +218,11 @@ class StatsConfig:
     """Paired comparisons' power (unlock.analysis.paired.PowerSettings): the gain a comparison should detect at
     80% power and the 5% level is the paper's for the setup, else ``effect``."""
 
-    effect: float = 0.10  # an absolute accuracy difference (0.10 = ten points)
-    power: float = 0.8
-    discordance: float = 0.2  # the dry run's guess of the share of items two conditions disagree on
+    effect: float = PowerSettings.effect  # an absolute accuracy difference (0.10 = ten points)
+    power: float = PowerSettings.power
+    discordance: float = (
+        PowerSettings.discordance
+    )  # the dry run's guess of the share of items two conditions disagree on
 
 
 @dataclass
@@ -257,6 +258,247 @@ class RunConfig:
     selected_from: str | None = None
 
 
+# --- What the run layer reads: the composed config, checked and typed once (run_settings) ---------
+
+
+@dataclass(frozen=True)
+class Models:
+    """Every model a run may load (config paths in :meth:`named`, for messages)."""
+
+    source: ModelSpec
+    target: ModelSpec
+    unlocked: ModelSpec | None = None  # capability.contrast=checkpoint: the post-trained Source
+    reference: ModelSpec | None = None  # eval.reference_model
+
+    def named(self) -> dict[str, ModelSpec | None]:
+        return {
+            "source_model": self.source,
+            "target_model": self.target,
+            "capability.unlocked_model": self.unlocked,
+            "eval.reference_model": self.reference,
+        }
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Which prompts feed extraction and alignment, and how their activations are stored (config groups
+    ``capability`` and ``benchmark``)."""
+
+    capability: str
+    contrast: str  # prompt: one model, two prompts; checkpoint: base vs post-trained
+    locked_task: str
+    unlocked_task: str
+    split: str  # capability.prompt_split
+    n_prompts: int
+    n_heldout: int
+    seed: int
+    n_shots: int
+    benchmark: str
+    item_set: str
+    needs_network: bool
+    activation_storage: str
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Which Target layers are steered (config group ``layer``)."""
+
+    mode: str
+    indices: tuple[int, ...]
+    depth: float | None
+    explicit_pairs: dict[int, int] | None  # {Target layer: Source layer}; None: linear in depth
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What is evaluated (config group ``eval``): the conditions, tasks and split, and how the engine runs."""
+
+    tasks: tuple[str, ...]
+    prompt_tasks: dict[str, str]  # task -> its capability-prompt variant
+    split: str
+    conditions: tuple[str, ...]
+    engine: EvalSettings
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    """Where results go besides disk (config group ``logger``); ``group`` is the multirun's sweep."""
+
+    name: str
+    project: str
+    entity: str | None
+    mode: str
+    tags: tuple[str, ...]
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job of this setup needs (config group ``resources``)."""
+
+    gpus_per_node: int
+    gpu_mem_gb: int
+    cpus_per_task: int
+    mem_gb: int
+    timeout_min: int
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run reads, built once by :func:`run_settings` from the composed config and passed
+    down by the entry points; below them no function takes the config. ``config`` is the composed
+    config as plain data (resolved), which only the record keeps."""
+
+    models: Models
+    prompts: Prompts
+    capture: CaptureSettings
+    layers: Layers
+    map: MapSettings
+    steering: SteeringSettings
+    evaluation: Evaluation
+    statistics: PowerSettings
+    logger: LoggerSettings
+    resources: Resources
+    paper_setup: str | None
+    paper_numbers: dict[str, Any]
+    objective: str  # selection.objective
+    seed: int
+    progress: bool
+    dry_run: bool
+    check_data: bool
+    selected_from: str | None
+    config: dict[str, Any]
+
+    @property
+    def cache_dir(self) -> str:
+        return self.evaluation.engine.cache_dir
+
+    @property
+    def tasks_dir(self) -> str:
+        return self.evaluation.engine.tasks_dir
+
+    def prompt_task(self, task: str) -> str:
+        """The capability-prompt variant of ``task`` (prompting and reference conditions): listed in
+        eval.prompt_tasks, or the capability's Unlocked task when ``task`` is its Locked one."""
+        variant = self.evaluation.prompt_tasks.get(task)
+        if variant is None and task == self.prompts.locked_task:
+            variant = self.prompts.unlocked_task
+        if variant is None:
+            raise ValueError(
+                f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
+                f"listed: {self.evaluation.prompt_tasks}"
+            )
+        return variant
+
+
+def run_settings(cfg: Any) -> RunSettings:
+    """The run's settings from a composed config, after :func:`validate` (checks that name the bad value
+    and the allowed range, before any model loads)."""
+    validate(cfg)
+    cap, bench, ev = cfg.capability, cfg.benchmark, cfg.eval
+    settings = RunSettings(
+        models=Models(
+            model_spec(cfg.source_model),
+            model_spec(cfg.target_model),
+            model_spec(cap.unlocked_model),
+            model_spec(ev.reference_model),
+        ),
+        prompts=Prompts(
+            capability=str(cap.name),
+            contrast=str(cap.contrast),
+            locked_task=str(cap.locked_task),
+            unlocked_task=str(cap.unlocked_task),
+            split=str(cap.prompt_split),
+            n_prompts=int(cap.n_prompts),
+            n_heldout=int(cap.n_heldout),
+            seed=int(cap.seed),
+            n_shots=int(cap.n_shots),
+            benchmark=str(bench.name),
+            item_set=str(bench.source),
+            needs_network=bool(bench.needs_network),
+            activation_storage=str(cap.activation_storage),
+        ),
+        capture=_capture_settings(cfg),
+        layers=Layers(
+            str(cfg.layer.mode), tuple(int(i) for i in cfg.layer.indices), cfg.layer.depth, explicit_pairs(cfg.layer)
+        ),
+        map=_map_settings(cfg),
+        steering=_steering_settings(cfg),
+        evaluation=Evaluation(
+            tasks=tuple(str(t) for t in ev.tasks),
+            prompt_tasks={str(k): str(v) for k, v in ev.prompt_tasks.items()},
+            split=str(ev.split),
+            conditions=tuple(str(c) for c in ev.conditions),
+            engine=_eval_settings(cfg),
+        ),
+        statistics=_stats_settings(cfg),
+        logger=logger_settings(cfg.logger),
+        resources=Resources(**_plain(cfg.resources)),
+        paper_setup=cfg.paper.setup,
+        paper_numbers=_plain(cfg.paper.numbers),
+        objective=str(cfg.selection.objective),
+        seed=int(cfg.seed),
+        progress=bool(cfg.progress),
+        dry_run=bool(cfg.dry_run),
+        check_data=bool(cfg.check_data),
+        selected_from=None if cfg.selected_from is None else str(cfg.selected_from),
+        config=composed(cfg),
+    )
+    if any(CONDITIONS[c].prompt == "unlocked" for c in settings.evaluation.conditions):
+        for task in settings.evaluation.tasks:
+            settings.prompt_task(task)  # each has its capability-prompt variant
+    return settings
+
+
+def sweep_settings(config: Any) -> tuple[str, LoggerSettings | None, str]:
+    """What a multirun's end needs from Hydra's config: the sweep directory, the logger and the
+    selection objective."""
+    selection = config.get("selection") or {}
+    logger = config.get("logger")
+    return (
+        str(config.hydra.sweep.dir),
+        None if logger is None else logger_settings(logger),
+        str(selection.get("objective", "acc")),
+    )
+
+
+def model_spec(node: Any) -> ModelSpec | None:
+    """A model config group as the spec the model sources read (None stays None)."""
+    return None if node is None else ModelSpec.of(_plain(node))
+
+
+def logger_settings(node: Any) -> LoggerSettings:
+    """Config group ``logger``, with the multirun's sweep as the W&B group where Hydra runs one."""
+    return LoggerSettings(
+        name=str(node.name),
+        project=str(node.project),
+        entity=node.entity,
+        mode=str(node.mode),
+        tags=tuple(str(t) for t in node.tags),
+        group=sweep_group(),
+    )
+
+
+def sweep_group() -> str | None:
+    """Jobs of one multirun share a W&B group: the sweep directory's name (None outside a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def composed(cfg: Any, resolve: bool = True) -> dict[str, Any]:
+    """The composed config as plain data (what the record keeps)."""
+    return _plain(cfg, resolve)
+
+
+def _plain(node: Any, resolve: bool = True) -> Any:
+    return OmegaConf.to_container(node, resolve=resolve) if OmegaConf.is_config(node) else node
+
+
 def project_root() -> str:
     """The repository (or installed package's parent) directory: caches and logs live under it."""
     return str(Path(__file__).resolve().parents[2])
@@ -290,20 +532,6 @@ def register_configs() -> None:
         )
 
 
-def prompt_task(cfg: Any, task: str) -> str:
-    """The capability-prompt variant of ``task`` (prompting and reference conditions): listed in
-    eval.prompt_tasks, or the capability's Unlocked task when ``task`` is its Locked one."""
-    variant = cfg.eval.prompt_tasks.get(task)
-    if variant is None and task == cfg.capability.locked_task:
-        variant = cfg.capability.unlocked_task
-    if variant is None:
-        raise ValueError(
-            f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
-            f"listed: {dict(cfg.eval.prompt_tasks)}"
-        )
-    return variant
-
-
 def validate(cfg: Any) -> None:
     """Checks that need no model: ranges and consistency (choices are typed in the schema).
     Model-dependent checks run later."""
@@ -330,7 +558,7 @@ def validate(cfg: Any) -> None:
     except ValueError as error:
         raise ValueError(f"rank.options: {error}") from None
     _check_eval(cfg)
-    stats_settings(cfg)
+    _stats_settings(cfg)
     for name in ("source_model", "target_model"):
         check_device(name, cfg[name].device)
     for name, model in (
@@ -345,7 +573,7 @@ def validate(cfg: Any) -> None:
             raise ValueError(f"resources.{key} {cfg.resources[key]} is out of range: must be >= {low}")
 
 
-def map_settings(cfg: Any) -> MapSettings:
+def _map_settings(cfg: Any) -> MapSettings:
     """How the maps are fit: config group ``rank`` plus the capability's aggregation."""
     return MapSettings(
         rank=int(cfg.rank.value),
@@ -355,7 +583,7 @@ def map_settings(cfg: Any) -> MapSettings:
     )
 
 
-def eval_settings(cfg: Any) -> EvalSettings:
+def _eval_settings(cfg: Any) -> EvalSettings:
     """How the evaluators evaluate: config group ``eval`` plus the tasks and cache folders."""
     ev = cfg.eval
     vllm = OmegaConf.to_container(ev.vllm, resolve=True) if OmegaConf.is_config(ev.vllm) else dict(ev.vllm)
@@ -372,18 +600,18 @@ def eval_settings(cfg: Any) -> EvalSettings:
     )
 
 
-def capture_settings(cfg: Any) -> CaptureSettings:
+def _capture_settings(cfg: Any) -> CaptureSettings:
     """How activations are captured: config group ``capability``'s position, batch size and length."""
     cap = cfg.capability
     return CaptureSettings(position=str(cap.position), batch_size=int(cap.batch_size), max_length=cap.max_length)
 
 
-def steering_settings(cfg: Any) -> SteeringSettings:
+def _steering_settings(cfg: Any) -> SteeringSettings:
     """How the Target is steered: config group ``alpha``."""
     return SteeringSettings(alpha=float(cfg.alpha.value), rule=str(cfg.alpha.rule), positions=str(cfg.alpha.positions))
 
 
-def stats_settings(cfg: Any) -> PowerSettings:
+def _stats_settings(cfg: Any) -> PowerSettings:
     """The config's ``stats`` as the settings unlock.analysis.paired takes (its checks name the bad value)."""
     return PowerSettings(
         effect=float(cfg.stats.effect), power=float(cfg.stats.power), discordance=float(cfg.stats.discordance)
@@ -445,9 +673,6 @@ def check_device(name: str, device: Any) -> None:
 def _check_eval(cfg: Any) -> None:
     ev = cfg.eval
     conditions = [CONDITIONS[str(name)] for name in ev.conditions]
-    if any(c.prompt == "unlocked" for c in conditions):
-        for task in ev.tasks:
-            prompt_task(cfg, task)
     if any(c.model == "reference" for c in conditions) and ev.reference_model is None:
         raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
     if ev.limit is not None and ev.limit < 1:

@@ -16,14 +16,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from unlock.lm_eval.prompts import task_manager
 from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
-from unlock.models.loading import model_identity
+from unlock.models.loading import ModelSpec, model_identity
 from unlock.run.conditions import CONDITIONS
-from unlock.run.config import eval_settings, prompt_task, steering_settings
+from unlock.run.config import RunSettings
 from unlock.run.engines import EvalSettings, evaluator
 from unlock.run.scores import RECORDS, EvalItem, response_lengths, sample_rows, summarise
 from unlock.store.artifacts import atomic_write_bytes
@@ -55,26 +53,26 @@ class Evaluator:
         self.settings, self.models = settings, models
         self._lm: Any = None
 
-    def lm(self, model_cfg: Any):
+    def lm(self, model: ModelSpec):
         from unlock.lm_eval.hf_model import UnlockLM
 
-        loaded = self.models.get(model_cfg)
+        loaded = self.models.get(model)
         if self._lm is None or self._lm.model is not loaded.model:
             self._lm = UnlockLM(
                 pretrained=loaded.model,
                 tokenizer=loaded.tokenizer,
                 batch_size=self.settings.batch_size,
-                device=str(model_cfg.device),
+                device=str(model.device),
                 track_entropy=True,
             )
         return self._lm
 
     def evaluate(
-        self, model_cfg: Any, task: str, steering: Cached[dict] | None, how: SteeringSettings | None
+        self, model: ModelSpec, task: str, steering: Cached[dict] | None, how: SteeringSettings | None
     ) -> dict[str, Any]:
         import lm_eval  # heavy: only when something is evaluated
 
-        lm = self.lm(model_cfg)
+        lm = self.lm(model)
         if steering is None or how is None:
             lm.set_steering(None)
         else:
@@ -102,47 +100,47 @@ class Evaluator:
         return [self.evaluate(item.model, item.lm_task, item.steering, item.how) for item in items]
 
 
-def plan_items(cfg: DictConfig, steering_sets: dict[str, Cached[dict]]) -> tuple[list[EvalItem], dict[str, Any]]:
-    """Every (condition, task) the config asks for (conditions.CONDITIONS says which model, prompt and
+def plan_items(settings: RunSettings, steering_sets: dict[str, Cached[dict]]) -> tuple[list[EvalItem], dict[str, Any]]:
+    """Every (condition, task) the run asks for (conditions.CONDITIONS says which model, prompt and
     steering set each uses), and the conditions skipped with the reason."""
     items, skipped = [], {}
-    how = steering_settings(cfg)
-    for condition_name in cfg.eval.conditions:
-        condition = CONDITIONS[str(condition_name)]
+    how, ev = settings.steering, settings.evaluation
+    for condition_name in ev.conditions:
+        condition = CONDITIONS[condition_name]
         if condition.vectors is not None and condition.vectors not in steering_sets:
             skipped[condition.name] = {
                 "skipped": "no Target-Unlocked activations for a native direction "
                 "(checkpoint contrast needs eval.reference_model)"
             }
             continue
-        model_cfg = cfg.eval.reference_model if condition.model == "reference" else cfg.target_model
+        model = settings.models.reference if condition.model == "reference" else settings.models.target
         steering = steering_sets[condition.vectors] if condition.vectors is not None else None
         if steering is not None and how.alpha == 0.0:
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
-        for task in cfg.eval.tasks:
-            name = eval_task_name(prompt_task(cfg, task) if condition.prompt == "unlocked" else task, cfg.eval.split)
-            items.append(EvalItem(condition.name, str(task), name, model_cfg, steering, how if steering else None))
+        for task in ev.tasks:
+            name = eval_task_name(settings.prompt_task(task) if condition.prompt == "unlocked" else task, ev.split)
+            items.append(EvalItem(condition.name, task, name, model, steering, how if steering else None))
     return items, skipped
 
 
 def evaluate_conditions(
-    cfg: DictConfig, cache: StageCache, models, steering_sets: dict[str, Cached[dict]], output_dir: Path
+    settings: RunSettings, cache: StageCache, models, steering_sets: dict[str, Cached[dict]], output_dir: Path
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[dict[str, Any]]]]]:
     """{condition: {task: metrics}} for every configured condition, and {condition: {task: sample rows}}
     for the paired comparisons; the rows also go to output_dir/samples. Each evaluation is its own
     cache entry; the missing ones of each model are evaluated together (with eval.engine=vllm, in one
     engine pass)."""
-    items, out = plan_items(cfg, steering_sets)
+    items, out = plan_items(settings, steering_sets)
     rows_by: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    settings = eval_settings(cfg)
-    evaluator = engine(settings, models)
+    how = settings.evaluation.engine
+    evaluator = engine(how, models)
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
         groups.setdefault(fingerprint(model_identity(item.model)), []).append(item)
     for group in groups.values():
         results, _ = cache.get_or_compute_many(
             "eval",
-            [eval_spec(settings, item) for item in group],
+            [eval_spec(how, item) for item in group],
             ".json",
             compute=lambda missing, group=group: [
                 _computed(r) for r in evaluator.evaluate_many([group[i] for i in missing])
@@ -155,7 +153,7 @@ def evaluate_conditions(
             rows_by.setdefault(item.condition, {})[item.task] = result["samples"]
             rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
             atomic_write_bytes(output_dir / "samples" / f"{item.condition}__{item.task}.jsonl", rows.encode())
-    return {name: out[name] for name in (str(c) for c in cfg.eval.conditions) if name in out}, rows_by
+    return {name: out[name] for name in settings.evaluation.conditions if name in out}, rows_by
 
 
 def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import lm_eval
 
 from unlock.lm_eval.prompts import task_manager
 from unlock.lm_eval.vllm_model import CONDITION_KEY, UnlockVLLM
-from unlock.models.loading import model_checkpoint
+from unlock.models.loading import ModelSpec, model_checkpoint
 from unlock.run.engines import EvalSettings
 from unlock.run.scores import EvalItem, response_lengths, sample_rows, summarise
 from unlock.store.cache import fingerprint
@@ -38,9 +38,9 @@ class VLLMEvaluator:
     def __init__(self, settings: EvalSettings, models) -> None:
         self.settings, self.models = settings, models
 
-    def lm(self, model_cfg: Any) -> UnlockVLLM:
-        path = model_checkpoint(model_cfg, self.settings.cache_dir)
-        args = {"dtype": "auto" if model_cfg.dtype == "auto" else str(model_cfg.dtype), **self.settings.vllm}
+    def lm(self, model: ModelSpec) -> UnlockVLLM:
+        path = model_checkpoint(model, self.settings.cache_dir)
+        args = {"dtype": "auto" if model.dtype == "auto" else str(model.dtype), **self.settings.vllm}
         key = fingerprint({"path": path, **args})
         if key not in _ENGINE:
             _ENGINE.clear()
@@ -49,9 +49,9 @@ class VLLMEvaluator:
             _ENGINE[key] = lm = UnlockVLLM(pretrained=path, batch_size="auto", **args)
             mode = "compiled" if lm.compiled else "eager"
             how = f"{lm.steering.mode} steering" + (" (the hook fallback)" if lm.steering.mode == "hooks" else "")
-            print(f"[unlock] {model_cfg.name}: vLLM engine, {how}, {mode}", file=sys.stderr)
+            print(f"[unlock] {model.name}: vLLM engine, {how}, {mode}", file=sys.stderr)
             # In results.json's model_load_seconds; absent when a sweep's earlier point started it.
-            self.models.load_seconds[f"{model_cfg.name} (vllm engine)"] = time.perf_counter() - start
+            self.models.load_seconds[f"{model.name} (vllm engine)"] = time.perf_counter() - start
         return _ENGINE[key]
 
     def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:

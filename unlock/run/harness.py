@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from unlock.analysis.fidelity import summarise as summarise_fidelity
 from unlock.analysis.fidelity import transfer_fidelity
 from unlock.analysis.lens import lens_table
@@ -22,7 +20,7 @@ from unlock.method.blocks import block_path_under_base_model
 from unlock.method.pipeline import transfer
 from unlock.models.loading import model_skeleton
 from unlock.run.conditions import DESIGN
-from unlock.run.config import map_settings, stats_settings
+from unlock.run.config import RunSettings
 from unlock.run.evaluate import evaluate_conditions
 from unlock.run.plan import check_devices_present, dry_run, make_plan
 from unlock.run.record import check_selected_from, export_steering, make_record
@@ -36,39 +34,38 @@ from unlock.store.artifacts import atomic_write_bytes
 from unlock.tasks.hub import DROPPED
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Run one composed config end to end and return its results record (launch.py writes it)."""
+def run(settings: RunSettings, output_dir: str | Path) -> dict[str, Any]:
+    """Run one run's settings end to end and return its results record (launch.py writes it)."""
     started = time.perf_counter()
-    plan = make_plan(cfg)
+    plan = make_plan(settings)
     DROPPED.clear()  # this run's benchmark only (a multirun may run many in one process)
-    check_selected_from(cfg)
-    if cfg.dry_run:
-        return dry_run(cfg, plan)
-    check_devices_present(cfg)
-    session = Session(cfg)
-    captures = capture_all(session, prompt_sets(cfg))
+    check_selected_from(settings)
+    if settings.dry_run:
+        return dry_run(settings, plan)
+    check_devices_present(settings)
+    session = Session(settings)
+    captures = capture_all(session, prompt_sets(settings))
     result = transfer(
         captures.source_unlocked,
         captures.source_locked,
         captures.target_locked,
         plan.pairs,
-        map_settings(cfg),
+        settings.map,
         captures.held_out,
         session.step,
-        progress=bool(cfg.progress),
+        progress=settings.progress,
     )
     sets = steering_sets(session, result, captures, plan)
     lenses = {name: session.lens(vectors) for name, vectors in sets.items()}
     fidelity = (
-        transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value, seed=cfg.seed)
+        transfer_fidelity(result.alignment.value.maps, result.target_vectors, sets["native"].value, seed=settings.seed)
         if "native" in sets
         else {}
     )
-    conditions, rows = evaluate_conditions(cfg, session.cache, session.models, sets, Path(output_dir))
+    conditions, rows = evaluate_conditions(settings, session.cache, session.models, sets, Path(output_dir))
     session.models.release_all()
-    artifacts = export_steering(
-        Path(output_dir), sets, cfg, block_path_under_base_model(model_skeleton(cfg.target_model, cfg.paths.cache_dir))
-    )
+    block_path = block_path_under_base_model(model_skeleton(settings.models.target, settings.cache_dir))
+    artifacts = export_steering(Path(output_dir), sets, settings.steering, block_path)
     atomic_write_bytes(Path(output_dir) / "logit_lens.md", lens_table(lenses).encode())
     findings = {
         "artifacts": artifacts,
@@ -78,10 +75,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         # verdict, paired, behaviour and family: what the run's tests decide (unlock.analysis.paired)
         **analyse(
             rows,
-            paper_gains(cfg.paper.setup, cfg.benchmark.name, cfg.capability.locked_task),
-            stats_settings(cfg),
+            paper_gains(settings.paper_setup, settings.prompts.benchmark, settings.prompts.locked_task),
+            settings.statistics,
             DESIGN,
-            str(cfg.eval.tasks[0]),
+            settings.evaluation.tasks[0],
         ),
     }
-    return make_record(cfg, plan, session, result, conditions, findings, time.perf_counter() - started)
+    return make_record(settings, plan, session, result, conditions, findings, time.perf_counter() - started)

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from unlock.analysis.paired import effect_for, family_size
 from unlock.analysis.paper import paper_gains
@@ -16,9 +15,9 @@ from unlock.analysis.stats import items_needed, power_at
 from unlock.lm_eval.prompts import load_task
 from unlock.method.align import pair_layers
 from unlock.models.loading import read_shape
-from unlock.models.memory import format_memory_plan, memory_plan
+from unlock.models.memory import GB, footprint, format_memory_plan, memory_plan
 from unlock.run.conditions import DESIGN
-from unlock.run.config import explicit_pairs, stats_settings, validate
+from unlock.run.config import Layers, RunSettings
 from unlock.tasks.answers import CHECKER
 from unlock.tasks.hub import dropped_rows
 
@@ -33,40 +32,41 @@ class Plan:
     rank_effective: int
 
 
-def target_layer_selection(layer_cfg: Any, n_target: int) -> list[int] | None:
-    if layer_cfg.mode == "all":
+def target_layer_selection(layers: Layers, n_target: int) -> list[int] | None:
+    if layers.mode == "all":
         return None
-    if layer_cfg.mode == "single" and layer_cfg.depth is not None:
-        return [math.floor(layer_cfg.depth * (n_target - 1) + 0.5)]  # round half up, not to even
-    return [int(i) for i in layer_cfg.indices]
+    if layers.mode == "single" and layers.depth is not None:
+        return [math.floor(layers.depth * (n_target - 1) + 0.5)]  # round half up, not to even
+    return list(layers.indices)
 
 
-def make_plan(cfg: DictConfig) -> Plan:
-    validate(cfg)
-    source = read_shape(cfg.source_model)
-    target = read_shape(cfg.target_model)
-    unlocked = cfg.capability.unlocked_model
-    if cfg.capability.contrast == "checkpoint":
-        other = read_shape(unlocked)
+def make_plan(settings: RunSettings) -> Plan:
+    """Layer pairs and the effective rank from the models' configs (no weights), checked against them."""
+    models = settings.models
+    source = read_shape(models.source)
+    target = read_shape(models.target)
+    if settings.prompts.contrast == "checkpoint":
+        other = read_shape(models.unlocked)
         if (other.n_layers, other.hidden_size) != (source.n_layers, source.hidden_size):
             raise ValueError(
                 f"capability.unlocked_model has {other.n_layers} layers x {other.hidden_size} wide, but the Source "
                 f"has {source.n_layers} x {source.hidden_size}; a checkpoint contrast needs one architecture"
             )
-    explicit = explicit_pairs(cfg.layer)
+    explicit = settings.layers.explicit_pairs
     try:
         pairs = pair_layers(
             source.n_layers,
             target.n_layers,
-            target_layers=target_layer_selection(cfg.layer, target.n_layers),
+            target_layers=target_layer_selection(settings.layers, target.n_layers),
             explicit=explicit,
         )
     except (ValueError, TypeError) as error:
         raise ValueError(f"layer.{'explicit_pairs' if explicit else 'indices'}: {error}") from None
     width_limit = min(source.hidden_size, target.hidden_size)
-    if cfg.rank.value > width_limit:
+    rank = settings.map.rank
+    if rank > width_limit:
         raise ValueError(
-            f"rank.value {cfg.rank.value} is out of range for these models: must be <= min(d_s, d_t) = "
+            f"rank.value {rank} is out of range for these models: must be <= min(d_s, d_t) = "
             f"min({source.hidden_size}, {target.hidden_size}) = {width_limit}"
         )
     return Plan(
@@ -75,20 +75,14 @@ def make_plan(cfg: DictConfig) -> Plan:
         target_layers=target.n_layers,
         target_width=target.hidden_size,
         pairs=pairs,
-        rank_effective=min(cfg.rank.value, cfg.capability.n_prompts, width_limit),
+        rank_effective=min(rank, settings.prompts.n_prompts, width_limit),
     )
 
 
-def check_devices_present(cfg: DictConfig) -> None:
+def check_devices_present(settings: RunSettings) -> None:
     """Every model's device exists on this machine, checked before the first model loads (not in a
     dry run, which may plan a GPU job on a login node)."""
-    models = {
-        "source_model": cfg.source_model,
-        "target_model": cfg.target_model,
-        "capability.unlocked_model": cfg.capability.unlocked_model,
-        "eval.reference_model": cfg.eval.reference_model,
-    }
-    for name, model in models.items():
+    for name, model in settings.models.named().items():
         device = torch.device(str(model.device)) if model is not None else None
         if device is not None and device.type == "cuda":
             count = torch.cuda.device_count()
@@ -99,24 +93,49 @@ def check_devices_present(cfg: DictConfig) -> None:
                 )
 
 
-def dry_run(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
-    record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_plan(cfg, plan)}
-    print_plan(cfg, plan, record["memory"])
-    if cfg.check_data or not cfg.benchmark.needs_network:
-        record["data"] = data_report(cfg)
+def dry_run(settings: RunSettings, plan: Plan) -> dict[str, Any]:
+    record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_estimate(settings, plan)}
+    print_plan(settings, plan, record["memory"])
+    if settings.check_data or not settings.prompts.needs_network:
+        record["data"] = data_report(settings)
         print(
-            f"data {cfg.capability.locked_task}: items per split {record['data']['items']}; rows dropped for "
+            f"data {settings.prompts.locked_task}: items per split {record['data']['items']}; rows dropped for "
             f"want of an answer (per hub split): {record['data']['dropped_rows'] or 'none'}"
         )
-    split_items = record.get("data", {}).get("items", {}).get(str(cfg.eval.split))
-    known = [n for n in (split_items, cfg.eval.limit) if n is not None]
+    split_items = record.get("data", {}).get("items", {}).get(settings.evaluation.split)
+    known = [n for n in (split_items, settings.evaluation.engine.limit) if n is not None]
     planned = min(known) if known else None
-    record["power"] = planned_power(cfg, planned)
-    print(power_lines(cfg, planned, record["power"]))
+    record["power"] = planned_power(settings, planned)
+    print(power_lines(settings, planned, record["power"]))
     return record
 
 
-def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
+def memory_estimate(settings: RunSettings, plan: Plan) -> dict[str, Any]:
+    """Per-model weights and KV cache, the peak one job needs, the activation cache on disk, and
+    whether the peak fits the resources the setup asks for (unlock.models.memory)."""
+    models, prompts, ev = settings.models, settings.prompts, settings.evaluation
+    conditions, checkpoint = ev.conditions, prompts.contrast == "checkpoint"
+    roles = [("source", models.source, False), ("target", models.target, True)]
+    if checkpoint:
+        roles.append(("source unlocked", models.unlocked, False))
+    if ("reference" in conditions or (checkpoint and "native" in conditions)) and models.reference is not None:
+        roles.append(("reference", models.reference, "reference" in conditions))
+    batch, new_tokens = ev.engine.batch_size, ev.engine.max_new_tokens
+    footprints = [footprint(role, spec, evaluated, batch, new_tokens) for role, spec, evaluated in roles]
+    # Captures: Source Locked, held-out, Unlocked; Target Locked, held-out (and Unlocked for native).
+    rows = prompts.n_prompts * 2 + prompts.n_heldout
+    target_rows = rows if "native" in conditions else prompts.n_prompts + prompts.n_heldout
+    disk = rows * plan.source_layers * plan.source_width + target_rows * plan.target_layers * plan.target_width
+    storage = 2 if prompts.activation_storage == "bfloat16" else 4
+    res = settings.resources
+    if any(str(spec.device).startswith("cuda") for _, spec, _ in roles):
+        capacity, of = res.gpus_per_node * res.gpu_mem_gb, f"{res.gpus_per_node} x {res.gpu_mem_gb} GB GPU"
+    else:
+        capacity, of = res.mem_gb, f"{res.mem_gb} GB host memory"
+    return memory_plan(footprints, disk * storage / GB, capacity, of)
+
+
+def planned_power(settings: RunSettings, n: int | None) -> dict[str, dict[str, Any]]:
     """{"<condition> vs <baseline>": effect, its source, the deciding test, power on n items, items for the
     target power} for the paired accuracy tests the run will make, at the assumed discordance
     (stats.discordance): the verdict's (unlock vs unsteered, random and, where evaluated, reversed: one-sided
@@ -124,10 +143,10 @@ def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
     and metric the run can test), a lower bound on the power Holm's procedure gives."""
     if n is None:
         return {}
-    stats, task = stats_settings(cfg), cfg.capability.locked_task
-    gains = paper_gains(cfg.paper.setup, cfg.benchmark.name, task)
-    conditions = [str(c) for c in cfg.eval.conditions]
-    tasks = [str(t) for t in cfg.eval.tasks]
+    stats, task = settings.statistics, settings.prompts.locked_task
+    gains = paper_gains(settings.paper_setup, settings.prompts.benchmark, task)
+    conditions = list(settings.evaluation.conditions)
+    tasks = list(settings.evaluation.tasks)
     primary = tasks[0] if tasks else None
     m = family_size(DESIGN, conditions, tasks, primary)
     required = DESIGN.verdict_baselines(conditions)
@@ -155,13 +174,13 @@ def planned_power(cfg: DictConfig, n: int | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]) -> str:
+def power_lines(settings: RunSettings, n: int | None, power: dict[str, dict[str, Any]]) -> str:
     if n is None:
         return (
             "power of the paired tests: the number of test items is unknown until the data is loaded "
             "(add check_data=true, or set eval.limit)"
         )
-    stats = stats_settings(cfg)
+    stats = settings.statistics
     holm = [p for p in power.values() if p["test"] == "holm"]
     tests = []
     if len(holm) < len(power):
@@ -173,8 +192,8 @@ def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]
             f"{holm[0]['family_size']} in the Holm family if every metric is measured (a lower bound on Holm's power)"
         )
     head = (
-        f"power of the paired tests on {n} {cfg.eval.split} items (exact McNemar: {'; '.join(tests)}; discordance "
-        f"assumed {stats.discordance:.2f}, a run reports its own):"
+        f"power of the paired tests on {n} {settings.evaluation.split} items (exact McNemar: {'; '.join(tests)}; "
+        f"discordance assumed {stats.discordance:.2f}, a run reports its own):"
     )
     rows = [
         f"  {name}: {p['power']:.2f} to detect {p['effect']:+.3f} ({p['effect_from']}"
@@ -185,10 +204,10 @@ def power_lines(cfg: DictConfig, n: int | None, power: dict[str, dict[str, Any]]
     return "\n".join([head, *rows])
 
 
-def data_report(cfg: DictConfig) -> dict[str, Any]:
+def data_report(settings: RunSettings) -> dict[str, Any]:
     """Items per split of the evaluated task, and the rows its loader dropped (hub benchmarks need
     network: the dry run loads them only with check_data=true)."""
-    task = load_task(cfg.capability.locked_task, cfg.paths.tasks_dir)
+    task = load_task(settings.prompts.locked_task, settings.tasks_dir)
     splits = {
         "train": (task.has_training_docs, task.training_docs),
         "validation": (task.has_validation_docs, task.validation_docs),
@@ -200,31 +219,32 @@ def data_report(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def print_plan(cfg: DictConfig, plan: Plan, memory: dict[str, Any]) -> None:
+def print_plan(settings: RunSettings, plan: Plan, memory: dict[str, Any]) -> None:
     """What a run would do, checked against the model configs: the dry-run output."""
-    cap, ev = cfg.capability, cfg.eval
+    cap, ev, how, fit = settings.prompts, settings.evaluation, settings.steering, settings.map
+    unlocked = settings.models.unlocked
     lines = [
-        f"Source {cfg.source_model.name}: {plan.source_layers} layers x {plan.source_width}",
-        f"Target {cfg.target_model.name}: {plan.target_layers} layers x {plan.target_width}",
+        f"Source {settings.models.source.name}: {plan.source_layers} layers x {plan.source_width}",
+        f"Target {settings.models.target.name}: {plan.target_layers} layers x {plan.target_width}",
         f"contrast {cap.contrast}: Locked {cap.locked_task} vs Unlocked "
-        f"{cap.unlocked_model.name if cap.contrast == 'checkpoint' else cap.unlocked_task}, "
-        f"N {cap.n_prompts} ({cap.prompt_split} split), {cap.aggregation}",
-        f"rank {cfg.rank.value} (effective {plan.rank_effective}, {cfg.rank.method}), alpha {cfg.alpha.value} "
-        f"({cfg.alpha.rule}, {cfg.alpha.positions})",
+        f"{unlocked.name if unlocked and cap.contrast == 'checkpoint' else cap.unlocked_task}, "
+        f"N {cap.n_prompts} ({cap.split} split), {fit.aggregation}",
+        f"rank {fit.rank} (effective {plan.rank_effective}, {fit.method}), alpha {how.alpha} "
+        f"({how.rule}, {how.positions})",
         "pairs (target <- source): " + ", ".join(f"{j}<-{l}" for j, l in plan.pairs.items()),
-        f"evaluate {list(ev.tasks)} ({ev.split} split, limit {ev.limit}, {ev.max_new_tokens} new tokens, "
-        f"batch {ev.batch_size}): {', '.join(ev.conditions)}",
+        f"evaluate {list(ev.tasks)} ({ev.split} split, limit {ev.engine.limit}, {ev.engine.max_new_tokens} new tokens, "
+        f"batch {ev.engine.batch_size}): {', '.join(ev.conditions)}",
         *format_memory_plan(memory),
     ]
-    if cfg.benchmark.needs_network:
+    if cap.needs_network:
         lines.append(
-            f"benchmark {cfg.benchmark.name} loads its data from the dataset hub (needs network; add "
+            f"benchmark {cap.benchmark} loads its data from the dataset hub (needs network; add "
             "check_data=true to load it now); rows without a usable answer are dropped and counted per "
             "split in results.json (dropped_rows)"
         )
     lines.append(
         f"answers checked by {CHECKER} after the paper's extraction (final-answer phrase, \\boxed{{}}, last number)"
     )
-    if cfg.paper.setup:
-        lines.append(f"paper {cfg.paper.setup} / {cfg.benchmark.name}: {dict(cfg.paper.numbers)}")
+    if settings.paper_setup:
+        lines.append(f"paper {settings.paper_setup} / {cap.benchmark}: {dict(settings.paper_numbers)}")
     print("\n".join(lines))

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from unlock.method.pipeline import (
     Cached,
     Transfer,
 )
-from unlock.run.config import steering_settings
+from unlock.method.steer import SteeringSettings
+from unlock.run.config import RunSettings
 from unlock.run.plan import Plan
 from unlock.run.session import Session
 from unlock.store.artifacts import (
@@ -33,7 +33,7 @@ from unlock.tasks.hub import dropped_rows
 
 
 def make_record(
-    cfg: DictConfig,
+    settings: RunSettings,
     plan: Plan,
     session: Session,
     result: Transfer,
@@ -45,40 +45,41 @@ def make_record(
     quality = result.alignment.value.quality
     return {
         "status": "ok",
-        "source": cfg.source_model.name,
-        "target": cfg.target_model.name,
-        "capability": cfg.capability.name,
-        "settings": settings_summary(cfg, plan),
+        "source": settings.models.source.name,
+        "target": settings.models.target.name,
+        "capability": settings.prompts.capability,
+        "settings": settings_summary(settings, plan),
         "plan": {**asdict(plan), "pairs": {str(j): l for j, l in plan.pairs.items()}},
         "fit_quality": {str(k): v for k, v in quality.items()},
         "fit_quality_mean": mean_quality(quality),
         "vector_norms": {str(k): float(v.norm()) for k, v in result.target_vectors.items()},
         "conditions": conditions,
-        "selected_from": cfg.selected_from,
+        "selected_from": settings.selected_from,
         "checker": CHECKER,
         "dropped_rows": dropped_rows(),
         "stages": session.cache.summary(),
         "model_load_seconds": session.models.load_seconds,
         "timings": {"total": seconds},
         **findings,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": settings.config,
     }
 
 
-def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
+def settings_summary(settings: RunSettings, plan: Plan) -> dict[str, Any]:
+    prompts = settings.prompts
     return {
-        "benchmark": cfg.benchmark.name,
-        "item_set": str(cfg.benchmark.source),
-        "capability": cfg.capability.name,
-        "n_prompts": cfg.capability.n_prompts,
-        "aggregation": cfg.capability.aggregation,
-        "rank": cfg.rank.value,
+        "benchmark": prompts.benchmark,
+        "item_set": prompts.item_set,
+        "capability": prompts.capability,
+        "n_prompts": prompts.n_prompts,
+        "aggregation": settings.map.aggregation,
+        "rank": settings.map.rank,
         "rank_effective": plan.rank_effective,
-        "method": cfg.rank.method,
-        **asdict(steering_settings(cfg)),
-        "layer_mode": cfg.layer.mode,
+        "method": settings.map.method,
+        **asdict(settings.steering),
+        "layer_mode": settings.layers.mode,
         "n_steered_layers": len(plan.pairs),
-        "split": cfg.eval.split,
+        "split": settings.evaluation.split,
         "layers": ",".join(str(j) for j in sorted(plan.pairs)),
     }
 
@@ -87,41 +88,41 @@ def settings_summary(cfg: DictConfig, plan: Plan) -> dict[str, Any]:
 SELECTED_CONFIG = ("source_model", "target_model", "benchmark", "capability", "layer", "rank", "alpha", "seed")
 
 
-def check_selected_from(cfg: DictConfig) -> None:
+def check_selected_from(settings: RunSettings) -> None:
     """A test run that says it runs a sweep's selected point (``selected_from=<sweep dir>/<job>``) does: the
     sweep selected that job (its aggregate.json), the point finished on the validation split, and the
     models, capability, layers, rank, alpha and seed are the point's (devices aside). Checked before
     any model loads; what differs is named."""
-    if not cfg.selected_from:
+    selected, split_here = settings.selected_from, settings.evaluation.split
+    if not selected:
         return
-    point_dir = Path(str(cfg.selected_from))
+    point_dir = Path(selected)
     point = _read_json(point_dir / "results.json") if (point_dir / "results.json").is_file() else {}
     if point.get("status") != "ok":
-        raise ValueError(f"selected_from={cfg.selected_from}: {point_dir}/results.json is not a finished sweep point")
+        raise ValueError(f"selected_from={selected}: {point_dir}/results.json is not a finished sweep point")
     aggregate = point_dir.parent / "aggregate.json"
     chosen = ((_read_json(aggregate) if aggregate.is_file() else {}).get("selected_on_validation") or {}).get("job")
     if chosen != point_dir.name:
         raise ValueError(
-            f"selected_from={cfg.selected_from}: the sweep selected job {chosen!r} ({aggregate}), "
-            f"not {point_dir.name!r}"
+            f"selected_from={selected}: the sweep selected job {chosen!r} ({aggregate}), not {point_dir.name!r}"
         )
     split = (point.get("config") or {}).get("eval", {}).get("split")
-    if split != "validation" or cfg.eval.split != "test":
+    if split != "validation" or split_here != "test":
         raise ValueError(
-            f"selected_from={cfg.selected_from}: a test run (eval.split=test, here {cfg.eval.split}) of a point "
+            f"selected_from={selected}: a test run (eval.split=test, here {split_here}) of a point "
             f"selected on the validation split (that point's split: {split})"
         )
-    mine = _comparable(OmegaConf.to_container(cfg, resolve=True))
+    mine = _comparable(settings.config)
     theirs = _comparable(point.get("config") or {})
     differ = [k for k in SELECTED_CONFIG if mine.get(k) != theirs.get(k)]
     if differ:
         shown = ", ".join(f"{k} {json.dumps(mine.get(k))} (the point: {json.dumps(theirs.get(k))})" for k in differ)
-        raise ValueError(f"selected_from={cfg.selected_from}: this run differs from the selected point: {shown}")
+        raise ValueError(f"selected_from={selected}: this run differs from the selected point: {shown}")
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+def _comparable(composed: dict[str, Any]) -> dict[str, Any]:
     """The config nodes a test run shares with its point, as JSON values, without the models' devices."""
-    out = json.loads(json.dumps({k: config.get(k) for k in SELECTED_CONFIG}, default=str))
+    out = json.loads(json.dumps({k: composed.get(k) for k in SELECTED_CONFIG}, default=str))
     for node in (out.get("source_model"), out.get("target_model"), (out.get("capability") or {}).get("unlocked_model")):
         if isinstance(node, dict):
             node.pop("device", None)
@@ -134,7 +135,7 @@ def mean_quality(quality: dict[int, dict[str, float]]) -> dict[str, float]:
 
 
 def export_steering(
-    output_dir: Path, sets: dict[str, Cached[dict]], cfg: DictConfig, block_path: str
+    output_dir: Path, sets: dict[str, Cached[dict]], steering: SteeringSettings, block_path: str
 ) -> dict[str, str]:
     """The UNLOCK vectors (and the native ones, when made) in this package's format, and the UNLOCK
     ones in lm-eval's own ``steered`` format; returns the files by name."""
@@ -145,7 +146,7 @@ def export_steering(
     }
     # The `unlock` lm-eval model reads alpha, rule, positions and layers from this file as its
     # defaults, so `--model_args pretrained=DIR,steer=FILE` reproduces the run's unlock condition.
-    how = asdict(steering_settings(cfg))
+    how = asdict(steering)
     save_steering_vectors(files["steering_vectors"], vectors, {**how, "condition": "unlock"})
     if "native" in sets:
         files["native_vectors"] = output_dir / "native_vectors.safetensors"
@@ -169,12 +170,13 @@ def export_steering(
     return {name: str(path) for name, path in files.items()}
 
 
-def failure_record(cfg: DictConfig, error: BaseException) -> dict[str, Any]:
+def failure_record(composed: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """A failed run's record: the error, its traceback and the composed config (as data, unresolved)."""
     return {
         "status": "failed",
         "error": f"{type(error).__name__}: {error}",
         "traceback": traceback.format_exc(),
-        "config": OmegaConf.to_container(cfg, resolve=False),
+        "config": composed,
     }
 
 

@@ -1,4 +1,4 @@
-"""What one run shares: the config, the stage cache with each stage's file format, the model pool
+"""What one run shares: its settings, the stage cache with each stage's file format, the model pool
 (one model in memory at a time), and the cached captures and steering sets the method needs."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from unlock.analysis.lens import TOP, logit_lens
 from unlock.lm_eval.prompts import PromptSets, build_prompt_sets
@@ -23,10 +22,11 @@ from unlock.method.pipeline import (
 )
 from unlock.models.loading import (
     LoadedModel,
+    ModelSpec,
     load_model,
     model_identity,
 )
-from unlock.run.config import capture_settings
+from unlock.run.config import RunSettings
 from unlock.run.plan import Plan
 from unlock.store.artifacts import (
     load_activations,
@@ -47,13 +47,13 @@ class ModelPool:
         self._loaded: dict[str, LoadedModel] = {}
         self.load_seconds: dict[str, float] = {}
 
-    def get(self, model_cfg: Any) -> LoadedModel:
-        key = fingerprint(model_identity(model_cfg))
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        key = fingerprint(model_identity(spec))
         if key not in self._loaded:
             self.release_all()
-            loaded = load_model(model_cfg, self.cache_dir)
+            loaded = load_model(spec, self.cache_dir)
             self._loaded[key] = loaded
-            self.load_seconds[model_cfg.name] = self.load_seconds.get(model_cfg.name, 0.0) + loaded.load_seconds
+            self.load_seconds[spec.name] = self.load_seconds.get(spec.name, 0.0) + loaded.load_seconds
         return self._loaded[key]
 
     def release_all(self) -> None:
@@ -113,12 +113,12 @@ CODECS: dict[str, tuple[str, Callable[[Path, Any, dict], None], Callable[[Path],
 
 
 class Session:
-    """What one run shares: its config, the stage cache, the model pool, and the cached pipeline step."""
+    """What one run shares: its settings, the stage cache, the model pool, and the cached pipeline step."""
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.cache = StageCache(cfg.paths.cache_dir)
-        self.models = ModelPool(cfg.paths.cache_dir)
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.cache = StageCache(settings.cache_dir)
+        self.models = ModelPool(settings.cache_dir)
 
     def step(
         self, stage: str, spec: dict[str, Any], compute: Callable[[], Any], inputs: Sequence[Cached[Any]]
@@ -139,10 +139,10 @@ class Session:
         value, key = self.cache.get_or_compute(stage, full, suffix, computed, save=save, load=load)
         return Cached(value, key)
 
-    def capture(self, model_cfg: Any, prompts: list[str], label: str) -> Cached[Activations]:
-        how, storage = capture_settings(self.cfg), str(self.cfg.capability.activation_storage)
+    def capture(self, model: ModelSpec, prompts: list[str], label: str) -> Cached[Activations]:
+        how, storage = self.settings.capture, self.settings.prompts.activation_storage
         spec = {
-            "model": model_identity(model_cfg),
+            "model": model_identity(model),
             "prompts": fingerprint(prompts, 32),
             "n": len(prompts),
             "position": how.position,
@@ -154,7 +154,7 @@ class Session:
             spec["storage"] = storage
 
         def compute() -> Activations:
-            loaded = self.models.get(model_cfg)
+            loaded = self.models.get(model)
             return capture_activations(
                 loaded.model,
                 loaded.tokenizer,
@@ -163,7 +163,7 @@ class Session:
                 batch_size=how.batch_size,
                 padding_side=how.padding_side,
                 max_length=how.max_length,
-                progress=f"capture {label}" if self.cfg.progress else False,
+                progress=f"capture {label}" if self.settings.progress else False,
             )
 
         return self.step("capture", spec, compute, ())
@@ -172,11 +172,11 @@ class Session:
         """The logit lens of a steering set through the Target's final norm and unembedding (cached)."""
 
         def compute() -> dict[str, Any]:
-            loaded = self.models.get(self.cfg.target_model)
+            loaded = self.models.get(self.settings.models.target)
             return logit_lens(loaded.model, loaded.tokenizer, vectors.value, TOP)
 
         return self.step(
-            "lens", {"model": model_identity(self.cfg.target_model), "top": TOP}, compute, (vectors,)
+            "lens", {"model": model_identity(self.settings.models.target), "top": TOP}, compute, (vectors,)
         ).value
 
 
@@ -191,19 +191,20 @@ class Captures:
 
 def capture_all(session: Session, prompts: PromptSets) -> Captures:
     """Every capture the run needs, Source work first, then Target work (one model in memory at a time)."""
-    cfg = session.cfg
-    source, target, checkpoint = cfg.source_model, cfg.target_model, cfg.capability.contrast == "checkpoint"
+    settings = session.settings
+    models, checkpoint = settings.models, settings.prompts.contrast == "checkpoint"
+    source, target = models.source, models.target
     held = prompts.heldout_locked
     source_locked = session.capture(source, prompts.locked, "source locked")
     source_held = session.capture(source, held, "source held-out") if held else None
     source_unlocked = (
-        session.capture(cfg.capability.unlocked_model, prompts.locked, "source unlocked (checkpoint)")
+        session.capture(models.unlocked, prompts.locked, "source unlocked (checkpoint)")
         if checkpoint
         else session.capture(source, prompts.unlocked, "source unlocked")
     )
     target_locked = session.capture(target, prompts.locked, "target locked")
     target_held = session.capture(target, held, "target held-out") if held else None
-    native = native_source(cfg, prompts)
+    native = native_source(settings, prompts)
     return Captures(
         source_locked,
         source_unlocked,
@@ -213,34 +214,36 @@ def capture_all(session: Session, prompts: PromptSets) -> Captures:
     )
 
 
-def native_source(cfg: DictConfig, prompts: PromptSets) -> tuple[Any, list[str]] | None:
+def native_source(settings: RunSettings, prompts: PromptSets) -> tuple[ModelSpec, list[str]] | None:
     """Whose Unlocked activations give the Target's own direction: the Target with the capability
     prompt, or (checkpoint contrast) its post-trained reference model; None when not evaluated."""
-    if "native" not in cfg.eval.conditions:
+    models = settings.models
+    if "native" not in settings.evaluation.conditions:
         return None
-    if cfg.capability.contrast != "checkpoint":
-        return cfg.target_model, prompts.unlocked
-    return (cfg.eval.reference_model, prompts.locked) if cfg.eval.reference_model is not None else None
+    if settings.prompts.contrast != "checkpoint":
+        return models.target, prompts.unlocked
+    return (models.reference, prompts.locked) if models.reference is not None else None
 
 
 def steering_sets(session: Session, result: Transfer, captures: Captures, plan: Plan) -> dict[str, Cached[dict]]:
     """The vectors each steered condition adds (conditions.CONDITIONS names them): UNLOCK's own, a
     random direction of the same norm per layer, UNLOCK's own negated, and the Target's own direction."""
-    cfg = session.cfg
+    settings = session.settings
+    conditions, seed = settings.evaluation.conditions, settings.seed
     sets: dict[str, Cached[dict]] = {"unlock": result.vectors}
-    if "random" in cfg.eval.conditions:
+    if "random" in conditions:
         sets["random"] = session.step(
             "vectors",
-            {"name": "random", "seed": cfg.seed},
-            lambda: random_like(result.vectors.value, cfg.seed),
+            {"name": "random", "seed": seed},
+            lambda: random_like(result.vectors.value, seed),
             (result.vectors,),
         )
-    if "reversed" in cfg.eval.conditions:
+    if "reversed" in conditions:
         sets["reversed"] = session.step(
             "vectors", {"name": "reversed"}, lambda: {j: -v for j, v in result.vectors.value.items()}, (result.vectors,)
         )
     if captures.target_unlocked is not None:
-        native = extract(captures.target_unlocked, captures.target_locked, cfg.capability.aggregation, session.step)
+        native = extract(captures.target_unlocked, captures.target_locked, settings.map.aggregation, session.step)
         layers = sorted(plan.pairs)
         sets["native"] = session.step(
             "vectors",
@@ -261,15 +264,15 @@ def random_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.
     return out
 
 
-def prompt_sets(cfg: DictConfig) -> PromptSets:
-    cap = cfg.capability
+def prompt_sets(settings: RunSettings) -> PromptSets:
+    cap = settings.prompts
     return build_prompt_sets(
         cap.locked_task,
         cap.unlocked_task,
-        cap.prompt_split,
+        cap.split,
         cap.n_prompts,
         cap.n_heldout,
         cap.seed,
-        cfg.paths.tasks_dir,
+        settings.tasks_dir,
         n_shots=cap.n_shots,
     )

@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -26,8 +25,9 @@ from unlock.analysis.generations import write as write_generations
 from unlock.analysis.paired import CONTROL, sweep_verdict
 from unlock.analysis.plots import pyplot, rank_n_heatmap, save_figure
 from unlock.analysis.stats import mcnemar_one_sided
-from unlock.run.conditions import BASELINE
+from unlock.run.conditions import BASELINE, OBJECTIVES
 from unlock.run.conditions import steered as steered_conditions
+from unlock.run.config import LoggerSettings, sweep_settings
 from unlock.run.summary import SHOWN_METRICS, fmt, paired_columns
 from unlock.run.wandb_log import log_files
 from unlock.store.artifacts import atomic_write_bytes, atomic_write_json
@@ -251,17 +251,6 @@ def _versus_cell(row: dict[str, Any]) -> str:
     )
 
 
-# selection.objective -> the keys a sweep point is ranked by, in order (later keys break ties).
-OBJECTIVES = {
-    # the paper's: validation accuracy, as the paired gain over the unsteered Target on the same items
-    "acc": ("vs_unsteered_diff", "acc", "stepwise", "gen_words"),
-    "stepwise": ("stepwise", "acc", "gen_words"),  # behaviour: share of generations that reason in steps
-    "fidelity": ("layers_beating_null", "fidelity", "acc"),  # geometry: layers whose transfer beats the null
-    # the run's own claim: the strongest evidence that unlock beats unsteered and random (point_evidence)
-    "verdict": ("point_evidence", "vs_random_diff", "vs_unsteered_diff"),
-}
-
-
 def select_best(rows: list[dict[str, Any]], objective: str = "acc") -> dict[str, Any] | None:
     """The UNLOCK point of the validation split that ranks first by ``objective`` (OBJECTIVES)."""
     if objective not in OBJECTIVES:
@@ -317,7 +306,7 @@ def selection_lines(selected: dict[str, Any], objective: str, sweep_dir: Path) -
     ]
 
 
-def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objective: str = "acc") -> dict[str, Any]:
+def aggregate(sweep_dir: str | Path, logger: LoggerSettings | None = None, objective: str = "acc") -> dict[str, Any]:
     sweep_dir = Path(sweep_dir)
     rows = collect_rows(sweep_dir)
     write_csv(sweep_dir / "aggregate.csv", rows)
@@ -337,11 +326,11 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
     selected = summary["selected_on_validation"]
     if selected:
         print("\n".join(selection_lines(selected, objective, sweep_dir)))
-    if logger_cfg is not None and logger_cfg.name == "wandb":
+    if logger is not None and logger.name == "wandb":
         rows_logged = [{k: v for k, v in row.items() if k != AXIS_FLAG} for row in rows]
         tables = {"aggregate": rows_logged}
         log_files(
-            logger_cfg,
+            logger,
             sweep_dir,
             f"{sweep_dir.name}-aggregate",
             tables,
@@ -353,11 +342,13 @@ def aggregate(sweep_dir: str | Path, logger_cfg: DictConfig | None = None, objec
 
 
 class AggregateCallback(Callback):
-    """Hydra callback: aggregate a multirun's results once every job has finished."""
+    """Hydra callback: aggregate a multirun's results once every job has finished. Hydra calls it with
+    the composed config (an entry point of the run layer, like launch.py): it reads it through
+    :func:`unlock.run.config.sweep_settings`."""
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        selection = config.get("selection") or {}
-        summary = aggregate(config.hydra.sweep.dir, config.get("logger"), str(selection.get("objective", "acc")))
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir, logger, objective = sweep_settings(config)
+        summary = aggregate(sweep_dir, logger, objective)
         if summary["failed"]:
             failed = "; ".join(f"job {f['job']}: {f['error']}" for f in summary["failed"])
             print(

@@ -10,20 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
 from unlock.analysis.paired import words
+from unlock.run.config import LoggerSettings
 from unlock.run.summary import behaviour_results, paired_columns
 
 
-def wandb_mode(cfg_mode: str) -> str:
-    return os.environ.get("WANDB_MODE", cfg_mode)
+def wandb_mode(mode: str) -> str:
+    return os.environ.get("WANDB_MODE", mode)
 
 
-def init_run(logger: Any, out_dir: Path, name: str, **fields: Any) -> Any:
-    """A W&B run in ``out_dir`` for the ``logger`` config (project, entity, mode); ``fields`` are
+def init_run(logger: LoggerSettings, out_dir: Path, name: str, **fields: Any) -> Any:
+    """A W&B run in ``out_dir`` for the ``logger`` settings (project, entity, mode); ``fields`` are
     wandb.init's own (group, job_type, config, tags)."""
     import wandb
 
@@ -39,7 +36,7 @@ def init_run(logger: Any, out_dir: Path, name: str, **fields: Any) -> Any:
 
 
 def log_files(
-    logger: Any, out_dir: Path, name: str, tables: dict[str, list[dict]], images: list[Path], **fields: Any
+    logger: LoggerSettings, out_dir: Path, name: str, tables: dict[str, list[dict]], images: list[Path], **fields: Any
 ) -> None:
     """A run of tables (rows of dicts, one column per key) and images: a sweep's aggregate, the analysis
     grid. A failure is reported; the files are on disk."""
@@ -56,17 +53,6 @@ def log_files(
     except Exception as error:
         message = f"W&B logging of {name} failed ({type(error).__name__}: {error}); the files are on disk"
         print(f"[unlock] {message}", file=sys.stderr)
-
-
-def _sweep_group(output_dir: Path) -> str | None:
-    """Jobs of one multirun share a W&B group: the sweep directory's name."""
-    try:
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return Path(hydra_cfg.sweep.dir).name
-    except Exception:
-        pass
-    return None
 
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
@@ -156,20 +142,21 @@ def wandb_tables(wandb: Any, record: dict[str, Any]) -> dict[str, Any]:
     return tables
 
 
-def log_run(cfg: DictConfig, record: dict[str, Any], output_dir: str | Path) -> None:
-    """One W&B run per Hydra job; a W&B failure is reported and never loses the on-disk results."""
-    if cfg.logger.name != "wandb":
+def log_run(logger: LoggerSettings, record: dict[str, Any], output_dir: str | Path) -> None:
+    """One W&B run per Hydra job (a multirun's jobs share the sweep's group); a W&B failure is reported
+    and never loses the on-disk results."""
+    if logger.name != "wandb":
         return
     try:
         import wandb
 
         run = init_run(
-            cfg.logger,
+            logger,
             Path(output_dir),
             Path(output_dir).name,
             config=record.get("config"),
-            group=_sweep_group(Path(output_dir)),
-            tags=list(cfg.logger.tags),
+            group=logger.group,
+            tags=list(logger.tags),
         )
         run.log(flat_metrics(record))
         run.summary.update({**record.get("settings", {}), "status": record.get("status")})
