@@ -181,7 +181,7 @@ def encode(tokenizer, texts: list[str], model) -> Any:
 
 
 def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[dict[str, Any]]:
-    from unlock.method.steer import Steering
+    from unlock.method.steer import Steering, SteeringSettings
 
     model, tok = loaded.model, loaded.tokenizer
     batch = encode(tok, prompts(8), model)
@@ -189,10 +189,10 @@ def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[
     pad = tok.pad_token_id
 
     # Built once, as the `unlock` lm-eval model does for a whole evaluation; the timed calls enter it.
-    steering = Steering(model, vectors, 0.1)
-    everywhere = Steering(model, vectors, 0.1, positions="all")
+    steering = Steering(model, vectors, SteeringSettings(0.1))
+    everywhere = Steering(model, vectors, SteeringSettings(0.1, positions="all"))
     middle = len(vectors) // 2
-    one_layer = Steering(model, {middle: vectors[middle]}, 0.1, positions="all")
+    one_layer = Steering(model, {middle: vectors[middle]}, SteeringSettings(0.1, positions="all"))
 
     def generate(steer):
         def call():

@@ -110,12 +110,14 @@ STEER: dict[str, tuple] = {"unsteered": (None,)}  # filled by _engine: mode -> s
 
 def _engine(engine: str, path: str, prompts: int) -> tuple[Any, tuple[str, ...]]:
     """The engine and the modes it is timed in."""
+    from unlock.method.steer import SteeringSettings
+
     if engine == "hf":
         from unlock.lm_eval.hf_model import UnlockLM
         from unlock.method.blocks import hidden_size, num_layers
 
         lm = UnlockLM(pretrained=path, dtype="float32", batch_size=prompts, device="cpu")
-        STEER["steered"] = (_vectors(hidden_size(lm.model), num_layers(lm.model)), 0.1, "norm_preserving", "last")
+        STEER["steered"] = (_vectors(hidden_size(lm.model), num_layers(lm.model)), SteeringSettings(0.1))
         return lm, ("steered", "unsteered")
     from unlock.lm_eval.vllm_model import VLLM, UnlockVLLM
 
@@ -126,8 +128,8 @@ def _engine(engine: str, path: str, prompts: int) -> tuple[Any, tuple[str, ...]]
         return VLLM(pretrained=path, **args), ("unsteered",)
     lm = UnlockVLLM(pretrained=path, **args)
     vectors = _vectors(lm.steering.hidden_size, lm.steering.n_layers)
-    STEER["steered"] = (vectors, 0.1, "norm_preserving", "last")
-    STEER["all"] = (vectors, 0.1, "norm_preserving", "all")
+    STEER["steered"] = (vectors, SteeringSettings(0.1, "norm_preserving", "last"))
+    STEER["all"] = (vectors, SteeringSettings(0.1, "norm_preserving", "all"))
     return lm, ("steered", "all", "unsteered")
 
 

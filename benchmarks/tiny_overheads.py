@@ -24,7 +24,7 @@ import torch
 from benchmarks.bench import MODELS, paired_ratios, prompts, random_vectors
 from unlock.method.blocks import decoder_layers
 from unlock.method.capture import capture_activations
-from unlock.method.steer import LAST_COLUMN, Steering, apply_shift
+from unlock.method.steer import LAST_COLUMN, Steering, SteeringSettings, apply_shift
 from unlock.models.loading import load_model
 
 # h <- ||h|| * normalize(h / ||h|| + shift) on hidden[:, -1, :], in place (float32, last dim contiguous).
@@ -106,7 +106,7 @@ def kernels(model, batch, vectors, score, pairs: int) -> None:
     print(f"fusing the paper's rule (C++ op built in {time.perf_counter() - start:.0f} s):")
     FusedSteering.op = staticmethod(module.steer_last_)
     hidden = torch.randn(8, batch["input_ids"].shape[1], model.config.hidden_size)
-    shift = Steering(model, vectors, 0.1)._shifts[0]
+    shift = Steering(model, vectors, SteeringSettings(0.1))._shifts[0]
 
     def eager_rule():
         hidden[LAST_COLUMN] = apply_shift(hidden[LAST_COLUMN], shift, "norm_preserving")
@@ -126,7 +126,10 @@ def kernels(model, batch, vectors, score, pairs: int) -> None:
             ("C++ op", lambda: module.steer_last_(hidden, shift)),
         ]:
             print(f"  one update of the last column, {label:30s} {per_call_us(fn):6.1f} us")
-        eager, fused = Steering(model, vectors, 0.1), FusedSteering(model, vectors, 0.1)
+        eager, fused = (
+            Steering(model, vectors, SteeringSettings(0.1)),
+            FusedSteering(model, vectors, SteeringSettings(0.1)),
+        )
         with eager:
             reference = model(**batch).logits
         with fused:
@@ -167,10 +170,10 @@ def main() -> None:
     for label, ctx in [
         ("unsteered (A/A)", None),
         ("no-op hook on every block", NoopHooks(blocks)),
-        ("Steering, alpha 0", Steering(model, vectors, 0.0)),
-        ("Steering, one layer", Steering(model, vectors, 0.1, layers=[len(blocks) // 2])),
-        ("Steering, every layer (paper's rule)", Steering(model, vectors, 0.1)),
-        ("Steering, every layer, add rule", Steering(model, vectors, 0.1, rule="add")),
+        ("Steering, alpha 0", Steering(model, vectors, SteeringSettings(0.0))),
+        ("Steering, one layer", Steering(model, vectors, SteeringSettings(0.1), layers=[len(blocks) // 2])),
+        ("Steering, every layer (paper's rule)", Steering(model, vectors, SteeringSettings(0.1))),
+        ("Steering, every layer, add rule", Steering(model, vectors, SteeringSettings(0.1, "add"))),
     ]:
         print(f"  {label:38s} {median_ratio(score(ctx), score(), args.pairs)}", flush=True)
 
@@ -178,7 +181,7 @@ def main() -> None:
         kernels(model, batch, vectors, score, args.pairs)
 
     # Time inside the hooks during real forward passes, where they run between the model's kernels.
-    steering = Steering(model, vectors, 0.1)
+    steering = Steering(model, vectors, SteeringSettings(0.1))
     spent = {"pre-forward position lookup": 0.0, "layer hooks (all layers)": 0.0}
 
     def timed(fn, key):

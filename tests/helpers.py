@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from unlock.run.config import RunSettings, register_configs, run_settings
+from unlock.run.config import register_configs, run_settings
+from unlock.run.settings import RunSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -16,7 +16,7 @@ from transformers import Cache
 
 from unlock.method.blocks import decoder_layers
 from unlock.method.capture import position_ids_from_mask
-from unlock.method.steer import Steering, apply_rule
+from unlock.method.steer import Steering, SteeringSettings, apply_rule
 
 # What each Steering ``positions`` mode steers, by phase: (prefill positions, decoding steps steered).
 PHASES = {"last": ("last", False), "generated": (None, True), "all": ("valid", True), "prompt": ("valid", False)}
@@ -24,7 +24,7 @@ PHASES = {"last": ("last", False), "generated": (None, True), "all": ("valid", T
 
 def steered_generate(model, batch, vectors, alpha, positions, steps):
     """(tokens (B, steps), logits (B, steps, V)) of greedy generate() under Steering."""
-    with torch.no_grad(), Steering(model, vectors, alpha, positions=positions):
+    with torch.no_grad(), Steering(model, vectors, SteeringSettings(alpha, positions=positions)):
         out = model.generate(
             **batch,
             max_new_tokens=steps,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, compose_run, launch, results, settings_for
+from tests.helpers import ROOT, launch, results, settings_for
 from unlock.run.harness import run
 from unlock.run.record import RecordExists, write_record
 from unlock.run.session import CODECS

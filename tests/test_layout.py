@@ -265,3 +265,25 @@ def test_statistics_live_in_one_home_below_the_run_layer():
     from unlock.run.conditions import DESIGN
 
     assert DESIGN == CLI_DESIGN
+
+
+def test_the_type_checker_reads_the_packages_types():
+    """`make lint`'s mypy, with the project's settings, refuses a call that breaks a typed surface (a
+    SteeringSettings given text for alpha, a Steering given a bare alpha), and accepts the right one."""
+    program = (
+        "from unlock.method.steer import Steering, SteeringSettings\n"
+        "ok = SteeringSettings(0.1, 'add', 'all')\n"
+        "bad = SteeringSettings(alpha='0.1')\n"
+        "def steer(model, vectors) -> Steering:\n"
+        "    return Steering(model, vectors, 0.1)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(PACKAGE.parent / "pyproject.toml"), "-c", program],
+        cwd=PACKAGE.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert done.returncode == 1 and len(errors) == 2, done.stdout + done.stderr
+    assert ":3: error:" in errors[0] and '"alpha"' in errors[0] and ":5: error:" in errors[1], errors

@@ -12,7 +12,8 @@ from lm_eval.models.huggingface import HFLM
 
 from tests.helpers import compose_run
 from unlock.analysis.stats import wilson_interval
-from unlock.lm_eval.hf_model import UnlockLM, parse_layers, steering_settings
+from unlock.lm_eval.hf_model import UnlockLM
+from unlock.lm_eval.steer_args import parse_layers, steer_args
 from unlock.method.steer import STEER_POSITIONS, STEER_RULES, Steering, SteeringSettings
 from unlock.store.artifacts import load_tensors, save_steering_vectors, save_tensors
 
@@ -33,7 +34,7 @@ def _manual_loglikelihood(lm, model, vectors, alpha, context, continuation) -> f
     tokens = torch.tensor([context_enc + continuation_enc[:-1]])
     with (
         torch.no_grad(),
-        Steering(model, vectors, alpha) as steering,
+        Steering(model, vectors, SteeringSettings(alpha)) as steering,
         steering.prompt_boundary(torch.tensor([len(context_enc) - 1])),
     ):
         logprobs = model(tokens).logits.log_softmax(-1)[0]
@@ -46,7 +47,7 @@ def test_loglikelihood_matches_steering_at_last_context_token(lm, llama):
     vectors = {layer: torch.randn(64, generator=gen) for layer in range(4)}
     lm.set_steering(None)
     plain = [ll for ll, _ in lm.loglikelihood(_requests())]
-    lm.set_steering(vectors, alpha=0.5)
+    lm.set_steering(vectors, SteeringSettings(0.5))
     steered = [ll for ll, _ in lm.loglikelihood(_requests())]
     lm.set_steering(None)
     for (context, continuation), got, base in zip(PAIRS, steered, plain, strict=False):
@@ -57,7 +58,7 @@ def test_loglikelihood_matches_steering_at_last_context_token(lm, llama):
 def test_alpha_zero_scores_like_the_plain_model(lm):
     lm.set_steering(None)
     plain = lm.loglikelihood(_requests())
-    lm.set_steering({0: torch.ones(64)}, alpha=0.0)
+    lm.set_steering({0: torch.ones(64)}, SteeringSettings(0.0))
     assert lm.loglikelihood(_requests()) == plain
     lm.set_steering(None)
 
@@ -150,7 +151,7 @@ def test_exported_vectors_steer_through_lm_eval_steered_model(tmp_path, family, 
         plain = model(ids).logits
         with steer(model, hooks):  # raises when a hookpoint does not resolve
             theirs = model(ids).logits
-        with Steering(model, vectors, 0.5, rule="add", positions="all"):
+        with Steering(model, vectors, SteeringSettings(0.5, "add", "all")):
             ours = model(ids).logits
     assert not torch.allclose(plain, theirs)
     torch.testing.assert_close(theirs, ours)
@@ -208,8 +209,8 @@ def test_a_file_without_settings_gets_todays_defaults_and_one_warning_naming_it(
     assert default.alpha == compose_run([]).alpha.value
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*steer file")  # everything given: nothing defaulted
-        _, settings = steering_settings(path, alpha=0.3, rule="add", positions="all", layers="0-1")
-    assert settings == {"alpha": 0.3, "rule": "add", "positions": "all", "layers": [0, 1]}
+        given = steer_args(path, alpha=0.3, rule="add", positions="all", layers="0-1")
+    assert (given.settings, given.layers) == (SteeringSettings(0.3, "add", "all"), [0, 1])
 
 
 @pytest.fixture

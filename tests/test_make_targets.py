@@ -52,14 +52,16 @@ def test_every_make_target_the_readme_names_has_a_recipe(target, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
-def test_test_fast_runs_lint_then_the_fast_tests_only(tmp_path):
+def test_test_fast_runs_lint_and_the_type_check_then_the_fast_tests_only(tmp_path):
     commands = _dry_run("test-fast", tmp_path).stdout.strip().splitlines()
     python = f"{tmp_path / 'venv'}/bin/python"
-    assert commands[-3:] == [
+    assert commands[-4:] == [
         f"{python} -m ruff check .",
         f"{python} -m ruff format --check .",
+        f"{python} -m mypy -p unlock",
         f'{python} -m pytest -m "not slow and not slurm and not vllm"',
     ]
     test = [line.strip() for line in _dry_run("test", tmp_path).stdout.splitlines()]
     pytest_at = next(i for i, line in enumerate(test) if line.startswith(f"{python} -m pytest"))
-    assert test.index(commands[-3]) < test.index(commands[-2]) < pytest_at, "make test lints first"
+    lint = [test.index(command) for command in commands[-4:-1]]
+    assert lint == sorted(lint) and lint[-1] < pytest_at, "make test lints (ruff, then mypy) first"

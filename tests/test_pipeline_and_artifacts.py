@@ -13,7 +13,7 @@ from safetensors import safe_open
 from unlock.method.align import pair_layers
 from unlock.method.capture import capture_activations
 from unlock.method.pipeline import Cached, MapSettings, transfer
-from unlock.method.steer import Steering
+from unlock.method.steer import Steering, SteeringSettings
 from unlock.store.artifacts import (
     atomic_path,
     atomic_write_json,
@@ -123,7 +123,7 @@ def test_transferred_vectors_steer_the_target(transferred, qwen2, tokenizer):
     batch = tokenizer([QUESTIONS[0] + DIRECT], return_tensors="pt")
     with torch.no_grad():
         plain = qwen2(**batch).logits[0, -1]
-        with Steering(qwen2, result.target_vectors, alpha=0.5):
+        with Steering(qwen2, result.target_vectors, SteeringSettings(0.5)):
             steered = qwen2(**batch).logits[0, -1]
     assert not torch.allclose(plain, steered)
 

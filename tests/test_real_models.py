@@ -16,7 +16,7 @@ from unlock.method.align import pair_layers
 from unlock.method.blocks import hidden_size, num_layers
 from unlock.method.capture import capture_activations
 from unlock.method.pipeline import MapSettings, transfer
-from unlock.method.steer import Steering
+from unlock.method.steer import Steering, SteeringSettings
 from unlock.models.gguf import package_shape
 from unlock.models.loading import load_model
 from unlock.models.memory import model_size
@@ -102,9 +102,9 @@ def test_unlock_pipeline_on_real_models(smollm2, gemma):
     generate = lambda: gemma.model.generate(**batch, max_new_tokens=6, do_sample=False)  # noqa: E731
     with torch.no_grad():
         plain = generate()
-        with Steering(gemma.model, result.target_vectors, alpha=0.0):
+        with Steering(gemma.model, result.target_vectors, SteeringSettings(0.0)):
             assert torch.equal(generate(), plain)
-        with Steering(gemma.model, result.target_vectors, alpha=0.5) as steering:
+        with Steering(gemma.model, result.target_vectors, SteeringSettings(0.5)) as steering:
             steered_logits = gemma.model(**batch).logits[:, -1]
         assert steering.steered_calls["prefill"] == 1
         assert not torch.allclose(steered_logits, gemma.model(**batch).logits[:, -1])

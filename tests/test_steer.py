@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unlock.method.capture import capture_activations, position_ids_from_mask
-from unlock.method.steer import EVERY_POSITION, LAST_COLUMN, Steering, apply_rule
+from unlock.method.steer import EVERY_POSITION, LAST_COLUMN, Steering, SteeringSettings, apply_rule
 from unlock.models.tiny import tiny_tokenizer
 
 LAYERS = 4
@@ -43,7 +43,7 @@ def test_alpha_zero_is_bit_identical(llama, tokenizer, prompts):
     plain_tokens = _generate(llama, tokenizer, prompts)
     for rule in ("norm_preserving", "add"):
         for positions in ("last", "all"):
-            with Steering(llama, _vectors(), alpha=0.0, rule=rule, positions=positions):
+            with Steering(llama, _vectors(), SteeringSettings(0.0, rule, positions)):
                 steered, _ = _logits(llama, tokenizer, prompts)
                 tokens = _generate(llama, tokenizer, prompts)
             assert torch.equal(steered, plain)
@@ -52,7 +52,7 @@ def test_alpha_zero_is_bit_identical(llama, tokenizer, prompts):
 
 def test_default_mode_changes_only_last_prompt_position(llama, tokenizer, prompts):
     plain = capture_activations(llama, tokenizer, prompts, position="all", progress=False)
-    with Steering(llama, _vectors(), alpha=0.5) as steering:
+    with Steering(llama, _vectors(), SteeringSettings(0.5)) as steering:
         steered = capture_activations(llama, tokenizer, prompts, position="all", progress=False)
     ends = np.cumsum(plain.token_counts) - 1  # row index of each prompt's last token in the flat layout
     for layer in range(LAYERS):
@@ -68,7 +68,7 @@ def test_added_vector_shows_up_exactly_in_next_layer_input(llama, tokenizer, pro
     handle = llama.model.layers[layer + 1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
     try:
         _logits(llama, tokenizer, prompts)
-        with Steering(llama, {layer: vector}, alpha=alpha, rule="add", positions="prompt"):
+        with Steering(llama, {layer: vector}, SteeringSettings(alpha, "add", "prompt")):
             _, mask = _logits(llama, tokenizer, prompts)
     finally:
         handle.remove()
@@ -81,7 +81,7 @@ def test_norm_preserving_update_matches_float64_reference(llama, tokenizer, prom
     layer, alpha = 2, 0.2
     vector = _vectors(3)[layer]
     plain = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
-    with Steering(llama, {layer: vector}, alpha=alpha):
+    with Steering(llama, {layer: vector}, SteeringSettings(alpha)):
         steered = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
     h, r = plain.double().numpy(), vector.double().numpy()
     norm = np.linalg.norm(h, axis=1, keepdims=True)
@@ -102,7 +102,7 @@ def test_apply_rule_add_and_dtype():
 def test_generated_mode_leaves_prompt_logits_untouched(llama, tokenizer, prompts):
     plain, mask = _logits(llama, tokenizer, prompts)
     plain_tokens = _generate(llama, tokenizer, prompts)
-    with Steering(llama, _vectors(4), alpha=2.0, rule="add", positions="generated"):
+    with Steering(llama, _vectors(4), SteeringSettings(2.0, "add", "generated")):
         steered, _ = _logits(llama, tokenizer, prompts)
         tokens = _generate(llama, tokenizer, prompts)
     assert torch.equal(steered, plain)
@@ -115,7 +115,7 @@ def test_prompt_boundary_for_loglikelihood_scoring(llama, tokenizer):
     texts = ["Question: What is 3 plus 4?\nAnswer: 7", "Hi there 5"]
     plain, mask = _logits(llama, tokenizer, texts)
     boundary = torch.tensor([mask.shape[1] - 3, mask.shape[1] - 2])
-    steering = Steering(llama, _vectors(5), alpha=1.0, rule="add", positions="generated")
+    steering = Steering(llama, _vectors(5), SteeringSettings(1.0, "add", "generated"))
     with steering, steering.prompt_boundary(boundary):
         steered, _ = _logits(llama, tokenizer, texts)
     for row, last in enumerate(boundary.tolist()):
@@ -125,7 +125,7 @@ def test_prompt_boundary_for_loglikelihood_scoring(llama, tokenizer):
 
 def test_batched_left_padded_equals_one_by_one(llama, tokenizer, prompts):
     vectors = _vectors(6)
-    with Steering(llama, vectors, alpha=0.5):
+    with Steering(llama, vectors, SteeringSettings(0.5)):
         batch_logits, mask = _logits(llama, tokenizer, prompts)
         batch_tokens = _generate(llama, tokenizer, prompts)
         for row, prompt in enumerate(prompts):
@@ -139,7 +139,7 @@ def test_hooks_removed_even_after_exception(llama, tokenizer, prompts):
     plain, _ = _logits(llama, tokenizer, prompts)
     before = _hook_count(llama)
     with pytest.raises(RuntimeError, match="boom"):
-        with Steering(llama, _vectors(), alpha=0.5):
+        with Steering(llama, _vectors(), SteeringSettings(0.5)):
             assert _hook_count(llama) == before + 1 + LAYERS
             raise RuntimeError("boom")
     assert _hook_count(llama) == before
@@ -149,7 +149,7 @@ def test_hooks_removed_even_after_exception(llama, tokenizer, prompts):
 
 def test_layer_subset_and_single_layer(llama, tokenizer, prompts):
     plain = capture_activations(llama, tokenizer, prompts, progress=False)
-    with Steering(llama, _vectors(), alpha=0.5, layers=[2]):
+    with Steering(llama, _vectors(), SteeringSettings(0.5), layers=[2]):
         steered = capture_activations(llama, tokenizer, prompts, progress=False)
     for layer in (0, 1):
         assert torch.equal(steered[layer], plain[layer])
@@ -177,8 +177,18 @@ def test_layer_subset_and_single_layer(llama, tokenizer, prompts):
 )
 def test_bad_steering_arguments(llama, kwargs, error, message):
     args = {"vectors": {0: torch.ones(WIDTH)}, "alpha": 0.1, **kwargs}
+    how = {key: args.pop(key) for key in ("alpha", "rule", "positions") if key in args}
     with pytest.raises(error, match=message):
-        Steering(llama, **args)
+        Steering(llama, settings=SteeringSettings(**how), **args)
+
+
+def test_steering_takes_its_settings_whole(llama):
+    """alpha, rule and positions arrive as one checked SteeringSettings; a bare number is refused, naming
+    the form to use."""
+    with pytest.raises(TypeError, match=r"one SteeringSettings, got 0.1: Steering\(model, vectors, SteeringSettings"):
+        Steering(llama, {0: torch.ones(WIDTH)}, 0.1)
+    steering = Steering(llama, {0: torch.ones(WIDTH)}, SteeringSettings(0.1, "add", "all"))
+    assert steering.settings == SteeringSettings(0.1, "add", "all") and steering.alpha == 0.1
 
 
 @pytest.mark.parametrize("rule", ["norm_preserving", "add"])
@@ -188,7 +198,7 @@ def test_inference_fast_path_matches_differentiable_path(llama, tokenizer, promp
     copy (out of place). Both must give the same logits, and the differentiable path must carry a gradient."""
     batch = tokenizer(prompts[:3], return_tensors="pt", padding=True)
     kwargs = dict(position_ids=position_ids_from_mask(batch["attention_mask"]))
-    steering = Steering(llama, _vectors(), 0.3, rule=rule, positions=positions)
+    steering = Steering(llama, _vectors(), SteeringSettings(0.3, rule, positions))
     with torch.no_grad(), steering:
         fast = llama(**batch, **kwargs).logits
     embeds = llama.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
@@ -210,7 +220,7 @@ def test_last_column_view_path_equals_gather_path(llama, tokenizer, prompts, rul
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     assert not batch["attention_mask"][:, 0].all()  # some rows padded, on the left
     kwargs = dict(**batch, position_ids=position_ids_from_mask(batch["attention_mask"]))
-    steering = Steering(llama, _vectors(9), 0.4, rule=rule)
+    steering = Steering(llama, _vectors(9), SteeringSettings(0.4, rule))
     last = torch.full((len(prompts),), batch["input_ids"].shape[1] - 1)
     results = {}
     for grad in (False, True):
@@ -231,7 +241,7 @@ def test_right_padding_steers_each_rows_own_last_token(llama, tokenizer, prompts
     """Right padding: prompts end in different columns, so the view path must not be taken."""
     right = tiny_tokenizer(padding_side="right")
     plain = capture_activations(llama, right, prompts, position="all", padding_side="right", progress=False)
-    with Steering(llama, _vectors(), alpha=0.5):
+    with Steering(llama, _vectors(), SteeringSettings(0.5)):
         steered = capture_activations(llama, right, prompts, position="all", padding_side="right", progress=False)
     ends = np.cumsum(plain.token_counts) - 1
     for layer in range(LAYERS):
@@ -246,7 +256,7 @@ def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, 
     layer, alpha = 2, 0.3
     vector = _vectors(4)[layer]
     plain = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
-    with Steering(llama, {layer: vector}, alpha=alpha, rule=rule, measure_dose=True) as steering:
+    with Steering(llama, {layer: vector}, SteeringSettings(alpha, rule), measure_dose=True) as steering:
         capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
     h, r = plain.double().numpy(), vector.double().numpy()
     norm = np.linalg.norm(h, axis=1, keepdims=True)
@@ -257,7 +267,7 @@ def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, 
         after = norm * shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
     expected = (np.linalg.norm(after - h, axis=1) / norm[:, 0]).mean()
     assert steering.dose.means() == pytest.approx({layer: expected}, rel=1e-5)
-    with Steering(llama, {layer: vector}, alpha=alpha, rule=rule) as unmeasured:
+    with Steering(llama, {layer: vector}, SteeringSettings(alpha, rule)) as unmeasured:
         capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
     assert unmeasured.dose is None, "measured only when asked"
 
@@ -268,7 +278,7 @@ def test_every_position_view_path_equals_gather_path(llama, tokenizer, prompts, 
     no gather or scatter). The same prompt left-padded in a batch with a longer one takes the gather
     path (its pads are not steered): its real positions come out the same."""
     short, long = sorted(prompts, key=lambda p: len(tokenizer(p)["input_ids"]))[:: len(prompts) - 1]
-    steering = Steering(llama, _vectors(11), 0.3, positions=positions)
+    steering = Steering(llama, _vectors(11), SteeringSettings(0.3, positions=positions))
     with torch.no_grad(), steering:
         alone = tokenizer([short], return_tensors="pt")
         view = llama(**alone).logits[0]

@@ -14,7 +14,7 @@ import torch
 
 from tests.phases import assert_same_generation, reference_generate
 from unlock.method.blocks import hidden_size, num_layers
-from unlock.method.steer import Steering
+from unlock.method.steer import Steering, SteeringSettings
 from unlock.models.tiny import TINY_FAMILIES, tiny_model
 
 STEPS = 6
@@ -61,7 +61,7 @@ def test_default_rule_does_not_steer_decoding_steps(family_model, batch):
 def test_a_mask_longer_than_the_input_without_a_cache_is_an_error(family_model, batch):
     mask = torch.cat([batch["attention_mask"], torch.ones_like(batch["attention_mask"][:, :1])], dim=1)
     with (
-        Steering(family_model, _vectors(family_model), 0.5),
+        Steering(family_model, _vectors(family_model), SteeringSettings(0.5)),
         pytest.raises(RuntimeError, match="cannot tell the prefill"),
     ):
         family_model(input_ids=batch["input_ids"][:, -1:], attention_mask=mask, use_cache=False)
@@ -79,7 +79,10 @@ def test_prompt_tokens_after_a_cached_part_are_refused(family_model, batch):
     with torch.no_grad():
         keyword = {cache_keyword(family_model): cache}  # the keyword this transformers version takes
         family_model(input_ids=ids[:, :5], attention_mask=mask[:, :5], use_cache=True, **keyword)
-        with Steering(family_model, _vectors(family_model), 0.5), pytest.raises(RuntimeError, match="one prefill pass"):
+        with (
+            Steering(family_model, _vectors(family_model), SteeringSettings(0.5)),
+            pytest.raises(RuntimeError, match="one prefill pass"),
+        ):
             family_model(input_ids=ids[:, 5:8], attention_mask=mask[:, :8], use_cache=True, **keyword)
 
 
@@ -90,7 +93,7 @@ def test_static_cache_generation_equals_reference(batch):
 
     model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
     vectors = _vectors(model)
-    with torch.no_grad(), Steering(model, vectors, 1.0):
+    with torch.no_grad(), Steering(model, vectors, SteeringSettings(1.0)):
         out = model.generate(
             **batch,
             max_new_tokens=STEPS,

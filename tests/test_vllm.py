@@ -25,6 +25,7 @@ from tests.helpers import launch, results
 from unlock.lm_eval.hf_model import UnlockLM
 from unlock.lm_eval.prompts import task_manager
 from unlock.lm_eval.vllm_model import UnlockVLLM
+from unlock.method.steer import SteeringSettings
 from unlock.models.tiny import tiny_model, tiny_tokenizer
 from unlock.tasks import TASKS_DIR
 
@@ -90,8 +91,8 @@ def test_generations_equal_the_hf_path_for_every_rule_and_position(engines):
     assert evaluate(vl, "unlock_arith") == plain, f"{family}: unsteered"
     changed = []
     for rule, alpha, positions in SETTINGS:
-        hf.set_steering(vectors(), alpha, rule, positions)
-        vl.set_steering(vectors(), alpha, rule, positions)
+        hf.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
+        vl.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
         steered = evaluate(hf, "unlock_arith")
         assert evaluate(vl, "unlock_arith") == steered, f"{family}: {rule} alpha {alpha} {positions}"
         if steered != plain:
@@ -103,15 +104,15 @@ def test_generations_equal_the_hf_path_for_every_rule_and_position(engines):
 def test_alpha_zero_equals_the_unsteered_hf_model(engines):
     family, hf, vl = engines
     hf.set_steering(None)
-    vl.set_steering(vectors(), 0.0, "add", "all")
+    vl.set_steering(vectors(), SteeringSettings(0.0, "add", "all"))
     assert evaluate(vl, "unlock_arith") == evaluate(hf, "unlock_arith"), family
 
 
 @pytest.mark.parametrize("positions", ["last", "all"])
 def test_loglikelihoods_equal_the_hf_path_at_the_context_boundary(engines, positions):
     family, hf, vl = engines
-    hf.set_steering(vectors(1), 3.0, "add", positions)
-    vl.set_steering(vectors(1), 3.0, "add", positions)
+    hf.set_steering(vectors(1), SteeringSettings(3.0, "add", positions))
+    vl.set_steering(vectors(1), SteeringSettings(3.0, "add", positions))
     expected = evaluate(hf, "unlock_mc", limit=3)
     got = evaluate(vl, "unlock_mc", limit=3)
     assert got == pytest.approx(expected, abs=1e-3), family
@@ -136,8 +137,8 @@ def test_one_call_mixing_conditions_equals_separate_runs(engines):
     family, _hf, vl = engines
     vl.set_steering(None)
     vl.add_steering("unsteered", None)
-    vl.add_steering("a", vectors(2), 4.0, "norm_preserving", "all")
-    vl.add_steering("b", vectors(3), 6.0, "add", "last")
+    vl.add_steering("a", vectors(2), SteeringSettings(4.0, "norm_preserving", "all"))
+    vl.add_steering("b", vectors(3), SteeringSettings(6.0, "add", "last"))
     separate = {name: vl.generate_until(_instances(CONTEXTS, name)) for name in ("unsteered", "a", "b")}
     mixed = vl.generate_until(
         [*_instances(CONTEXTS, "unsteered"), *_instances(CONTEXTS, "a"), *_instances(CONTEXTS, "b")]
@@ -152,7 +153,7 @@ def test_prefix_cache_hits_keep_steering_apart(engines):
     family, _hf, vl = engines
     long_contexts = [c * 12 for c in CONTEXTS]  # ~300 tokens: whole KV blocks (128 on the CPU), so a repeat hits
     vl.add_steering("plain", None)
-    vl.add_steering("s", vectors(4), 4.0, "add", "last")
+    vl.add_steering("s", vectors(4), SteeringSettings(4.0, "add", "last"))
     vl.reset_stats()
     plain = vl.generate_until(_instances(long_contexts, "plain"))
     steered = vl.generate_until(_instances(long_contexts, "s"))
@@ -181,8 +182,8 @@ def test_chunked_prefill_steers_the_last_token_in_a_later_chunk(llama_dir):
         max_num_seqs=4,
     )
     for rule, alpha, positions in (("norm_preserving", 0.5, "last"), ("add", 3.0, "prompt"), ("add", 3.0, "all")):
-        hf.set_steering(vectors(), alpha, rule, positions)
-        vl.set_steering(vectors(), alpha, rule, positions)
+        hf.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
+        vl.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
         assert evaluate(vl, "unlock_arith") == evaluate(hf, "unlock_arith"), (rule, positions)
     del vl
     gc.collect()
@@ -196,7 +197,7 @@ def test_the_checks_fire_when_the_compiled_engine_does_not_steer(llama_dir):
     config = vl.model.llm_engine.vllm_config
     assert config.additional_config["unlock_steering"] == CODE_KEY["unlock_steering"], "in the compile-cache key"
     assert config.model_config.architectures == ["UnlockSteered_LlamaForCausalLM"]
-    vl.set_steering(vectors(), 0.5, "norm_preserving", "last")
+    vl.set_steering(vectors(), SteeringSettings(0.5, "norm_preserving", "last"))
     assert vl.generate_until(_instances(CONTEXTS[:1], None)), "steered and checked"
     # A compiled model that does not read the planned buffers (a graph compiled without the steering):
     # the plan goes to a bank no layer reads, and the per-layer counts say so.
@@ -222,8 +223,8 @@ def test_eager_steering_and_the_hook_fallback_equal_the_hf_path(llama_dir, mode,
     vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, steering=mode, enforce_eager=eager)
     assert (vl.steering.mode, vl.compiled) == (mode, not eager)
     for rule, alpha, positions in SETTINGS:
-        hf.set_steering(vectors(), alpha, rule, positions)
-        vl.set_steering(vectors(), alpha, rule, positions)
+        hf.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
+        vl.set_steering(vectors(), SteeringSettings(alpha, rule, positions))
         assert evaluate(vl, "unlock_arith") == evaluate(hf, "unlock_arith"), (mode, rule, positions)
     del vl
     gc.collect()
@@ -235,7 +236,7 @@ def test_a_call_beyond_the_banks_slots_is_refused_before_it_runs_and_the_engine_
     vl = UnlockVLLM(pretrained=str(llama_dir), dtype="float32", max_model_len=512, enforce_eager=True)
     names = [f"c{i}" for i in range(SETS + 1)]
     for i, name in enumerate(names):
-        vl.add_steering(name, vectors(10 + i), 2.0, "add", "last")
+        vl.add_steering(name, vectors(10 + i), SteeringSettings(2.0, "add", "last"))
     many = [inst for name in names for inst in _instances(CONTEXTS[:1], name)]
     with pytest.raises(
         ValueError, match=f"steers {SETS + 1} steering sets and {SETS + 1} dose meters; .* holds {SETS}"
@@ -244,7 +245,7 @@ def test_a_call_beyond_the_banks_slots_is_refused_before_it_runs_and_the_engine_
     alone = vl.generate_until(_instances(CONTEXTS[:1], "c0"))  # checked: nothing of the refused call is left
     assert alone == vl.generate_until(_instances(CONTEXTS[:1], "c0"))
     with pytest.raises(ValueError, match="two steering vectors for layer 3"):
-        vl.set_steering({3: vectors()[0], -1: vectors()[1]}, 1.0, "add", "last")
+        vl.set_steering({3: vectors()[0], -1: vectors()[1]}, SteeringSettings(1.0, "add", "last"))
     del vl
     gc.collect()
 
@@ -384,8 +385,8 @@ def test_packaged_models_generate_as_on_the_hf_path(package):
     for rule, alpha, positions in [
         (r, a, p) for r, a in (("norm_preserving", 0.3), ("add", 0.5)) for p in ("last", "prompt", "generated", "all")
     ]:
-        hf.set_steering(real, alpha, rule, positions)
-        vl.set_steering(real, alpha, rule, positions)
+        hf.set_steering(real, SteeringSettings(alpha, rule, positions))
+        vl.set_steering(real, SteeringSettings(alpha, rule, positions))
         steered = evaluate(hf, "unlock_arith", limit=3)
         assert evaluate(vl, "unlock_arith", limit=3) == steered, (package, rule, positions)
         changed += steered != plain

@@ -32,7 +32,7 @@ def logit_lens(model: nn.Module, tokenizer, vectors: dict[int, torch.Tensor], to
     """Per layer, the ``top`` tokens of unembed(final_norm(r_j)); overall, those of the mean over
     layers of each layer's standardised logits (so no layer's scale dominates)."""
     layers = sorted(vectors)
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[operator]  # a transformers model's method
     stacked = torch.stack([vectors[j].float() for j in layers]).to(model_device(model), head.weight.dtype)
     logits = head(final_norm(model)(stacked[:, None, :]))[:, 0].float()
     standardised = (logits - logits.mean(dim=-1, keepdim=True)) / logits.std(dim=-1, keepdim=True).clamp_min(1e-12)

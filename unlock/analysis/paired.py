@@ -141,7 +141,7 @@ def _item(index: int, row: Mapping[str, Any]) -> Hashable:
     return index if row.get("doc_id") is None else row["doc_id"]
 
 
-def item_outcomes(rows: list[Mapping[str, Any]]) -> dict[Hashable, bool] | None:
+def item_outcomes(rows: Sequence[Mapping[str, Any]]) -> dict[Hashable, bool] | None:
     """{item: correct} from an evaluation's sample rows (lm-eval's doc_id, else the row's position);
     None when a row has no 0/1 ``acc`` (a metric that is not per-item correctness)."""
     out: dict[Hashable, bool] = {}
@@ -154,7 +154,7 @@ def item_outcomes(rows: list[Mapping[str, Any]]) -> dict[Hashable, bool] | None:
     return out
 
 
-def item_metrics(rows: list[Mapping[str, Any]]) -> dict[str, dict[Hashable, float]]:
+def item_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[Hashable, float]]:
     """{metric: {item: value}} for the :data:`BEHAVIOUR` metrics the rows report (a metric no row has is
     left out, never zero-filled). ``repetition`` is measured on generated text only: rows of a task that
     reports generation metrics (a loglikelihood task's "response" is its serialised scores)."""
@@ -341,7 +341,7 @@ Pair = tuple[str, str, str]  # (condition, task, baseline)
 
 
 def analyse(
-    rows: Mapping[str, Mapping[str, list[Mapping[str, Any]]]],
+    rows: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
     effects: Mapping[tuple[str, str, str], float] | None = None,
     settings: PowerSettings | None = None,
     design: Design = DESIGN,
@@ -357,7 +357,8 @@ def analyse(
     outcomes = {c: {t: o for t, r in per.items() if (o := item_outcomes(r)) is not None} for c, per in rows.items()}
     metrics = {c: {t: item_metrics(r) for t, r in per.items()} for c, per in rows.items()}
     verdict = _verdict(outcomes, effects, settings, design, primary_task)
-    decided = {(design.primary, primary_task, b) for b in verdict.get("tests", {})}
+    # the verdict's own comparisons (none without a primary task: no pair's task is None)
+    decided: set[Pair] = {(design.primary, primary_task, b) for b in verdict.get("tests", {}) if primary_task}
     pairs = [(c, t, b) for c, per in rows.items() for t in per for b in design.baselines(c) if t in rows.get(b, {})]
     behaviour, family = _family(pairs, outcomes, metrics, decided)
     adjusted = dict(zip(((key, metric) for key, metric, _ in family), holm([p for *_, p in family]), strict=True))

@@ -49,7 +49,7 @@ class RegisterModels(importlib.abc.MetaPathFinder):
 
             register(model_registry)
 
-        spec.loader.exec_module = exec_and_register  # type: ignore[method-assign]
+        spec.loader.exec_module = exec_and_register
         return spec
 
 

@@ -16,98 +16,15 @@ recovered from the request's context length, so "last prompt token" means the la
 from __future__ import annotations
 
 import contextlib
-import re
-import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from unlock.method.steer import (
-    POSITION_RULES,
-    STEER_RULES,
-    Steering,
-    SteeringSettings,
-    check_alpha,
-)
-from unlock.store.artifacts import load_steering_vectors
-
-# What steering a steer file that records no settings gets (today's defaults; layers None = all).
-STEER_DEFAULTS: dict[str, Any] = {**asdict(SteeringSettings()), "layers": None}
-
-
-def parse_layers(spec: str | list[int] | None) -> list[int] | None:
-    """'all' or None -> every layer with a vector; '3', '0-5' or '1;4;7' (CLI-safe separators) -> indices."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return None
-    if isinstance(spec, (list, tuple)):
-        return [int(x) for x in spec]
-    layers: list[int] = []
-    for part in re.split(r"[;|\s]+", str(spec).strip()):
-        span = re.fullmatch(r"(\d+)-(\d+)", part)
-        if span:
-            layers.extend(range(int(span[1]), int(span[2]) + 1))
-        elif re.fullmatch(r"-?\d+", part):
-            layers.append(int(part))
-        else:
-            raise ValueError(f"layers {spec!r} is not understood; use 'all', '3', '0-5' or '1;4;7'")
-    return layers
-
-
-def parse_alpha(value: float | str) -> float:
-    """A finite steering strength; the CLI hands it over as text when it is not a number."""
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError(f"alpha {value!r} is not allowed: must be a finite number, e.g. alpha=0.1") from None
-    return check_alpha(value)
-
-
-def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value.strip() not in allowed:
-        raise ValueError(f"{name} {value!r} is not allowed; allowed: {', '.join(allowed)}")
-    return value.strip()
-
-
-_PARSERS = {
-    "alpha": parse_alpha,
-    "rule": lambda value: _choice(value, "rule", STEER_RULES),
-    "positions": lambda value: _choice(value, "positions", tuple(POSITION_RULES)),
-    "layers": parse_layers,
-}
-
-
-def steering_settings(steer: str | None, **given: Any) -> tuple[dict[int, torch.Tensor] | None, dict[str, Any]]:
-    """The steer file's vectors and the settings to steer with: each of alpha, rule, positions and
-    layers from ``given`` (model args) unless None, else from the file's metadata, else
-    :data:`STEER_DEFAULTS` (one warning naming the file). Reads only the small steer file, so a bad
-    file or value fails before any weights load. Without a file: no vectors, the given values checked."""
-    if not steer:
-        return None, {key: _PARSERS[key](value) for key, value in given.items() if value is not None}
-    vectors, meta = load_steering_vectors(steer)
-    settings: dict[str, Any] = {}
-    defaulted: dict[str, Any] = {}
-    for key, parse in _PARSERS.items():
-        if given.get(key) is not None:
-            settings[key] = parse(given[key])
-        elif meta.get(key) is not None:
-            try:
-                settings[key] = parse(meta[key])
-            except ValueError as error:
-                raise ValueError(f"steer file {steer}: its recorded {error}") from None
-        else:
-            settings[key] = STEER_DEFAULTS[key]
-            defaulted[key] = "all" if STEER_DEFAULTS[key] is None else STEER_DEFAULTS[key]
-    if defaulted:
-        using = ", ".join(f"{key}={value}" for key, value in defaulted.items())
-        warnings.warn(
-            f"steer file {steer} records no {', '.join(defaulted)}; using {using} (model args override)", stacklevel=3
-        )
-    return vectors, settings
+from unlock.lm_eval.steer_args import steer_args
+from unlock.method.steer import Steering, SteeringSettings
 
 
 def context_boundaries(requests, limit: int, drop_last: bool) -> dict[tuple[int, ...], int]:
@@ -151,31 +68,27 @@ class UnlockLM(HFLM):
         # decoding step (~2% of a step for Gemma's 262k vocabulary on CPU) that CLI runs do not need.
         track_entropy = _flag(track_entropy, "track_entropy")  # checked before any weights load
         # The steer file and the steering args too: a typo should not cost a model load.
-        vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
+        given = steer_args(steer, alpha, rule, positions, layers)
         kwargs.setdefault("trust_remote_code", False)
         super().__init__(pretrained=pretrained, **kwargs)
         self.track_entropy = track_entropy
         self._steering: Steering | None = None
         self._boundaries: dict[tuple[int, ...], int] = {}
         self.reset_stats()
-        if vectors is not None:
-            self.set_steering(vectors, **settings)
+        if given.vectors is not None:
+            self.set_steering(given.vectors, given.settings, given.layers)
 
     # --- steering control ----------------------------------------------------------------------
     def set_steering(
         self,
         vectors: Mapping[int, torch.Tensor] | None,
-        alpha: float = SteeringSettings.alpha,
-        rule: str = SteeringSettings.rule,
-        positions: str = SteeringSettings.positions,
+        settings: SteeringSettings = SteeringSettings(),
         layers: list[int] | None = None,
         measure_dose: bool = False,
     ) -> None:
-        """Steer every following request with these vectors (None: no steering); with ``measure_dose``,
-        :meth:`steering_dose` reports the relative change applied per layer."""
-        self._steering = (
-            None if not vectors else Steering(self.model, vectors, alpha, rule, positions, layers, measure_dose)
-        )
+        """Steer every following request with these vectors and settings (vectors None: no steering); with
+        ``measure_dose``, :meth:`steering_dose` reports the relative change applied per layer."""
+        self._steering = None if not vectors else Steering(self.model, vectors, settings, layers, measure_dose)
 
     def steering_dose(self) -> dict[int, float]:
         """{layer: mean ||h' - h|| / ||h|| over the steered positions} since steering was set ({} if unmeasured)."""

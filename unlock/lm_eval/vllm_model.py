@@ -48,7 +48,8 @@ from lm_eval.models.vllm_causallms import VLLM  # noqa: E402
 from vllm import TokensPrompt  # noqa: E402
 from vllm.config import CompilationMode  # noqa: E402
 
-from unlock.lm_eval.hf_model import context_boundaries, parse_layers, steering_settings  # noqa: E402
+from unlock.lm_eval.hf_model import context_boundaries  # noqa: E402
+from unlock.lm_eval.steer_args import steer_args  # noqa: E402
 from unlock.method.steer import SteeringSettings  # noqa: E402
 
 CONDITION_KEY = "unlock_steer"  # in a task's generation_kwargs: the steering set's registered name
@@ -95,7 +96,7 @@ class UnlockVLLM(VLLM):
         steering: str = "graph",
         **kwargs: Any,
     ) -> None:
-        vectors, settings = steering_settings(steer, alpha=alpha, rule=rule, positions=positions, layers=layers)
+        given = steer_args(steer, alpha, rule, positions, layers)
         if steering not in STEERING_MODES:
             raise ValueError(f"steering={steering!r} is not allowed; allowed: {', '.join(STEERING_MODES)}")
         if int(kwargs.get("data_parallel_size", 1)) != 1 or int(kwargs.get("tensor_parallel_size", 1)) != 1:
@@ -128,12 +129,12 @@ class UnlockVLLM(VLLM):
         self._boundaries: dict[tuple[int, ...], int] = {}
         self._requests = 0
         self.reset_stats()
-        if vectors is not None:
-            self.set_steering(vectors, **settings)
+        if given.vectors is not None:
+            self.set_steering(given.vectors, given.settings, given.layers)
 
     # --- steering control ------------------------------------------------------------------------
     def _register(
-        self, vectors: Mapping[int, torch.Tensor], alpha: float, rule: str, positions: str, layers: list[int] | None
+        self, vectors: Mapping[int, torch.Tensor], settings: SteeringSettings, layers: list[int] | None
     ) -> str:
         chosen = {int(k): v for k, v in vectors.items() if layers is None or int(k) in set(layers)}
         if layers is not None and set(layers) - set(chosen):
@@ -141,31 +142,25 @@ class UnlockVLLM(VLLM):
                 f"layers {sorted(set(layers) - set(chosen))} have no steering vector; "
                 f"vectors exist for {sorted(int(k) for k in vectors)}"
             )
-        return self.steering.register(SteeringSet(chosen, float(alpha), rule, positions))
+        return self.steering.register(SteeringSet(chosen, settings))
 
     def set_steering(
         self,
         vectors: Mapping[int, torch.Tensor] | None,
-        alpha: float = SteeringSettings.alpha,
-        rule: str = SteeringSettings.rule,
-        positions: str = SteeringSettings.positions,
-        layers: list[int] | str | None = None,
+        settings: SteeringSettings = SteeringSettings(),
+        layers: list[int] | None = None,
     ) -> None:
-        """Steer every following request without a condition tag with these vectors (None: none)."""
-        self._default = None if not vectors else self._register(vectors, alpha, rule, positions, parse_layers(layers))
+        """Steer every following request without a condition tag with these vectors and settings
+        (vectors None: none)."""
+        self._default = None if not vectors else self._register(vectors, settings, layers)
         self._default_meter = self._default
 
     def add_steering(
-        self,
-        name: str,
-        vectors: Mapping[int, torch.Tensor] | None,
-        alpha: float = SteeringSettings.alpha,
-        rule: str = SteeringSettings.rule,
-        positions: str = SteeringSettings.positions,
+        self, name: str, vectors: Mapping[int, torch.Tensor] | None, settings: SteeringSettings = SteeringSettings()
     ) -> None:
         """Register a steering under ``name``: requests of tasks whose generation kwargs say
         ``unlock_steer: name`` use it (None: such requests run unsteered)."""
-        self._named[name] = "" if not vectors else self._register(vectors, alpha, rule, positions, None)
+        self._named[name] = "" if not vectors else self._register(vectors, settings, None)
 
     def use_steering(self, name: str | None) -> None:
         """Steer untagged requests with the set registered under ``name`` (None: no default)."""

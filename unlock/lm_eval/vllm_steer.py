@@ -57,22 +57,22 @@ STEERING_MODES = ("graph", "hooks")  # compiled into the layers (any mode), or P
 
 @dataclass(frozen=True)
 class SteeringSet:
-    """What one condition adds: {layer: vector}, alpha, rule and positions (as :class:`Steering`)."""
+    """What one condition adds: {layer: vector}, and how (alpha, rule and positions, as :class:`Steering`)."""
 
     vectors: Mapping[int, torch.Tensor]
-    alpha: float
-    rule: str = SteeringSettings.rule
-    positions: str = SteeringSettings.positions
+    settings: SteeringSettings = SteeringSettings()
 
     def __post_init__(self) -> None:
-        SteeringSettings(self.alpha, self.rule, self.positions)  # checks each, naming the allowed values
+        if not isinstance(self.settings, SteeringSettings):
+            raise TypeError(f"a steering set takes one SteeringSettings, got {self.settings!r}")
         if not self.vectors:
             raise ValueError("no steering vectors given: pass {layer: vector} for at least one layer")
 
     @property
     def name(self) -> str:
         """A content hash: the same steering gets the same name (and prefix-cache salt)."""
-        digest = hashlib.sha256(f"{float(self.alpha)!r}|{self.rule}|{self.positions}".encode())
+        how = self.settings
+        digest = hashlib.sha256(f"{float(how.alpha)!r}|{how.rule}|{how.positions}".encode())
         for layer in sorted(self.vectors):
             digest.update(str(int(layer)).encode())
             digest.update(self.vectors[layer].detach().float().cpu().contiguous().numpy().tobytes())
@@ -144,12 +144,13 @@ class EngineSteering:
         model = self.runner.get_model()
         layers = decoder_layers(model)
         if self.mode == "graph":
-            self.bank = getattr(model, "unlock_bank", None)
-            if self.bank is None:
+            bank = getattr(model, "unlock_bank", None)
+            if bank is None:
                 raise RuntimeError(
                     f"the engine's model ({type(model).__name__}) has no steering bank: build it with "
                     "hf_overrides={'architectures': [unlock.lm_eval.vllm_graph.steered_architecture(...)]}"
                 )
+            self.bank = bank
             self._handles.append(_wrap_forward(self.runner, self._plan_graph, self._clear_graph))
         else:
             self._handles.append(layers[0].register_forward_pre_hook(lambda *_: self._plan_hooks()))
@@ -177,12 +178,12 @@ class EngineSteering:
                         f"steering vector for layer {layer} has shape {tuple(vector.shape)}, expected "
                         f"({self.hidden_size},)"
                     )
-                shift = steering_shift(vector.detach().float(), float(steering.alpha), steering.rule)
+                shift = steering_shift(vector.detach().float(), float(steering.settings.alpha), steering.settings.rule)
                 index = int(layer) % self.n_layers
                 if index in shifts:
                     raise ValueError(f"two steering vectors for layer {index} (given as {sorted(steering.vectors)})")
                 shifts[index] = shift.to(self.device)
-            self.sets[name] = _Prepared(steering.rule, steering.positions, shifts)
+            self.sets[name] = _Prepared(steering.settings.rule, steering.settings.positions, shifts)
         return name
 
     # --- in the engine -------------------------------------------------------------------------

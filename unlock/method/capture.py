@@ -105,7 +105,7 @@ def reduce_positions(hidden: torch.Tensor, attention_mask: torch.Tensor, positio
 
 
 def _block_output(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
 
 
 def _check_arguments(prompts: Sequence[str], position: str, padding_side: str, batch_size: int) -> None:

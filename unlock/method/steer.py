@@ -168,8 +168,9 @@ def past_length(args: tuple, kwargs: Mapping) -> int:
 class Steering(contextlib.AbstractContextManager):
     """Context manager that steers ``model`` while active.
 
-    vectors: {layer: (d,) tensor}; layers: the subset to steer (default: every layer with a vector);
-    measure_dose: record the relative change each steered position received, per layer (``dose``).
+    vectors: {layer: (d,) tensor}; settings: alpha, rule and positions (:class:`SteeringSettings`, which
+    checks them); layers: the subset to steer (default: every layer with a vector); measure_dose: record
+    the relative change each steered position received, per layer (``dose``).
     positions: ``last`` (last prompt token, prefill only; default), ``prompt`` (all prompt tokens,
     prefill only), ``generated`` (tokens after the prompt: decoding steps, or continuation tokens in
     scoring), ``all`` (both). The prompt boundary is read per row from the attention mask (left or
@@ -181,18 +182,20 @@ class Steering(contextlib.AbstractContextManager):
         self,
         model: nn.Module,
         vectors: Mapping[int, torch.Tensor],
-        alpha: float,
-        rule: str = "norm_preserving",
-        positions: str = "last",
+        settings: SteeringSettings = SteeringSettings(),
         layers: list[int] | None = None,
         measure_dose: bool = False,
     ) -> None:
-        SteeringSettings(alpha, rule, positions)  # checks each, naming the allowed values
-        self.alpha = float(alpha)
+        if not isinstance(settings, SteeringSettings):  # checked once, where SteeringSettings is built
+            raise TypeError(
+                f"Steering takes its alpha, rule and positions as one SteeringSettings, got {settings!r}: "
+                "Steering(model, vectors, SteeringSettings(alpha=0.1))"
+            )
+        self.settings = settings
+        self.alpha, self.rule, self.positions = float(settings.alpha), settings.rule, settings.positions
         self.model = model
-        self.rule = rule
-        self.positions = positions
-        self._positions = POSITION_RULES[positions]
+        rule = self.rule
+        self._positions = POSITION_RULES[self.positions]
         self._blocks = decoder_layers(model)
         n_layers, width = len(self._blocks), hidden_size(model)
         if not vectors:

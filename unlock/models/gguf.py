@@ -57,7 +57,7 @@ PACKAGES: dict[str, dict[str, Any]] = {
 }
 
 
-def package_spec(package: str) -> dict[str, str]:
+def package_spec(package: str) -> dict[str, Any]:
     """What this project knows about a packaged GGUF model; a clear error for unknown packages."""
     if package not in PACKAGES:
         raise ValueError(f"unknown GGUF model package {package!r}; allowed: {', '.join(PACKAGES)}")
@@ -119,7 +119,7 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
     SHA-256) is foreign: named in a warning and converted anew."""
     gguf = gguf_path(package, cache_dir)
     # converter 2: the tokenizer prepends BOS where the model needs it (transformers 5.19 drops it)
-    source = {"package": package, "gguf": gguf.name, "sha256": sha256_of(gguf), "converter": 2}
+    source: dict[str, Any] = {"package": package, "gguf": gguf.name, "sha256": sha256_of(gguf), "converter": 2}
     target = Path(cache_dir) / "models" / source["sha256"][:16]
     if _converted_from(target, source):
         return target
@@ -132,7 +132,7 @@ def cached_checkpoint(package: str, cache_dir: str | os.PathLike) -> Path:
     return target
 
 
-def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -> bool:
+def _converted_from(target: Path, source: dict[str, Any], quiet: bool = False) -> bool:
     if not (target / "config.json").is_file():
         return False
     try:
@@ -151,7 +151,7 @@ def _converted_from(target: Path, source: dict[str, str], quiet: bool = False) -
     return False
 
 
-def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> None:
+def _convert(package: str, gguf: Path, source: dict[str, Any], target: Path) -> None:
     with atomic_dir(target) as tmp, tqdm(total=2, desc=f"convert {package} GGUF -> safetensors (once)") as bar:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if package_spec(package).get("add_bos"):
@@ -160,7 +160,7 @@ def _convert(package: str, gguf: Path, source: dict[str, str], target: Path) -> 
         bar.update(1)
         # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer; the
         # weights are already dequantised, so dropping that record saves them exactly.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # a transformers attribute, not a submodule
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

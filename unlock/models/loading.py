@@ -86,7 +86,8 @@ class ModelSpec:
         unknown = sorted(set(spec) - allowed)
         if unknown:
             raise ValueError(f"unknown model field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-        return cls(**{key: (str(v) if key in ("kind", "dtype") else v) for key, v in spec.items()})
+        values: dict[str, Any] = {key: (str(v) if key in ("kind", "dtype") else v) for key, v in spec.items()}
+        return cls(**values)
 
 
 def text_config(hf_config: Any) -> Any:
@@ -108,6 +109,13 @@ class ModelSource:
         """The fields that determine the weights (device and label excluded)."""
         return {**{key: getattr(self.spec, key) for key in self.identity_keys}, "dtype": self.spec.dtype}
 
+    @property
+    def path(self) -> str:
+        """The spec's path (hf: directory or hub id; gguf_package: package), which these kinds need."""
+        if not self.spec.path:
+            raise ValueError(f"model {self.spec.name!r} (kind {self.spec.kind}) needs a path; none is set")
+        return self.spec.path
+
     def config(self, cache_dir: str | None = None) -> Any:
         raise NotImplementedError
 
@@ -120,6 +128,8 @@ class ModelSource:
         text = text_config(self.config())
         layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
         width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        if layers is None or width is None:
+            raise ValueError(f"model {self.spec.name!r}: its config names no depth or width ({type(text).__name__})")
         return ModelShape(n_layers=int(layers), hidden_size=int(width))
 
     def skeleton(self, cache_dir: str | None = None) -> torch.nn.Module:
@@ -178,10 +188,10 @@ class HFSource(ModelSource):
 
     def config(self, cache_dir: str | None = None) -> Any:
         check_local_path(self.spec)
-        return _hub_config(self.spec.path, **self._from())
+        return _hub_config(self.path, **self._from())
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
-        return _pretrained(self.spec.path, dtype, self._from())
+        return _pretrained(self.path, dtype, self._from())
 
     def checkpoint(self, cache_dir: str) -> str:
         if self.spec.revision or self.spec.gguf_file:
@@ -250,7 +260,12 @@ class PlantedSource(ModelSource):
             from tqdm.auto import tqdm
 
             with tqdm(total=recipe.steps, desc=f"train {label}", leave=False, mininterval=2.0) as bar:
-                model = train(recipe, lambda _step, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
+
+                def step(_step: int, loss: float) -> None:
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss:.3f}")
+
+                model = train(recipe, step)
             # cloned: tied embeddings share memory, which safetensors refuses
             return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}, recipe.steps
 
@@ -287,20 +302,20 @@ class PackagedGGUFSource(ModelSource):
             raise ValueError(
                 f"the config of packaged model {self.spec.path!r} needs the cache dir (it is converted once)"
             )
-        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.spec.path, cache_dir))
+        return AutoConfig.from_pretrained(gguf_models.cached_checkpoint(self.path, cache_dir))
 
     def shape(self) -> ModelShape:
-        return gguf_models.package_shape(self.spec.path)
+        return gguf_models.package_shape(self.path)
 
     def size(self) -> ModelSize:
-        spec = gguf_models.package_spec(self.spec.path)
-        return ModelSize(spec["n_params"], spec["kv_dim"], spec["n_layers"], spec["max_positions"])
+        spec = gguf_models.package_spec(self.path)
+        return ModelSize(int(spec["n_params"]), int(spec["kv_dim"]), int(spec["n_layers"]), int(spec["max_positions"]))
 
     def weights(self, cache_dir: str, dtype: Any) -> tuple[Any, Any]:
         return _pretrained(self.checkpoint(cache_dir), dtype, {})
 
     def checkpoint(self, cache_dir: str) -> str:
-        return str(gguf_models.cached_checkpoint(self.spec.path, cache_dir))
+        return str(gguf_models.cached_checkpoint(self.path, cache_dir))
 
 
 def check_local_path(spec: ModelSpec) -> None:

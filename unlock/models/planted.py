@@ -137,7 +137,8 @@ def example(rng: random.Random, corpus: str) -> tuple[str, str]:
 
 def task_items(n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` distinct reserved problems for the evaluated task, each with a verb (for the task files)."""
-    rng, seen, items = random.Random(seed), set(), []
+    rng, seen = random.Random(seed), set()
+    items: list[dict[str, Any]] = []
     while len(items) < n:
         a, b = _operands(rng)
         if reserved(a, b) and (a, b) not in seen:

@@ -26,10 +26,10 @@ from unlock.analysis.fidelity import summarise, transfer_fidelity
 from unlock.analysis.grid import N_GRID, NULL_DRAWS, RANK_GRID, head, plot_analysis, spectral_entropy
 from unlock.method.extract import extract_directions
 from unlock.method.pipeline import MapSettings, transfer
-from unlock.run.config import RunSettings
 from unlock.run.plan import make_plan
 from unlock.run.record import mean_quality
 from unlock.run.session import Captures, Session, capture_all, prompt_sets
+from unlock.run.settings import RunSettings
 from unlock.run.track import write_csv
 from unlock.run.wandb_log import log_files
 from unlock.store.artifacts import atomic_write_json
@@ -77,7 +77,7 @@ def grid_row(
 def entropy_rows(captures: Captures, ns: list[int]) -> list[dict[str, Any]]:
     rows = []
     for n in ns:
-        row = {"n_prompts": n}
+        row: dict[str, float] = {"n_prompts": n}
         for side, acts in (("source", captures.source_locked.value), ("target", captures.target_locked.value)):
             part = head(acts, n)
             row[f"{side}_entropy"] = fmean(spectral_entropy(part[layer]) for layer in part.layers)

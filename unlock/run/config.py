@@ -4,7 +4,9 @@ Each config group (source_model, target_model, capability, layer, rank, alpha, e
 has a dataclass here; the root ``RunConfig`` is registered in Hydra's ConfigStore as ``run_schema``
 and ``conf/config.yaml`` starts from it, so a misspelt key, a wrong type or a value outside a choice
 fails at compose time, naming the allowed values. Range and consistency checks that need no model
-weights live in :func:`validate`.
+weights live in :func:`validate`. :func:`run_settings` turns a composed config into the run's
+:class:`~unlock.run.settings.RunSettings`: this module and the entry points that call it (launch.py,
+make analyze, the multirun callback) are the only readers of the config.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from unlock.method.steer import STEER_RULES, SteeringSettings
 from unlock.models.loading import DTYPES, SOURCES, ModelSpec
 from unlock.run.conditions import CONDITIONS, OBJECTIVES
 from unlock.run.engines import ENGINES, EvalSettings
+from unlock.run.settings import Evaluation, Layers, LoggerSettings, Models, Prompts, Resources, RunSettings
 from unlock.store.artifacts import STORAGE_DTYPES
 from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
 
@@ -258,137 +261,7 @@ class RunConfig:
     selected_from: str | None = None
 
 
-# --- What the run layer reads: the composed config, checked and typed once (run_settings) ---------
-
-
-@dataclass(frozen=True)
-class Models:
-    """Every model a run may load (config paths in :meth:`named`, for messages)."""
-
-    source: ModelSpec
-    target: ModelSpec
-    unlocked: ModelSpec | None = None  # capability.contrast=checkpoint: the post-trained Source
-    reference: ModelSpec | None = None  # eval.reference_model
-
-    def named(self) -> dict[str, ModelSpec | None]:
-        return {
-            "source_model": self.source,
-            "target_model": self.target,
-            "capability.unlocked_model": self.unlocked,
-            "eval.reference_model": self.reference,
-        }
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """Which prompts feed extraction and alignment, and how their activations are stored (config groups
-    ``capability`` and ``benchmark``)."""
-
-    capability: str
-    contrast: str  # prompt: one model, two prompts; checkpoint: base vs post-trained
-    locked_task: str
-    unlocked_task: str
-    split: str  # capability.prompt_split
-    n_prompts: int
-    n_heldout: int
-    seed: int
-    n_shots: int
-    benchmark: str
-    item_set: str
-    needs_network: bool
-    activation_storage: str
-
-
-@dataclass(frozen=True)
-class Layers:
-    """Which Target layers are steered (config group ``layer``)."""
-
-    mode: str
-    indices: tuple[int, ...]
-    depth: float | None
-    explicit_pairs: dict[int, int] | None  # {Target layer: Source layer}; None: linear in depth
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What is evaluated (config group ``eval``): the conditions, tasks and split, and how the engine runs."""
-
-    tasks: tuple[str, ...]
-    prompt_tasks: dict[str, str]  # task -> its capability-prompt variant
-    split: str
-    conditions: tuple[str, ...]
-    engine: EvalSettings
-
-
-@dataclass(frozen=True)
-class LoggerSettings:
-    """Where results go besides disk (config group ``logger``); ``group`` is the multirun's sweep."""
-
-    name: str
-    project: str
-    entity: str | None
-    mode: str
-    tags: tuple[str, ...]
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one job of this setup needs (config group ``resources``)."""
-
-    gpus_per_node: int
-    gpu_mem_gb: int
-    cpus_per_task: int
-    mem_gb: int
-    timeout_min: int
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything a run reads, built once by :func:`run_settings` from the composed config and passed
-    down by the entry points; below them no function takes the config. ``config`` is the composed
-    config as plain data (resolved), which only the record keeps."""
-
-    models: Models
-    prompts: Prompts
-    capture: CaptureSettings
-    layers: Layers
-    map: MapSettings
-    steering: SteeringSettings
-    evaluation: Evaluation
-    statistics: PowerSettings
-    logger: LoggerSettings
-    resources: Resources
-    paper_setup: str | None
-    paper_numbers: dict[str, Any]
-    objective: str  # selection.objective
-    seed: int
-    progress: bool
-    dry_run: bool
-    check_data: bool
-    selected_from: str | None
-    config: dict[str, Any]
-
-    @property
-    def cache_dir(self) -> str:
-        return self.evaluation.engine.cache_dir
-
-    @property
-    def tasks_dir(self) -> str:
-        return self.evaluation.engine.tasks_dir
-
-    def prompt_task(self, task: str) -> str:
-        """The capability-prompt variant of ``task`` (prompting and reference conditions): listed in
-        eval.prompt_tasks, or the capability's Unlocked task when ``task`` is its Locked one."""
-        variant = self.evaluation.prompt_tasks.get(task)
-        if variant is None and task == self.prompts.locked_task:
-            variant = self.prompts.unlocked_task
-        if variant is None:
-            raise ValueError(
-                f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
-                f"listed: {self.evaluation.prompt_tasks}"
-            )
-        return variant
+# --- The settings (unlock.run.settings): the composed config, checked and typed once ------------------
 
 
 def run_settings(cfg: Any) -> RunSettings:
@@ -398,8 +271,8 @@ def run_settings(cfg: Any) -> RunSettings:
     cap, bench, ev = cfg.capability, cfg.benchmark, cfg.eval
     settings = RunSettings(
         models=Models(
-            model_spec(cfg.source_model),
-            model_spec(cfg.target_model),
+            ModelSpec.of(_plain(cfg.source_model)),
+            ModelSpec.of(_plain(cfg.target_model)),
             model_spec(cap.unlocked_model),
             model_spec(ev.reference_model),
         ),
@@ -586,7 +459,7 @@ def _map_settings(cfg: Any) -> MapSettings:
 def _eval_settings(cfg: Any) -> EvalSettings:
     """How the evaluators evaluate: config group ``eval`` plus the tasks and cache folders."""
     ev = cfg.eval
-    vllm = OmegaConf.to_container(ev.vllm, resolve=True) if OmegaConf.is_config(ev.vllm) else dict(ev.vllm)
+    vllm: dict[str, Any] = dict(_plain(ev.vllm))
     return EvalSettings(
         tasks_dir=str(cfg.paths.tasks_dir),
         cache_dir=str(cfg.paths.cache_dir),
@@ -651,7 +524,7 @@ def explicit_pairs(layer: Any) -> dict[int, int] | None:
     raw = layer.explicit_pairs
     if raw is None:
         return None
-    pairs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw
+    pairs: Any = _plain(raw, resolve=False)
     if not (isinstance(pairs, dict) and pairs and all(type(k) is int and type(v) is int for k, v in pairs.items())):  # noqa: E721 (bool is no layer)
         raise ValueError(
             f"layer.explicit_pairs {pairs!r} is not allowed: must be a non-empty map of Target layer "

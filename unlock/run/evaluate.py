@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
 from unlock.models.loading import ModelSpec, model_identity
 from unlock.run.conditions import CONDITIONS
-from unlock.run.config import RunSettings
-from unlock.run.engines import EvalSettings, evaluator
+from unlock.run.engines import EvalResult, EvalSettings, ModelProvider, evaluator
 from unlock.run.scores import RECORDS, EvalItem, response_lengths, sample_rows, summarise
+from unlock.run.settings import RunSettings
 from unlock.store.artifacts import atomic_write_bytes
 from unlock.store.cache import StageCache, fingerprint, load_json, save_json
 from unlock.tasks.answers import CHECKER
@@ -46,10 +47,10 @@ def eval_task_name(task: str, split: str) -> str:
     return task if split == "test" else f"{task}_val"
 
 
-class Evaluator:
-    """One lm-eval model object for the loaded model; steering is switched per condition."""
+class HFEvaluator:
+    """The ``hf`` engine: one lm-eval model object for the loaded model; steering is switched per condition."""
 
-    def __init__(self, settings: EvalSettings, models) -> None:
+    def __init__(self, settings: EvalSettings, models: ModelProvider) -> None:
         self.settings, self.models = settings, models
         self._lm: Any = None
 
@@ -69,14 +70,14 @@ class Evaluator:
 
     def evaluate(
         self, model: ModelSpec, task: str, steering: Cached[dict] | None, how: SteeringSettings | None
-    ) -> dict[str, Any]:
+    ) -> EvalResult:
         import lm_eval  # heavy: only when something is evaluated
 
         lm = self.lm(model)
         if steering is None or how is None:
             lm.set_steering(None)
         else:
-            lm.set_steering(steering.value, how.alpha, how.rule, how.positions, measure_dose=True)
+            lm.set_steering(steering.value, how, measure_dose=True)
         lm.reset_stats()
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         results = lm_eval.simple_evaluate(
@@ -93,9 +94,9 @@ class Evaluator:
         samples = results["samples"][task]
         lengths = response_lengths(lm.tokenizer, sample_rows(samples)) if lm.stats["generated_tokens"] else []
         metrics = summarise(results["results"][task], samples, lm.stats, lengths, lm.steering_dose())
-        return {"metrics": metrics, "samples": sample_rows(samples, lengths)}
+        return EvalResult(metrics, sample_rows(samples, lengths))
 
-    def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:
+    def evaluate_many(self, items: Sequence[EvalItem]) -> list[EvalResult]:
         """One lm-eval evaluation per item, steering switched between them."""
         return [self.evaluate(item.model, item.lm_task, item.steering, item.how) for item in items]
 
@@ -124,7 +125,11 @@ def plan_items(settings: RunSettings, steering_sets: dict[str, Cached[dict]]) ->
 
 
 def evaluate_conditions(
-    settings: RunSettings, cache: StageCache, models, steering_sets: dict[str, Cached[dict]], output_dir: Path
+    settings: RunSettings,
+    cache: StageCache,
+    models: ModelProvider,
+    steering_sets: dict[str, Cached[dict]],
+    output_dir: Path,
 ) -> tuple[dict[str, Any], dict[str, dict[str, list[dict[str, Any]]]]]:
     """{condition: {task: metrics}} for every configured condition, and {condition: {task: sample rows}}
     for the paired comparisons; the rows also go to output_dir/samples. Each evaluation is its own
@@ -133,25 +138,23 @@ def evaluate_conditions(
     items, out = plan_items(settings, steering_sets)
     rows_by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     how = settings.evaluation.engine
-    evaluator = engine(how, models)
+    engine = evaluator(how, models)
     groups: dict[str, list[EvalItem]] = {}
     for item in items:
         groups.setdefault(fingerprint(model_identity(item.model)), []).append(item)
     for group in groups.values():
+
+        def compute(missing: list[int], group: list[EvalItem] = group) -> list[tuple[dict[str, Any], int]]:
+            return [_computed(r) for r in engine.evaluate_many([group[i] for i in missing])]
+
         results, _ = cache.get_or_compute_many(
-            "eval",
-            [eval_spec(how, item) for item in group],
-            ".json",
-            compute=lambda missing, group=group: [
-                _computed(r) for r in evaluator.evaluate_many([group[i] for i in missing])
-            ],
-            save=save_json,
-            load=load_json,
+            "eval", [eval_spec(how, item) for item in group], ".json", compute=compute, save=save_json, load=load_json
         )
-        for item, result in zip(group, results, strict=True):
-            out.setdefault(item.condition, {})[item.task] = {**result["metrics"], "lm_eval_task": item.lm_task}
-            rows_by.setdefault(item.condition, {})[item.task] = result["samples"]
-            rows = "".join(json.dumps(row, default=str) + "\n" for row in result["samples"])
+        for item, cached in zip(group, results, strict=True):
+            result = EvalResult(**cached)
+            out.setdefault(item.condition, {})[item.task] = {**result.metrics, "lm_eval_task": item.lm_task}
+            rows_by.setdefault(item.condition, {})[item.task] = result.samples
+            rows = "".join(json.dumps(row, default=str) + "\n" for row in result.samples)
             atomic_write_bytes(output_dir / "samples" / f"{item.condition}__{item.task}.jsonl", rows.encode())
     return {name: out[name] for name in settings.evaluation.conditions if name in out}, rows_by
 
@@ -169,23 +172,19 @@ def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
         "batch_size": ev.batch_size,
         "seed": ev.random_seed,
         "steering": None
-        if steering is None
+        if steering is None or how is None
         else {"vectors": steering.key, "alpha": how.alpha, "rule": how.rule, "positions": how.positions},
         "records": RECORDS,
     }
     if ev.engine != "hf":
         spec["engine"] = str(ev.engine)
     if ev.engine == "vllm":  # compiled and eager kernels round differently
-        steering = str(ev.vllm.get("steering", "graph"))
-        eager = steering == "hooks" or str(ev.vllm.get("enforce_eager", False)).lower() in ("true", "1")
-        spec["engine_mode"] = {"steering": steering, "eager": eager}
+        mode = str(ev.vllm.get("steering", "graph"))
+        eager = mode == "hooks" or str(ev.vllm.get("enforce_eager", False)).lower() in ("true", "1")
+        spec["engine_mode"] = {"steering": mode, "eager": eager}
     return spec
 
 
-def engine(settings: EvalSettings, models) -> Any:
-    """The evaluator of eval.engine (unlock.run.engines.ENGINES)."""
-    return evaluator(settings.engine, settings, models)
-
-
-def _computed(result: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    return result, int(result["metrics"].get("forward_passes", 0))
+def _computed(result: EvalResult) -> tuple[dict[str, Any], int]:
+    """A result as the cache stores it (JSON: metrics and samples), and its forward passes."""
+    return {"metrics": result.metrics, "samples": result.samples}, int(result.metrics.get("forward_passes", 0))

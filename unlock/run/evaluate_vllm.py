@@ -18,6 +18,7 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import lm_eval
@@ -25,7 +26,7 @@ import lm_eval
 from unlock.lm_eval.prompts import task_manager
 from unlock.lm_eval.vllm_model import CONDITION_KEY, UnlockVLLM
 from unlock.models.loading import ModelSpec, model_checkpoint
-from unlock.run.engines import EvalSettings
+from unlock.run.engines import EvalResult, EvalSettings, ModelProvider
 from unlock.run.scores import EvalItem, response_lengths, sample_rows, summarise
 from unlock.store.cache import fingerprint
 
@@ -35,7 +36,7 @@ _ENGINE: dict[str, UnlockVLLM] = {}  # at most one, by what determines it
 class VLLMEvaluator:
     """Evaluates items of one model together on a vLLM engine with per-request steering."""
 
-    def __init__(self, settings: EvalSettings, models) -> None:
+    def __init__(self, settings: EvalSettings, models: ModelProvider) -> None:
         self.settings, self.models = settings, models
 
     def lm(self, model: ModelSpec) -> UnlockVLLM:
@@ -54,14 +55,14 @@ class VLLMEvaluator:
             self.models.load_seconds[f"{model.name} (vllm engine)"] = time.perf_counter() - start
         return _ENGINE[key]
 
-    def evaluate_many(self, items: list[EvalItem]) -> list[dict[str, Any]]:
+    def evaluate_many(self, items: Sequence[EvalItem]) -> list[EvalResult]:
         lm = self.lm(items[0].model)
         names = [f"{item.lm_task}@{item.condition}" for item in items]
         for item, name in zip(items, names, strict=True):
             if item.steering is None or item.how is None:
                 lm.add_steering(name, None)
             else:
-                lm.add_steering(name, item.steering.value, item.how.alpha, item.how.rule, item.how.positions)
+                lm.add_steering(name, item.steering.value, item.how)
         base = task_manager(self.settings.tasks_dir, [i.lm_task for i in items]).load_task_or_group(
             sorted({i.lm_task for i in items})
         )
@@ -101,13 +102,13 @@ class VLLMEvaluator:
 
     def _metrics(
         self, lm: UnlockVLLM, results: dict[str, Any], name: str, steps: int, dose: dict[int, float]
-    ) -> dict[str, Any]:
+    ) -> EvalResult:
         samples = results["samples"][name]
         generation = bool(samples) and isinstance((samples[0].get("filtered_resps") or [None])[0], str)
         lengths = response_lengths(lm.tokenizer, sample_rows(samples)) if generation else []
         metrics = summarise(results["results"][name], samples, {"forward_passes": steps}, lengths, dose)
         metrics["vllm"] = {"steering": lm.steering.mode, "compiled": lm.compiled}  # the hook fallback is named
-        return {"metrics": metrics, "samples": sample_rows(samples, lengths)}
+        return EvalResult(metrics, sample_rows(samples, lengths))
 
 
 def _tagged(task: Any, name: str) -> Any:

@@ -20,7 +20,6 @@ from unlock.method.blocks import block_path_under_base_model
 from unlock.method.pipeline import transfer
 from unlock.models.loading import model_skeleton
 from unlock.run.conditions import DESIGN
-from unlock.run.config import RunSettings
 from unlock.run.evaluate import evaluate_conditions
 from unlock.run.plan import check_devices_present, dry_run, make_plan
 from unlock.run.record import check_selected_from, export_steering, make_record
@@ -30,6 +29,7 @@ from unlock.run.session import (
     prompt_sets,
     steering_sets,
 )
+from unlock.run.settings import RunSettings
 from unlock.store.artifacts import atomic_write_bytes
 from unlock.tasks.hub import DROPPED
 

@@ -17,7 +17,7 @@ from unlock.method.align import pair_layers
 from unlock.models.loading import read_shape
 from unlock.models.memory import GB, footprint, format_memory_plan, memory_plan
 from unlock.run.conditions import DESIGN
-from unlock.run.config import Layers, RunSettings
+from unlock.run.settings import Layers, RunSettings
 from unlock.tasks.answers import CHECKER
 from unlock.tasks.hub import dropped_rows
 
@@ -45,7 +45,7 @@ def make_plan(settings: RunSettings) -> Plan:
     models = settings.models
     source = read_shape(models.source)
     target = read_shape(models.target)
-    if settings.prompts.contrast == "checkpoint":
+    if settings.prompts.contrast == "checkpoint" and models.unlocked is not None:
         other = read_shape(models.unlocked)
         if (other.n_layers, other.hidden_size) != (source.n_layers, source.hidden_size):
             raise ValueError(
@@ -83,8 +83,10 @@ def check_devices_present(settings: RunSettings) -> None:
     """Every model's device exists on this machine, checked before the first model loads (not in a
     dry run, which may plan a GPU job on a login node)."""
     for name, model in settings.models.named().items():
-        device = torch.device(str(model.device)) if model is not None else None
-        if device is not None and device.type == "cuda":
+        if model is None:
+            continue
+        device = torch.device(str(model.device))
+        if device.type == "cuda":
             count = torch.cuda.device_count()
             if count == 0 or (device.index or 0) >= count:
                 raise ValueError(
@@ -94,7 +96,7 @@ def check_devices_present(settings: RunSettings) -> None:
 
 
 def dry_run(settings: RunSettings, plan: Plan) -> dict[str, Any]:
-    record = {"status": "dry_run", "plan": asdict(plan), "memory": memory_estimate(settings, plan)}
+    record: dict[str, Any] = {"status": "dry_run", "plan": asdict(plan), "memory": memory_estimate(settings, plan)}
     print_plan(settings, plan, record["memory"])
     if settings.check_data or not settings.prompts.needs_network:
         record["data"] = data_report(settings)
@@ -116,7 +118,7 @@ def memory_estimate(settings: RunSettings, plan: Plan) -> dict[str, Any]:
     models, prompts, ev = settings.models, settings.prompts, settings.evaluation
     conditions, checkpoint = ev.conditions, prompts.contrast == "checkpoint"
     roles = [("source", models.source, False), ("target", models.target, True)]
-    if checkpoint:
+    if checkpoint and models.unlocked is not None:
         roles.append(("source unlocked", models.unlocked, False))
     if ("reference" in conditions or (checkpoint and "native" in conditions)) and models.reference is not None:
         roles.append(("reference", models.reference, "reference" in conditions))

@@ -17,9 +17,9 @@ from unlock.method.pipeline import (
     Transfer,
 )
 from unlock.method.steer import SteeringSettings
-from unlock.run.config import RunSettings
 from unlock.run.plan import Plan
 from unlock.run.session import Session
+from unlock.run.settings import RunSettings
 from unlock.store.artifacts import (
     atomic_create_bytes,
     atomic_path,

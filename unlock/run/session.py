@@ -26,8 +26,8 @@ from unlock.models.loading import (
     load_model,
     model_identity,
 )
-from unlock.run.config import RunSettings
 from unlock.run.plan import Plan
+from unlock.run.settings import RunSettings
 from unlock.store.artifacts import (
     load_activations,
     load_directions,
@@ -199,7 +199,7 @@ def capture_all(session: Session, prompts: PromptSets) -> Captures:
     source_held = session.capture(source, held, "source held-out") if held else None
     source_unlocked = (
         session.capture(models.unlocked, prompts.locked, "source unlocked (checkpoint)")
-        if checkpoint
+        if checkpoint and models.unlocked is not None  # validate() requires it for a checkpoint contrast
         else session.capture(source, prompts.unlocked, "source unlocked")
     )
     target_locked = session.capture(target, prompts.locked, "target locked")
@@ -209,7 +209,7 @@ def capture_all(session: Session, prompts: PromptSets) -> Captures:
         source_locked,
         source_unlocked,
         target_locked,
-        (source_held, target_held) if source_held else None,
+        (source_held, target_held) if source_held and target_held else None,
         session.capture(native[0], native[1], "target unlocked") if native else None,
     )
 

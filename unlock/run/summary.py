@@ -130,9 +130,9 @@ def print_summary(record: dict[str, Any], path: Path | None = None) -> None:
     quality = record.get("fit_quality_mean", {})
     if quality:
         console.print("map fit (mean over layers): " + ", ".join(f"{k}={v:.3f}" for k, v in quality.items()))
-    line = fidelity_line(record.get("transfer_fidelity_summary", {}))
-    if line:
-        console.print(line)
+    fidelity = fidelity_line(record.get("transfer_fidelity_summary", {}))
+    if fidelity:
+        console.print(fidelity)
     if path is not None:
         console.print(f"results: {path}")
 

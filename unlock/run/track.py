@@ -27,7 +27,8 @@ from unlock.analysis.plots import pyplot, rank_n_heatmap, save_figure
 from unlock.analysis.stats import mcnemar_one_sided
 from unlock.run.conditions import BASELINE, OBJECTIVES
 from unlock.run.conditions import steered as steered_conditions
-from unlock.run.config import LoggerSettings, sweep_settings
+from unlock.run.config import sweep_settings
+from unlock.run.settings import LoggerSettings
 from unlock.run.summary import SHOWN_METRICS, fmt, paired_columns
 from unlock.run.wandb_log import log_files
 from unlock.store.artifacts import atomic_write_bytes, atomic_write_json
@@ -66,7 +67,7 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     )
     for job_dir in job_dirs:
         path = job_dir / "results.json"
-        base = {"job": job_dir.name}
+        base: dict[str, Any] = {"job": job_dir.name}
         overrides = job_dir / ".hydra" / "overrides.yaml"
         if overrides.is_file():
             listed = [str(o) for o in (yaml.safe_load(overrides.read_text()) or [])]
@@ -160,7 +161,7 @@ def make_plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     task = ok[0]["task"]
     ok = [row for row in ok if row["task"] == task]
     steered = [row for row in ok if row["condition"] == "unlock"]
-    paths = [_axis_plot(ok, task, axis, out_dir) for axis in sweep_axes(steered)]
+    paths: list[Path | None] = [_axis_plot(ok, task, axis, out_dir) for axis in sweep_axes(steered)]
     if _varying(steered, "rank") and _varying(steered, "n_prompts"):
         paths.append(_rank_n_heatmap(steered, task, out_dir))
     paths.append(_length_bars(ok, task, out_dir))
@@ -172,7 +173,7 @@ def _axis_plot(ok: list[dict[str, Any]], task: str, axis: str, out_dir: Path) ->
     fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for condition in steered_conditions():
         subset = [row for row in ok if row["condition"] == condition]
-        xs = sorted(
+        xs: list[Any] = sorted(
             {row.get(axis) for row in subset if row.get(axis) is not None}, key=lambda v: (isinstance(v, str), v)
         )
         if not xs:
@@ -313,7 +314,7 @@ def aggregate(sweep_dir: str | Path, logger: LoggerSettings | None = None, objec
     plots = make_plots(rows, sweep_dir)
     write_generations(sweep_dir)  # pooled over the sweep's jobs, per condition
     failed = [row for row in rows if row.get("status") != "ok"]
-    summary = {
+    summary: dict[str, Any] = {
         "jobs": len({row["job"] for row in rows}),
         "failed": [{"job": r["job"], "error": r.get("error")} for r in failed],
         "csv": str(sweep_dir / "aggregate.csv"),

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from unlock.analysis.paired import words
-from unlock.run.config import LoggerSettings
+from unlock.run.settings import LoggerSettings
 from unlock.run.summary import behaviour_results, paired_columns
 
 
-def wandb_mode(mode: str) -> str:
+def wandb_mode(mode: str) -> Any:
+    """The W&B mode: WANDB_MODE where set, else the logger's (online, offline, disabled, shared)."""
     return os.environ.get("WANDB_MODE", mode)
 
 
@@ -44,7 +45,7 @@ def log_files(
         import wandb
 
         run = init_run(logger, out_dir, name, **fields)
-        logged = {p.stem: wandb.Image(str(p)) for p in images}
+        logged: dict[str, Any] = {p.stem: wandb.Image(str(p)) for p in images}
         for key, rows in tables.items():
             columns = sorted({k for row in rows for k in row})
             logged[key] = wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
