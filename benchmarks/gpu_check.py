@@ -9,6 +9,11 @@ No hub, no network: every input is built on the spot. In order, each step a row 
                       A/B pairs: last token, every position, every position of one layer; a layer capture)
   cuda_graph_steer    the graph-safe steering op (unlock.method.steer_op) captured in a CUDA graph and
                       replayed while its buffers' contents change: each replay equals the eager op
+  bank_graph          the compiled vLLM engine's steering as its decoder layers run it
+                      (unlock.lm_eval.vllm_graph.SteeringBank.steer), compiled by torch.compile (Inductor, as
+                      vLLM compiles the model) and captured in a CUDA graph, run while the bank's buffers
+                      change: outputs, steered-row counts and doses equal the eager bank's (on the CPU with
+                      --small: compiled, no graph)
   bench_tiny          `python -m benchmarks.bench --models tiny` on CUDA (the bench's own rows)
 
 Prints the table and writes it to logs/gpu_check/gpu_check_<time>.md. Without CUDA it exits at once,
@@ -171,6 +176,98 @@ def cuda_graph_row(width: int, rows: int = 64) -> dict[str, Any]:
     }
 
 
+def bank_graph_row(
+    device: str, width: int, rows: int = 64, trials: int = 20, prepare: Callable[[Callable], Callable] | None = None
+) -> dict[str, Any]:
+    """SteeringBank.steer compiled (and on CUDA captured in a graph), run while the bank's buffers change,
+    against the eager bank: the graph must read the buffers at run time, not bake them in. ``prepare``
+    replaces the compile-and-capture step (the tests give it a stale graph, which must be caught)."""
+    from unlock.lm_eval.vllm_graph import SteeringBank
+
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    bank = SteeringBank(3, width, rows, sets=4, meters=8).to(dev)
+    hidden = torch.zeros(rows, width, dtype=torch.bfloat16, device=dev)
+    residual = torch.zeros_like(hidden)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        return bank.steer(1, (hidden.clone(), residual.clone()))
+
+    if prepare is not None:
+        run = prepare(step)
+    else:
+        run = torch.compile(step, fullgraph=True, dynamic=False)
+        run = _captured(run) if dev.type == "cuda" else run
+    for trial in range(trials):
+        _rewrite_bank(bank, hidden, residual, gen, trial)
+        got = [t.clone() for t in run()] + [bank.count.clone(), bank.dose.clone()]
+        bank.count.zero_()
+        bank.dose.zero_()
+        want = [*step(), bank.count.clone(), bank.dose.clone()]
+        bank.count.zero_()
+        bank.dose.zero_()
+        if not torch.equal(got[2], want[2]) or int(want[2][1].sum()) == 0:
+            return {"check": "bank_graph", "result": "FAILED", "value": f"run {trial}", "note": "steered-row counts"}
+        # per row, relative: Inductor keeps the summed stream in float32 where eager rounds it to bf16 first
+        for name, a, b, tol in (
+            ("hidden", got[0], want[0], 2e-2),
+            ("residual", got[1], want[1], 0.0),
+            ("dose", got[3], want[3], 2e-2),
+        ):
+            a, b = a.double(), b.double()
+            if not bool(((a - b).norm(dim=-1) <= tol * b.norm(dim=-1)).all()):
+                return {"check": "bank_graph", "result": "FAILED", "value": f"run {trial}", "note": f"{name} differs"}
+    how = "compiled and captured in a CUDA graph" if dev.type == "cuda" else "compiled (no CUDA graph on the CPU)"
+    return {
+        "check": "bank_graph",
+        "result": "ok",
+        "value": f"{trials} runs",
+        "note": f"{rows} x {width} bf16 rows, {how}; slots, meters, shifts, active layers and rules rewritten "
+        "before every run; counts and residuals equal the eager bank's, steered rows and doses within bf16 "
+        "rounding (per row, relative 2e-2)",
+    }
+
+
+def _rewrite_bank(bank: Any, hidden: torch.Tensor, residual: torch.Tensor, gen: torch.Generator, trial: int) -> None:
+    """New contents for every buffer the compiled steering reads, in place (their addresses stay)."""
+    from unlock.method.steer import steering_shift
+    from unlock.method.steer_op import RULE_CODES
+
+    rows, width = hidden.shape
+    dev = hidden.device
+    hidden.copy_(torch.randn(rows, width, generator=gen).to(dev, hidden.dtype))
+    residual.copy_(torch.randn(rows, width, generator=gen).to(dev, residual.dtype))
+    for s in range(bank.sets):
+        rule = "norm_preserving" if (trial + s) % 2 else "add"
+        bank.shifts[1, s] = steering_shift(torch.randn(width, generator=gen), 0.1 * (s + 1), rule).to(dev)
+        bank.rules[s] = RULE_CODES[rule]
+        bank.active[1, s] = bool((trial + s) % 3)  # some sets do not steer this layer
+    bank.slots[:rows] = torch.randint(-1, bank.sets, (rows,), generator=gen).to(dev)
+    bank.meter[:rows] = torch.randint(0, bank.meters, (rows,), generator=gen).to(dev)
+    bank.count.zero_()
+    bank.dose.zero_()
+
+
+def _captured(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` captured in a CUDA graph (after a warm-up on a side stream); calling the result replays it
+    and returns the graph's static outputs."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = fn()
+
+    def replay() -> Any:
+        graph.replay()
+        return static
+
+    return replay
+
+
 def bench_row(device: str, out: Path, budget: float) -> dict[str, Any]:
     """`make bench`'s harness bench (tiny models) on this device."""
     csv = out / "bench_tiny.csv"
@@ -233,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         timed(rows, "costs", lambda: cost_rows(target, device, args.budget))
     if device == "cuda":
         timed(rows, "cuda_graph_steer", lambda: cuda_graph_row(3584 if not args.small else 96))
+    timed(rows, "bank_graph", lambda: bank_graph_row(device, 3584 if not args.small else 96))
     timed(rows, "bench_tiny", lambda: bench_row(device, out.parent, args.budget))
     text = render(rows, host)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -177,4 +177,25 @@ def test_gpu_check_runs_every_step_on_small_shapes(tmp_path):
     table = out.read_text()
     for check in ("harness_bf16", "steer_generate", "steer_all_generate", "steer_one_layer_all", "capture_layer"):
         assert f"| {check} |" in table, check
+    assert "| bank_graph | ok | 20 runs |" in table, "the compiled bank equals the eager one while its buffers change"
     assert "verdict:" in table and "| bench_tiny | ok |" in table
+
+
+def test_the_bank_check_catches_a_graph_that_does_not_read_the_buffers():
+    """bank_graph's control: a "graph" that replays its first run's outputs (buffers baked in at capture)
+    fails the check, naming the run; the eager steering itself passes."""
+    from benchmarks import gpu_check
+
+    def stale(step):
+        first = []
+
+        def run():
+            if not first:
+                first.extend(t.clone() for t in step())
+            return first
+
+        return run
+
+    failed = gpu_check.bank_graph_row("cpu", 32, rows=16, trials=3, prepare=stale)
+    assert failed["result"] == "FAILED" and failed["value"] == "run 1", failed
+    assert gpu_check.bank_graph_row("cpu", 32, rows=16, trials=3, prepare=lambda step: step)["result"] == "ok"
