@@ -78,7 +78,7 @@ gpu-check: $(HOOK)
 lint: $(HOOK)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy -p unlock
+	$(PY) -m mypy -p unlock -p hydra_plugins
 
 # The tests include sweeps against a real local SLURM, started here (idempotent; needs root).
 test: lint slurm-up

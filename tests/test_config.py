@@ -240,3 +240,40 @@ def test_each_setting_has_one_default_and_the_main_job_uses_it():
     for name, keys in restating.items():
         loaded = OmegaConf.load(CONF / name) or {}
         assert not set(keys) & set(loaded), f"{name} restates {set(keys) & set(loaded)}"
+
+
+def test_the_model_schema_is_the_model_spec():
+    """Config group source_model/target_model has exactly ModelSpec's fields, with its defaults: what
+    the run reads is what the schema checks."""
+    from dataclasses import fields
+
+    from unlock.models.loading import ModelSpec
+    from unlock.run.config import ModelConfig
+
+    schema = {f.name: f.default for f in fields(ModelConfig)}
+    spec = {f.name: f.default for f in fields(ModelSpec)}
+    assert set(schema) == set(spec)
+    differ = {k: (schema[k], spec[k]) for k in spec if k != "name" and schema[k] != spec[k]}
+    assert not differ, differ  # name: required in a config (MISSING), optional in a notebook's spec
+
+
+def test_run_settings_are_built_once_from_the_config():
+    """run_settings gives typed, frozen settings that agree with the composed config; a checkpoint
+    contrast without its post-trained Source is refused by the settings themselves; outside a Hydra
+    multirun the W&B group is None."""
+    import dataclasses
+
+    from unlock.models.loading import ModelSpec
+    from unlock.run.config import run_settings
+
+    cfg = compose_run(["experiment=tiny", "alpha.value=0.2", "rank.value=3", "eval.conditions=[unsteered,unlock]"])
+    settings = run_settings(cfg)
+    assert isinstance(settings.models.source, ModelSpec) and settings.models.source.name == cfg.source_model.name
+    assert (settings.steering.alpha, settings.map.rank) == (0.2, 3)
+    assert settings.evaluation.conditions == ("unsteered", "unlock") and settings.logger.group is None
+    assert settings.config == OmegaConf.to_container(cfg, resolve=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+    prompts = dataclasses.replace(settings.prompts, contrast="checkpoint")
+    with pytest.raises(ValueError, match="capability.contrast=checkpoint needs capability.unlocked_model"):
+        dataclasses.replace(settings, prompts=prompts)

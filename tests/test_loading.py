@@ -55,3 +55,19 @@ def test_tiny_dtype_is_applied(tmp_path):
 def test_unknown_kind_names_the_allowed_ones():
     with pytest.raises(ValueError, match=r"model kind 'onnx' is not allowed; allowed: hf, tiny, gguf_package"):
         model_source({"kind": "onnx"})
+
+
+def test_a_model_is_a_spec_or_a_dict_of_its_fields():
+    """ModelSpec.of takes a spec or a plain dict; an unknown field is named with the allowed ones, and a
+    config node (any other mapping) is refused: the run layer turns configs into specs."""
+    from collections import UserDict
+
+    from unlock.models.loading import ModelSpec
+
+    spec = ModelSpec.of(TINY)
+    assert ModelSpec.of(spec) is spec and spec.kind == "tiny" and spec.seed == 5
+    with pytest.raises(ValueError, match=r"unknown model field\(s\) \['sede'\]; allowed: .*seed"):
+        ModelSpec.of({**TINY, "sede": 1})
+    with pytest.raises(TypeError, match="a model is a ModelSpec or a dict of its fields, not a UserDict"):
+        model_source(UserDict(TINY))
+    assert model_source(TINY).identity() == model_source(spec).identity()

@@ -58,7 +58,7 @@ def test_test_fast_runs_lint_and_the_type_check_then_the_fast_tests_only(tmp_pat
     assert commands[-4:] == [
         f"{python} -m ruff check .",
         f"{python} -m ruff format --check .",
-        f"{python} -m mypy -p unlock",
+        f"{python} -m mypy -p unlock -p hydra_plugins",
         f'{python} -m pytest -m "not slow and not slurm and not vllm"',
     ]
     test = [line.strip() for line in _dry_run("test", tmp_path).stdout.splitlines()]

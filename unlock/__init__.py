@@ -22,6 +22,7 @@ _EXPORTS = {
     "pair_layers": "unlock.method.align",
     "pair_layers_linear": "unlock.method.align",
     "Steering": "unlock.method.steer",
+    "SteeringSettings": "unlock.method.steer",
 }
 __all__ = sorted(_EXPORTS)
 

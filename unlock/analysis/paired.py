@@ -525,7 +525,7 @@ def read_rows(directory: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
     return out
 
 
-def run_settings(
+def recorded_settings(
     directory: Path, tasks: Sequence[str], task: str | None = None
 ) -> tuple[PowerSettings, dict[tuple[str, str, str], float], str | None]:
     """The stats settings, the paper's gains and the primary task: from ``directory/results.json`` where
@@ -549,7 +549,7 @@ def write(directory: str | Path, task: str | None = None) -> dict[str, Any]:
     if not rows:
         return {}
     tasks = sorted({t for per in rows.values() for t in per})
-    settings, gains, primary = run_settings(directory, tasks, task)
+    settings, gains, primary = recorded_settings(directory, tasks, task)
     result = analyse(rows, gains, settings, DESIGN, primary)
     atomic_write_json(directory / "paired.json", result)
     return result

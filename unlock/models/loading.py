@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -77,16 +76,21 @@ class ModelSpec:
     train_steps: int = Recipe.steps
 
     @classmethod
-    def of(cls, spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
-        """A spec from itself or from a mapping of its fields (a notebook's or a benchmark's dict);
-        an unknown field is refused, naming the allowed ones."""
+    def of(cls, spec: ModelSpec | dict[str, Any]) -> ModelSpec:
+        """A spec from itself or from a dict of its fields (a notebook's or a benchmark's); an unknown
+        field is refused, naming the allowed ones, and so is any other type (a config node: the run
+        layer turns configs into specs, unlock.run.config.run_settings)."""
         if isinstance(spec, ModelSpec):
             return spec
+        if not isinstance(spec, dict):
+            raise TypeError(f"a model is a ModelSpec or a dict of its fields, not a {type(spec).__name__}")
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(spec) - allowed)
         if unknown:
             raise ValueError(f"unknown model field(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-        values: dict[str, Any] = {key: (str(v) if key in ("kind", "dtype") else v) for key, v in spec.items()}
+        values: dict[str, Any] = {
+            k: (str(v) if k in ("kind", "dtype") and v is not None else v) for k, v in spec.items()
+        }
         return cls(**values)
 
 
@@ -96,7 +100,7 @@ def text_config(hf_config: Any) -> Any:
 
 
 class ModelSource:
-    """One model config of one kind; subclasses give ``identity_keys``, ``config`` and ``weights``."""
+    """One model (a :class:`ModelSpec`) of one kind; subclasses give ``identity_keys``, ``config`` and ``weights``."""
 
     kind: ClassVar[str]
     identity_keys: ClassVar[tuple[str, ...]]
@@ -199,7 +203,7 @@ class HFSource(ModelSource):
                 f"model {self.spec.name!r}: the vLLM engine takes a directory or hub id without "
                 "revision or gguf_file; convert it to a directory first"
             )
-        return str(self.spec.path)
+        return self.path
 
 
 class TinySource(ModelSource):
@@ -335,7 +339,7 @@ SOURCES: dict[str, type[ModelSource]] = {
 }
 
 
-Spec = ModelSpec | Mapping[str, Any]  # what the questions below take
+Spec = ModelSpec | dict[str, Any]  # what the questions below take
 
 
 def model_source(spec: Spec) -> ModelSource:

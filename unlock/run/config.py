@@ -34,15 +34,25 @@ from unlock.method.steer import STEER_RULES, SteeringSettings
 from unlock.models.loading import DTYPES, SOURCES, ModelSpec
 from unlock.run.conditions import CONDITIONS, OBJECTIVES
 from unlock.run.engines import ENGINES, EvalSettings
-from unlock.run.settings import Evaluation, Layers, LoggerSettings, Models, Prompts, Resources, RunSettings
+from unlock.run.settings import (
+    Evaluation,
+    Layers,
+    LoggerSettings,
+    Models,
+    Prompts,
+    Resources,
+    RunSettings,
+    prompt_variant,
+)
 from unlock.store.artifacts import STORAGE_DTYPES
 from unlock.tasks import ITEM_SETS, TASKS_DIR, WORKED_SOLUTIONS, source_task
 
 
-def _choices(name: str, values: list[str] | tuple[str, ...]) -> type[StrEnum]:
+def _choices(name: str, values: list[str] | tuple[str, ...]) -> Any:
     """A choice type: OmegaConf accepts exactly these strings and names them when it rejects one.
-    Members compare equal to their strings, so code reads them as plain strings."""
-    return StrEnum(name, {value: value for value in values})  # type: ignore[return-value]
+    Members compare equal to their strings, so code reads them as plain strings. (Built from a table
+    at run time, so to the type checker it is Any.)"""
+    return StrEnum(name, {value: value for value in values})
 
 
 # Each allowed-value list is declared once, by the module that acts on the value; the schema derives
@@ -269,7 +279,7 @@ def run_settings(cfg: Any) -> RunSettings:
     and the allowed range, before any model loads)."""
     validate(cfg)
     cap, bench, ev = cfg.capability, cfg.benchmark, cfg.eval
-    settings = RunSettings(
+    return RunSettings(
         models=Models(
             ModelSpec.of(_plain(cfg.source_model)),
             ModelSpec.of(_plain(cfg.target_model)),
@@ -317,10 +327,6 @@ def run_settings(cfg: Any) -> RunSettings:
         selected_from=None if cfg.selected_from is None else str(cfg.selected_from),
         config=composed(cfg),
     )
-    if any(CONDITIONS[c].prompt == "unlocked" for c in settings.evaluation.conditions):
-        for task in settings.evaluation.tasks:
-            settings.prompt_task(task)  # each has its capability-prompt variant
-    return settings
 
 
 def sweep_settings(config: Any) -> tuple[str, LoggerSettings | None, str]:
@@ -330,7 +336,7 @@ def sweep_settings(config: Any) -> tuple[str, LoggerSettings | None, str]:
     logger = config.get("logger")
     return (
         str(config.hydra.sweep.dir),
-        None if logger is None else logger_settings(logger),
+        None if logger is None else logger_settings(logger, group=None),  # the aggregate names its group
         str(selection.get("objective", "acc")),
     )
 
@@ -340,15 +346,15 @@ def model_spec(node: Any) -> ModelSpec | None:
     return None if node is None else ModelSpec.of(_plain(node))
 
 
-def logger_settings(node: Any) -> LoggerSettings:
-    """Config group ``logger``, with the multirun's sweep as the W&B group where Hydra runs one."""
+def logger_settings(node: Any, group: str | None | bool = True) -> LoggerSettings:
+    """Config group ``logger``; ``group`` True: the multirun's sweep as the W&B group where Hydra runs one."""
     return LoggerSettings(
         name=str(node.name),
         project=str(node.project),
         entity=node.entity,
         mode=str(node.mode),
         tags=tuple(str(t) for t in node.tags),
-        group=sweep_group(),
+        group=sweep_group() if group is True else (group or None),
     )
 
 
@@ -357,10 +363,13 @@ def sweep_group() -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
+    try:  # W&B's grouping only: never a reason for a run to fail
+        if not HydraConfig.initialized():
+            return None
+        hydra_cfg = HydraConfig.get()
+        return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    except Exception:
         return None
-    hydra_cfg = HydraConfig.get()
-    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
 def composed(cfg: Any, resolve: bool = True) -> dict[str, Any]:
@@ -546,6 +555,9 @@ def check_device(name: str, device: Any) -> None:
 def _check_eval(cfg: Any) -> None:
     ev = cfg.eval
     conditions = [CONDITIONS[str(name)] for name in ev.conditions]
+    if any(c.prompt == "unlocked" for c in conditions):
+        for task in ev.tasks:  # each has its capability-prompt variant
+            prompt_variant(str(task), ev.prompt_tasks, cfg.capability.locked_task, cfg.capability.unlocked_task)
     if any(c.model == "reference" for c in conditions) and ev.reference_model is None:
         raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
     if ev.limit is not None and ev.limit < 1:

@@ -15,14 +15,14 @@ import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlock.lm_eval.prompts import task_manager
 from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
 from unlock.models.loading import ModelSpec, model_identity
 from unlock.run.conditions import CONDITIONS
-from unlock.run.engines import EvalResult, EvalSettings, ModelProvider, evaluator
+from unlock.run.engines import EvalResult, EvalSettings, Evaluator, ModelProvider, evaluator
 from unlock.run.scores import RECORDS, EvalItem, response_lengths, sample_rows, summarise
 from unlock.run.settings import RunSettings
 from unlock.store.artifacts import atomic_write_bytes
@@ -114,7 +114,7 @@ def plan_items(settings: RunSettings, steering_sets: dict[str, Cached[dict]]) ->
                 "(checkpoint contrast needs eval.reference_model)"
             }
             continue
-        model = settings.models.reference if condition.model == "reference" else settings.models.target
+        model = settings.models.evaluated(condition.model)
         steering = steering_sets[condition.vectors] if condition.vectors is not None else None
         if steering is not None and how.alpha == 0.0:
             steering = None  # alpha 0 is the unsteered model exactly; share its cache entry
@@ -188,3 +188,7 @@ def eval_spec(ev: EvalSettings, item: EvalItem) -> dict[str, Any]:
 def _computed(result: EvalResult) -> tuple[dict[str, Any], int]:
     """A result as the cache stores it (JSON: metrics and samples), and its forward passes."""
     return {"metrics": result.metrics, "samples": result.samples}, int(result.metrics.get("forward_passes", 0))
+
+
+if TYPE_CHECKING:  # make lint checks the engine against the protocol evaluator() promises
+    _engine: type[Evaluator] = HFEvaluator

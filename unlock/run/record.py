@@ -3,6 +3,7 @@ the no-clobber write (another run's results are never replaced)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import traceback
 import uuid
@@ -61,7 +62,7 @@ def make_record(
         "model_load_seconds": session.models.load_seconds,
         "timings": {"total": seconds},
         **findings,
-        "config": settings.config,
+        "config": copy.deepcopy(settings.config),  # the record's own: the settings stay as built
     }
 
 

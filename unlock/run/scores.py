@@ -12,6 +12,7 @@ from typing import Any
 from unlock.analysis.stats import wilson_interval
 from unlock.method.pipeline import Cached
 from unlock.method.steer import SteeringSettings
+from unlock.models.loading import ModelSpec
 
 # What an evaluation records, part of its cache key: 2 added each item's response length in tokens
 # (gen_tokens, for the paired behaviour tests) and the steering dose per layer.
@@ -25,7 +26,7 @@ class EvalItem:
     condition: str
     task: str  # the configured task (a row of the table)
     lm_task: str  # the lm-eval task run (capability-prompt variant, _val split)
-    model: Any
+    model: ModelSpec
     steering: Cached[dict] | None
     how: SteeringSettings | None = None  # alpha, rule, positions when ``steering`` is set
 

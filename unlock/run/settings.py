@@ -6,6 +6,7 @@ reads a config."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,14 @@ class Models:
     target: ModelSpec
     unlocked: ModelSpec | None = None  # capability.contrast=checkpoint: the post-trained Source
     reference: ModelSpec | None = None  # eval.reference_model
+
+    def evaluated(self, which: str) -> ModelSpec:
+        """The model a condition evaluates (conditions.Condition.model): the Target or the reference."""
+        if which == "target":
+            return self.target
+        if self.reference is None:
+            raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
+        return self.reference
 
     def named(self) -> dict[str, ModelSpec | None]:
         return {
@@ -133,15 +142,23 @@ class RunSettings:
     def tasks_dir(self) -> str:
         return self.evaluation.engine.tasks_dir
 
+    def __post_init__(self) -> None:
+        if self.prompts.contrast == "checkpoint" and self.models.unlocked is None:
+            raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
+
     def prompt_task(self, task: str) -> str:
-        """The capability-prompt variant of ``task`` (prompting and reference conditions): listed in
-        eval.prompt_tasks, or the capability's Unlocked task when ``task`` is its Locked one."""
-        variant = self.evaluation.prompt_tasks.get(task)
-        if variant is None and task == self.prompts.locked_task:
-            variant = self.prompts.unlocked_task
-        if variant is None:
-            raise ValueError(
-                f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; "
-                f"listed: {self.evaluation.prompt_tasks}"
-            )
-        return variant
+        """The capability-prompt variant of ``task`` (prompting and reference conditions)."""
+        return prompt_variant(task, self.evaluation.prompt_tasks, self.prompts.locked_task, self.prompts.unlocked_task)
+
+
+def prompt_variant(task: str, listed: Mapping[str, str], locked_task: str, unlocked_task: str) -> str:
+    """The capability-prompt variant of ``task``: listed in eval.prompt_tasks, or the capability's
+    Unlocked task when ``task`` is its Locked one."""
+    variant = listed.get(task)
+    if variant is None and task == locked_task:
+        variant = unlocked_task
+    if variant is None:
+        raise ValueError(
+            f"eval.prompt_tasks has no capability-prompt variant for task {task!r}; listed: {dict(listed)}"
+        )
+    return variant
