@@ -52,7 +52,10 @@ from unlock.method.steer_op import RULE_CODES
 TAG = "unlock_steer"
 # In-process engine (the step planner and the check share this process's memory) on the V1 model runner.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
-STEERING_MODES = ("graph", "hooks")  # compiled into the layers (any mode), or Python hooks (eager only)
+STEERING_MODES = ("graph", "hooks")
+# Graph mode records a request's planned positions once, for every layer of its set: that each layer
+# steered the planned rows is what the bank's per-layer counts check (EngineSteering.collect).
+EVERY_LAYER = -1  # compiled into the layers (any mode), or Python hooks (eager only)
 
 
 @dataclass(frozen=True)
@@ -249,8 +252,8 @@ class EngineSteering:
             slots[rows], meters[rows] = slot, index
             for layer in self.sets[name].shifts:
                 self._planned[(layer, index)] += len(rows)
-                for key, picked in step.positions[(name, meter)]:
-                    self.seen[key][layer].extend(picked)
+            for key, picked in step.positions[(name, meter)]:
+                self.seen[key][EVERY_LAYER].extend(picked)
         bank.slots[:n].copy_(slots)
         bank.meter[:n].copy_(meters)
 
@@ -344,7 +347,7 @@ class EngineSteering:
         must, may = expected_positions(prepared.positions, boundary, prompt_len, n_generated, n_cached)
         seen = self.seen.pop(key, {})
         for layer in sorted(prepared.shifts):
-            got = set(seen.get(layer, ()))
+            got = set(seen.get(layer, seen.get(EVERY_LAYER, ())))
             outside = {p for p in got if not may(p)}
             if not must <= got or outside:
                 raise RuntimeError(

@@ -42,6 +42,7 @@ from unlock.run.settings import (
     Prompts,
     Resources,
     RunSettings,
+    check_models,
     prompt_variant,
 )
 from unlock.store.artifacts import STORAGE_DTYPES
@@ -315,7 +316,7 @@ def run_settings(cfg: Any) -> RunSettings:
             engine=_eval_settings(cfg),
         ),
         statistics=_stats_settings(cfg),
-        logger=logger_settings(cfg.logger),
+        logger=logger_settings(cfg.logger, sweep_group()),
         resources=Resources(**_plain(cfg.resources)),
         paper_setup=cfg.paper.setup,
         paper_numbers=_plain(cfg.paper.numbers),
@@ -336,7 +337,7 @@ def sweep_settings(config: Any) -> tuple[str, LoggerSettings | None, str]:
     logger = config.get("logger")
     return (
         str(config.hydra.sweep.dir),
-        None if logger is None else logger_settings(logger, group=None),  # the aggregate names its group
+        None if logger is None else logger_settings(logger, None),  # the aggregate names its own group
         str(selection.get("objective", "acc")),
     )
 
@@ -346,15 +347,15 @@ def model_spec(node: Any) -> ModelSpec | None:
     return None if node is None else ModelSpec.of(_plain(node))
 
 
-def logger_settings(node: Any, group: str | None | bool = True) -> LoggerSettings:
-    """Config group ``logger``; ``group`` True: the multirun's sweep as the W&B group where Hydra runs one."""
+def logger_settings(node: Any, group: str | None) -> LoggerSettings:
+    """Config group ``logger``, with the W&B group its runs join (a multirun's: :func:`sweep_group`)."""
     return LoggerSettings(
         name=str(node.name),
         project=str(node.project),
         entity=node.entity,
         mode=str(node.mode),
         tags=tuple(str(t) for t in node.tags),
-        group=sweep_group() if group is True else (group or None),
+        group=group,
     )
 
 
@@ -423,6 +424,7 @@ def validate(cfg: Any) -> None:
             f"capability.n_shots={cfg.capability.n_shots} (capability=icl) needs worked solutions, and "
             f"benchmark {cfg.benchmark.name!r} has none; benchmarks with them: {', '.join(WORKED_SOLUTIONS)}"
         )
+    check_models(cfg.capability.contrast, cfg.eval.conditions, cfg.capability.unlocked_model, cfg.eval.reference_model)
     _check_capability(cfg.capability)
     if str(cfg.capability.prompt_split) == str(cfg.eval.split):
         raise ValueError(
@@ -501,8 +503,6 @@ def _stats_settings(cfg: Any) -> PowerSettings:
 
 
 def _check_capability(cap: Any) -> None:
-    if cap.contrast == "checkpoint" and cap.unlocked_model is None:
-        raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
     if cap.n_prompts < 1:
         raise ValueError(f"capability.n_prompts {cap.n_prompts} is out of range: must be >= 1 (paper grid 4..512)")
     if cap.aggregation == "pca" and cap.n_prompts < 2:
@@ -558,8 +558,6 @@ def _check_eval(cfg: Any) -> None:
     if any(c.prompt == "unlocked" for c in conditions):
         for task in ev.tasks:  # each has its capability-prompt variant
             prompt_variant(str(task), ev.prompt_tasks, cfg.capability.locked_task, cfg.capability.unlocked_task)
-    if any(c.model == "reference" for c in conditions) and ev.reference_model is None:
-        raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
     if ev.limit is not None and ev.limit < 1:
         raise ValueError(f"eval.limit {ev.limit} is out of range: must be >= 1 or null")
     if ev.batch_size < 1:

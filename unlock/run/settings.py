@@ -6,7 +6,7 @@ reads a config."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from unlock.method.capture import CaptureSettings
 from unlock.method.pipeline import MapSettings
 from unlock.method.steer import SteeringSettings
 from unlock.models.loading import ModelSpec
+from unlock.run.conditions import CONDITIONS
 from unlock.run.engines import EvalSettings
 
 
@@ -32,7 +33,7 @@ class Models:
         if which == "target":
             return self.target
         if self.reference is None:
-            raise ValueError("eval.conditions has 'reference' but eval.reference_model is not set")
+            raise ValueError(REFERENCE_MISSING)
         return self.reference
 
     def named(self) -> dict[str, ModelSpec | None]:
@@ -143,12 +144,24 @@ class RunSettings:
         return self.evaluation.engine.tasks_dir
 
     def __post_init__(self) -> None:
-        if self.prompts.contrast == "checkpoint" and self.models.unlocked is None:
-            raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
+        models = self.models
+        check_models(self.prompts.contrast, self.evaluation.conditions, models.unlocked, models.reference)
 
     def prompt_task(self, task: str) -> str:
         """The capability-prompt variant of ``task`` (prompting and reference conditions)."""
         return prompt_variant(task, self.evaluation.prompt_tasks, self.prompts.locked_task, self.prompts.unlocked_task)
+
+
+REFERENCE_MISSING = "eval.conditions has 'reference' but eval.reference_model is not set"
+
+
+def check_models(contrast: str, conditions: Iterable[str], unlocked: object, reference: object) -> None:
+    """The models a contrast and the conditions need are set (validate() checks the config with it, and
+    RunSettings itself): a checkpoint contrast's post-trained Source, the reference condition's model."""
+    if contrast == "checkpoint" and unlocked is None:
+        raise ValueError("capability.contrast=checkpoint needs capability.unlocked_model (the post-trained Source)")
+    if any(CONDITIONS[str(c)].model == "reference" for c in conditions) and reference is None:
+        raise ValueError(REFERENCE_MISSING)
 
 
 def prompt_variant(task: str, listed: Mapping[str, str], locked_task: str, unlocked_task: str) -> str:
