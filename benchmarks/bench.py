@@ -65,6 +65,7 @@ def paired_ratios(
     min_time: float = 0.02,
     budget: float = 0.0,
     max_pairs: int = 2001,
+    sync: Callable[[], Any] | None = None,
 ) -> list[float]:
     """Per-pair time(a) / time(b), a and b interleaved (A B, B A, ...) so drift hits both alike.
 
@@ -73,23 +74,25 @@ def paired_ratios(
     them: load on a shared machine drifts over seconds, so adjacent A and B see the same load, and the
     median of hundreds of pairs resolves 1% where eleven quarter-second blocks could not. Pairs go on
     until ``budget`` seconds are spent, at least ``repeats`` and at most ``max_pairs`` of them.
-    Garbage collection is paused while timing, as timeit does.
+    Garbage collection is paused while timing, as timeit does. ``sync`` waits for work a call left
+    queued (``torch.cuda.synchronize``): on a GPU a call returns once its kernels are launched, so
+    without it a side is timed by its launches, plus whatever the other side left running when it
+    syncs itself (a steered pass that reads a mask on the host waited for the unsteered passes before it).
     """
-    for _ in range(warmup):
-        a(), b()
-    start = time.perf_counter()
-    a()
-    ta = time.perf_counter() - start  # noqa: E702
-    start = time.perf_counter()
-    b()
-    tb = time.perf_counter() - start  # noqa: E702
-    calls = max(1, math.ceil(min_time / max(min(ta, tb), 1e-9)))
+    wait = sync or (lambda: None)
 
-    def timed(fn: Callable[[], Any]) -> float:
+    def timed(fn: Callable[[], Any], calls: int = 1) -> float:
+        wait()
         start = time.perf_counter()
         for _ in range(calls):
             fn()
+        wait()
         return time.perf_counter() - start
+
+    for _ in range(warmup):
+        a(), b()
+    ta, tb = timed(a), timed(b)
+    calls = max(1, math.ceil(min_time / max(min(ta, tb), 1e-9)))
 
     ratios: list[float] = []
     gc_was_enabled = gc.isenabled()
@@ -100,11 +103,11 @@ def paired_ratios(
             if i >= repeats and time.perf_counter() >= deadline:
                 break
             if i % 2 == 0:
-                ta = timed(a)
-                tb = timed(b)  # noqa: E702
+                ta = timed(a, calls)
+                tb = timed(b, calls)  # noqa: E702
             else:  # ABBA order: whatever the first slot of a pair costs falls on both alike
-                tb = timed(b)
-                ta = timed(a)  # noqa: E702
+                tb = timed(b, calls)
+                ta = timed(a, calls)  # noqa: E702
             ratios.append(ta / tb)
     finally:
         if gc_was_enabled:
@@ -119,9 +122,11 @@ class Timing:
     repeats: int
     min_time: float
     budget: float
+    device: str = "cpu"
 
     def ratios(self, a: Callable[[], Any], b: Callable[[], Any]) -> list[float]:
-        return paired_ratios(a, b, self.repeats, min_time=self.min_time, budget=self.budget)
+        sync = torch.cuda.synchronize if torch.device(self.device).type == "cuda" else None
+        return paired_ratios(a, b, self.repeats, min_time=self.min_time, budget=self.budget, sync=sync)
 
 
 def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -452,7 +457,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"bench: --min-time {args.min_time} is out of range: must be > 0 seconds")
     if not args.budget >= 0:
         raise SystemExit(f"bench: --budget {args.budget} is out of range: must be >= 0 seconds")
-    timing = Timing(args.repeats, args.min_time, args.budget)
+    timing = Timing(args.repeats, args.min_time, args.budget, args.device)
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:

@@ -14,6 +14,10 @@ No hub, no network: every input is built on the spot. In order, each step a row 
                       vLLM compiles the model) and captured in a CUDA graph, run while the bank's buffers
                       change: outputs, steered-row counts and doses equal the eager bank's (on the CPU with
                       --small: compiled, no graph)
+  static_cache_steer  generate() with a static cache, whose decoding steps transformers compiles on a GPU
+                      (CUDA graphs) once the unsteered condition has run: steering every position must
+                      still steer every decoding step, equal to the same generation with a dynamic cache;
+                      the control (compiling forced back on under Steering) must show the stale graph
   bench_tiny          `python -m benchmarks.bench --models tiny` on CUDA (the bench's own rows)
 
 Prints the table and writes it to logs/gpu_check/gpu_check_<time>.md. Without CUDA it exits at once,
@@ -114,7 +118,7 @@ def cost_rows(target: Path, device: str, budget: float) -> list[dict[str, Any]]:
     loaded = load_model(
         {"name": target.name, "kind": "hf", "path": str(target), "dtype": "bfloat16", "device": device}, ""
     )
-    timing = Timing(5, 0.05, budget)
+    timing = Timing(5, 0.05, budget, device)
     rows = [*bench_steering(target.name, loaded, timing, 32), bench_capture(target.name, loaded, timing)]
     del loaded
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -268,6 +272,53 @@ def _captured(fn: Callable[[], Any]) -> Callable[[], Any]:
     return replay
 
 
+def static_cache_row(device: str, steps: int = 8) -> dict[str, Any]:
+    """Steering under transformers' compiled decoding steps (see the module's docstring)."""
+    from transformers import CompileConfig
+
+    from unlock.method.blocks import hidden_size, num_layers
+    from unlock.method.steer import Steering, SteeringSettings
+    from unlock.models.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3).to(device)
+    tokenizer = tiny_tokenizer()
+    batch = tokenizer(["Question: What is 3 plus 4?\nAnswer:", "Hi"], return_tensors="pt", padding=True).to(device)
+    gen = torch.Generator().manual_seed(0)
+    vectors = {j: torch.randn(hidden_size(model), generator=gen) for j in range(num_layers(model))}
+    static: dict[str, Any] = {"cache_implementation": "static"}
+    if device != "cuda":  # --small: transformers compiles on accelerators only; its testing flag forces it
+        config = CompileConfig(backend="eager", mode=None)
+        config._compile_all_devices = True
+        static["compile_config"] = config
+
+    def logits(**extra: Any) -> torch.Tensor:
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                **extra,
+            )
+        return torch.stack(out.logits, dim=1).float()
+
+    logits(**static)  # the unsteered condition first: transformers compiles the decoding steps
+    with Steering(model, vectors, SteeringSettings(1.0, positions="all")):
+        steered, reference = logits(**static), logits()  # the reference: a dynamic cache, never compiled
+        stale = logits(**static, disable_compile=False)
+    error = float((steered - reference).abs().max())
+    stale_shown = not torch.allclose(stale[:, 1:], reference[:, 1:], atol=1e-3)
+    return {
+        "check": "static_cache_steer",
+        "result": "ok" if error <= 1e-3 else "FAILED",
+        "value": f"max |diff| {error:.1e}",
+        "note": f"{steps} steps, every position steered, against a dynamic cache; control: the compiled graph "
+        + ("skips the steering (shown)" if stale_shown else "was not used here (not shown)"),
+    }
+
+
 def bench_row(device: str, out: Path, budget: float) -> dict[str, Any]:
     """`make bench`'s harness bench (tiny models) on this device."""
     csv = out / "bench_tiny.csv"
@@ -331,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         timed(rows, "cuda_graph_steer", lambda: cuda_graph_row(3584 if not args.small else 96))
     timed(rows, "bank_graph", lambda: bank_graph_row(device, 3584 if not args.small else 96))
+    timed(rows, "static_cache_steer", lambda: static_cache_row(device))
     timed(rows, "bench_tiny", lambda: bench_row(device, out.parent, args.budget))
     text = render(rows, host)
     out.parent.mkdir(parents=True, exist_ok=True)

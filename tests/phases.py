@@ -22,9 +22,10 @@ from unlock.method.steer import Steering, SteeringSettings, apply_rule
 PHASES = {"last": ("last", False), "generated": (None, True), "all": ("valid", True), "prompt": ("valid", False)}
 
 
-def steered_generate(model, batch, vectors, alpha, positions, steps):
-    """(tokens (B, steps), logits (B, steps, V)) of greedy generate() under Steering."""
-    with torch.no_grad(), Steering(model, vectors, SteeringSettings(alpha, positions=positions)):
+def greedy_generate(model, batch, steps, **kwargs):
+    """(tokens (B, steps), logits (B, steps, V)) of greedy generate(), exactly ``steps`` new tokens;
+    ``kwargs`` go to generate() (a cache implementation, a compile config)."""
+    with torch.no_grad():
         out = model.generate(
             **batch,
             max_new_tokens=steps,
@@ -32,9 +33,16 @@ def steered_generate(model, batch, vectors, alpha, positions, steps):
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,
+            **kwargs,
         )
     prompt_len = batch["input_ids"].shape[1]
     return out.sequences[:, prompt_len:], torch.stack(out.logits, dim=1).float()
+
+
+def steered_generate(model, batch, vectors, alpha, positions, steps):
+    """(tokens (B, steps), logits (B, steps, V)) of greedy generate() under Steering."""
+    with Steering(model, vectors, SteeringSettings(alpha, positions=positions)):
+        return greedy_generate(model, batch, steps)
 
 
 @contextlib.contextmanager

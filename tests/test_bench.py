@@ -18,6 +18,34 @@ def test_paired_ratios_measure_a_known_ratio():
     assert 1.6 < sorted(ratios)[2] < 2.5
 
 
+def test_paired_ratios_wait_for_queued_work_at_both_ends_of_a_block():
+    """A GPU in miniature: a call queues 10 ms of work on a worker and returns; one side also waits
+    for the queue inside its call (a host read of a device tensor), as a steered pass did. Both do the
+    same work, so the ratio is 1 when ``sync`` drains the queue around each block; without it the
+    waiting side is charged with the other side's backlog."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=1) as device:
+        queued = []
+
+        def launch():
+            queued.append(device.submit(time.sleep, 0.01))
+
+        def drain():
+            wait(queued)
+            queued.clear()
+
+        def reads_on_host():
+            launch()
+            drain()
+
+        synced = bench.paired_ratios(reads_on_host, launch, repeats=6, min_time=1e-9, sync=drain)
+        assert 0.8 < sorted(synced)[3] < 1.25
+        unsynced = bench.paired_ratios(reads_on_host, launch, repeats=6, min_time=1e-9)
+        drain()
+        assert sorted(unsynced)[3] > 1.5  # the control: the bias the sync removes
+
+
 def test_paired_ratios_repeat_short_calls_to_reach_min_time():
     calls = {"a": 0, "b": 0}
 
@@ -178,6 +206,7 @@ def test_gpu_check_runs_every_step_on_small_shapes(tmp_path):
     for check in ("harness_bf16", "steer_generate", "steer_all_generate", "steer_one_layer_all", "capture_layer"):
         assert f"| {check} |" in table, check
     assert "| bank_graph | ok | 20 runs |" in table, "the compiled bank equals the eager one while its buffers change"
+    assert "| static_cache_steer | ok |" in table and "skips the steering (shown)" in table
     assert "verdict:" in table and "| bench_tiny | ok |" in table
 
 

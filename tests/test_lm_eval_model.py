@@ -298,3 +298,46 @@ def test_a_bad_recorded_setting_names_the_file(no_weights, tmp_path):
     expected = f"steer file {path}: its recorded rule 'bogus' is not allowed; allowed: {', '.join(STEER_RULES)}"
     with pytest.raises(ValueError, match=re.escape(expected)):
         UnlockLM(pretrained="no/such-model", steer=str(path))
+
+
+def test_generation_never_runs_a_compiled_graph_that_skips_the_hooks(llama, tokenizer):
+    """On a GPU, generate() compiles the decoding steps of a model whose generation config asks for a
+    static cache; that graph calls no hook, so steering, the step count and the entropy would go
+    missing. Here compiling is forced on this CPU (CompileConfig's private testing flag) with a backend
+    that marks its outputs: the model's own generate() shows the mark, the `unlock` model's does not."""
+    from transformers import CompileConfig
+
+    def marking_backend(graph_module, example_inputs):
+        def run(*args):
+            outputs = graph_module(*args)
+            return [out + 1.0 if isinstance(out, torch.Tensor) and out.is_floating_point() else out for out in outputs]
+
+        return run
+
+    compile_config = CompileConfig(backend=marking_backend, mode=None)
+    compile_config._compile_all_devices = True
+    model = type(llama)(llama.config)
+    model.load_state_dict(llama.state_dict())
+    model.eval()
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = compile_config
+    context = torch.tensor([tokenizer("Question: What is 3 plus 4?\nAnswer:").input_ids])
+    kwargs = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "output_logits": True}
+
+    def logits(**extra):
+        with torch.no_grad():
+            out = model.generate(context, return_dict_in_generate=True, **kwargs, **extra)
+        return torch.stack(out.logits, dim=1)
+
+    eager = logits(disable_compile=True)
+    assert not torch.allclose(logits(), eager), "the control: generate() must run the marking graph here"
+    lm = UnlockLM(pretrained=model, tokenizer=tokenizer, batch_size=1, track_entropy=True)
+    recorded = []
+    handle = model.register_forward_hook(lambda _m, _a, output: recorded.append(output.logits[:, -1]))
+    try:
+        out = lm._model_generate(context, max_length=context.shape[1] + 4, stop=[], do_sample=False)
+    finally:
+        handle.remove()
+    assert out.shape[1] == context.shape[1] + 4
+    assert lm.stats["forward_passes"] == len(recorded) == 4, "every decoding step must run the hooks"
+    torch.testing.assert_close(torch.stack(recorded, dim=1), eager, atol=1e-5, rtol=0)

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from unlock.method.capture import capture_activations, position_ids_from_mask
-from unlock.method.steer import EVERY_POSITION, LAST_COLUMN, Steering, SteeringSettings, apply_rule
+from unlock.method.steer import (
+    EVERY_POSITION,
+    LAST_COLUMN,
+    Steering,
+    SteeringSettings,
+    apply_rule,
+    apply_shift,
+    steering_shift,
+)
 from unlock.models.tiny import tiny_tokenizer
 
 LAYERS = 4
@@ -97,6 +105,22 @@ def test_apply_rule_add_and_dtype():
     out = apply_rule(h, v, 0.5, "add")
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), (h.float() + 0.5 * v).bfloat16().float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", ["norm_preserving", "add"])
+def test_apply_shift_into_out_is_bitwise_the_returned_update(dtype, rule):
+    """The hooks write a view's update in place (``out=``, the view itself); the values must be the
+    ones the out-of-place update returns, bit for bit."""
+    gen = torch.Generator().manual_seed(5)
+    hidden = (torch.randn(3, 7, WIDTH, generator=gen) * 4).to(dtype)
+    shift = steering_shift(torch.randn(WIDTH, generator=gen), 0.3, rule)
+    expected = apply_shift(hidden, shift, rule)
+    written = hidden.clone()
+    returned = apply_shift(written, shift, rule, out=written)
+    assert returned.data_ptr() == written.data_ptr() and written.dtype == dtype
+    assert torch.equal(written, expected)
+    assert not torch.equal(written, hidden)
 
 
 def test_generated_mode_leaves_prompt_logits_untouched(llama, tokenizer, prompts):
@@ -250,14 +274,18 @@ def test_right_padding_steers_each_rows_own_last_token(llama, tokenizer, prompts
 
 
 @pytest.mark.parametrize("rule", ["norm_preserving", "add"])
-def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, tokenizer, prompts, rule):
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, tokenizer, prompts, rule, positions):
     """Steering one layer: the recorded dose is mean ||h' - h|| / ||h|| over the steered positions, with h
-    the unsteered last-token state and h' the rule's update of it, both in float64."""
+    the unsteered state there (the last token; every real token of a padded batch, the mask path, whose
+    pads must not count) and h' the rule's update of it, both in float64."""
     layer, alpha = 2, 0.3
     vector = _vectors(4)[layer]
-    plain = capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)[layer]
-    with Steering(llama, {layer: vector}, SteeringSettings(alpha, rule), measure_dose=True) as steering:
-        capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
+    capture = dict(layers=[layer], position="last" if positions == "last" else "all", progress=False)
+    plain = capture_activations(llama, tokenizer, prompts, **capture)[layer]
+    settings = SteeringSettings(alpha, rule, positions)
+    with Steering(llama, {layer: vector}, settings, measure_dose=True) as steering:
+        capture_activations(llama, tokenizer, prompts, **capture)
     h, r = plain.double().numpy(), vector.double().numpy()
     norm = np.linalg.norm(h, axis=1, keepdims=True)
     if rule == "add":
@@ -267,16 +295,16 @@ def test_the_measured_dose_is_the_relative_change_of_a_float64_reference(llama, 
         after = norm * shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
     expected = (np.linalg.norm(after - h, axis=1) / norm[:, 0]).mean()
     assert steering.dose.means() == pytest.approx({layer: expected}, rel=1e-5)
-    with Steering(llama, {layer: vector}, SteeringSettings(alpha, rule)) as unmeasured:
-        capture_activations(llama, tokenizer, prompts, layers=[layer], progress=False)
+    with Steering(llama, {layer: vector}, settings) as unmeasured:
+        capture_activations(llama, tokenizer, prompts, **capture)
     assert unmeasured.dose is None, "measured only when asked"
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt"])
-def test_every_position_view_path_equals_gather_path(llama, tokenizer, prompts, positions):
+def test_every_position_view_path_equals_mask_path(llama, tokenizer, prompts, positions):
     """Without padding, steering every position uses the whole hidden state as a view (no index tensors,
     no gather or scatter). The same prompt left-padded in a batch with a longer one takes the gather
-    path (its pads are not steered): its real positions come out the same."""
+    path, a mask that leaves its pads unsteered: its real positions come out the same."""
     short, long = sorted(prompts, key=lambda p: len(tokenizer(p)["input_ids"]))[:: len(prompts) - 1]
     steering = Steering(llama, _vectors(11), SteeringSettings(0.3, positions=positions))
     with torch.no_grad(), steering:
@@ -284,9 +312,9 @@ def test_every_position_view_path_equals_gather_path(llama, tokenizer, prompts, 
         view = llama(**alone).logits[0]
         assert steering._index == EVERY_POSITION
         batch = tokenizer([short, long], return_tensors="pt", padding=True)
-        gathered = llama(**batch, position_ids=position_ids_from_mask(batch["attention_mask"])).logits[0]
-        assert isinstance(steering._index[0], torch.Tensor)
-    torch.testing.assert_close(view, gathered[-view.shape[0] :], atol=1e-5, rtol=0)
+        masked = llama(**batch, position_ids=position_ids_from_mask(batch["attention_mask"])).logits[0]
+        assert steering._index.dtype == torch.bool and not steering._index.all()
+    torch.testing.assert_close(view, masked[-view.shape[0] :], atol=1e-5, rtol=0)
     with torch.no_grad():
         plain = llama(**alone).logits[0]
     assert not torch.allclose(view, plain, atol=1e-4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.phases import assert_same_generation, reference_generate
+from tests.phases import assert_same_generation, greedy_generate, reference_generate
 from unlock.method.blocks import hidden_size, num_layers
 from unlock.method.steer import Steering, SteeringSettings
 from unlock.models.tiny import TINY_FAMILIES, tiny_model
@@ -89,19 +89,46 @@ def test_prompt_tokens_after_a_cached_part_are_refused(family_model, batch):
 def test_static_cache_generation_equals_reference(batch):
     """generate(cache_implementation="static") passes a StaticCache and a 4-D mask: still the phases
     of the default rule."""
-    from tests.phases import reference_generate
-
     model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
     vectors = _vectors(model)
-    with torch.no_grad(), Steering(model, vectors, SteeringSettings(1.0)):
-        out = model.generate(
-            **batch,
-            max_new_tokens=STEPS,
-            min_new_tokens=STEPS,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            cache_implementation="static",
-        )
+    with Steering(model, vectors, SteeringSettings(1.0)):
+        _, logits = greedy_generate(model, batch, STEPS, cache_implementation="static")
     _, reference = reference_generate(model, batch, vectors, 1.0, "last", STEPS)
-    torch.testing.assert_close(torch.stack(out.logits, dim=1).float(), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0)
+
+
+def _compiled_generate(model, batch, **kwargs):
+    """generate() with a static cache whose decoding steps transformers compiles. It compiles them on
+    accelerators only; CompileConfig's testing flag ``_compile_all_devices`` (private, so the control
+    below checks that compiling really happens) does it on this CPU. Dynamo's eager backend: the
+    tracing that drops hooks, without Inductor's build time."""
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig(backend="eager", mode=None)
+    compile_config._compile_all_devices = True
+    return greedy_generate(model, batch, STEPS, cache_implementation="static", compile_config=compile_config, **kwargs)[
+        1
+    ]
+
+
+def test_a_graph_compiled_before_steering_cannot_skip_its_decoding_steps(batch):
+    """The unsteered condition runs first and transformers keeps the graph it compiled for the
+    decoding steps; that graph never calls hooks registered later. Under Steering, generate() must
+    stay eager and steer every decoding step of ``all``; the control, with compiling forced back on,
+    shows the stale graph really is there (and skips the steering) on this transformers version."""
+    model = tiny_model("llama", hidden_size=64, num_layers=4, seed=3)
+    vectors = _vectors(model)
+    _, reference = reference_generate(model, batch, vectors, 1.0, "all", STEPS)
+    _, plain_reference = reference_generate(model, batch, {}, 0.0, "last", STEPS)
+    settings = SteeringSettings(1.0, positions="all")
+    with torch.no_grad():
+        plain = _compiled_generate(model, batch)  # compiles the decoding steps, no hooks in the graph
+        with Steering(model, vectors, settings):
+            steered = _compiled_generate(model, batch)
+            stale = _compiled_generate(model, batch, disable_compile=False)
+    assert model.generation_config.disable_compile is None  # restored on exit
+    torch.testing.assert_close(plain, plain_reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(steered, reference, atol=1e-4, rtol=0)
+    # The control: the prefill is steered (eager), the decoding steps ran the stale graph unsteered.
+    torch.testing.assert_close(stale[:, 0], reference[:, 0], atol=1e-4, rtol=0)
+    assert not torch.allclose(stale[:, 1:], reference[:, 1:], atol=1e-3)

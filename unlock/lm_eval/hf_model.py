@@ -152,6 +152,10 @@ class UnlockLM(HFLM):
                 entropies.append(-(logp.exp() * logp).sum(-1))
 
         handle = self.model.register_forward_hook(record_step)
+        # Eager decoding for every condition: on a GPU, generate() compiles the decoding steps of a model
+        # whose generation config asks for a static cache, and that graph calls no hook (steering, the
+        # step count, the entropy); compiled or not, every condition also takes the same numerical path.
+        generation_kwargs["disable_compile"] = True
         try:
             with self._steered():
                 out = super()._model_generate(context, max_length, stop, **generation_kwargs)

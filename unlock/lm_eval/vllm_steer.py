@@ -52,10 +52,10 @@ from unlock.method.steer_op import RULE_CODES
 TAG = "unlock_steer"
 # In-process engine (the step planner and the check share this process's memory) on the V1 model runner.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}
-STEERING_MODES = ("graph", "hooks")
+STEERING_MODES = ("graph", "hooks")  # compiled into the layers (any mode), or Python hooks (eager only)
 # Graph mode records a request's planned positions once, for every layer of its set: that each layer
 # steered the planned rows is what the bank's per-layer counts check (EngineSteering.collect).
-EVERY_LAYER = -1  # compiled into the layers (any mode), or Python hooks (eager only)
+EVERY_LAYER = -1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ during the prefill pass only, at the last prompt token only, norm-preserving:
     h <- ||h|| * normalize(h / ||h|| + alpha * r_j / ||r_j||).
 Generated tokens then see the change through the KV cache only.
 
-Hooks only, no patched modeling files; they are removed on exit, also after an exception.
+Hooks only, no patched modeling files; they are removed on exit, also after an exception. Hooks run
+in eager forward passes only: a graph compiled before they were registered skips them without a word
+(torch.compile does not guard on hooks), so :class:`Steering` keeps transformers' generate() from
+compiling its decoding steps while it is active (see ``__enter__``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import Cache
+from transformers import Cache, GenerationConfig
 
 from unlock.method.blocks import check_layers, decoder_layers, hidden_size
 from unlock.method.capture import last_token_index
@@ -78,11 +81,12 @@ class SteeringSettings:
 
 
 # Positions a forward call steers, as an index into hidden states (batch, seq, d): (rows, cols) index
-# tensors, or a view without gather or scatter: LAST_COLUMN, the final position of every row, or
-# EVERY_POSITION, the whole call (all-position steering, and every decoding step that steers).
+# tensors (one position per row), a view without gather or scatter (LAST_COLUMN, the final position of
+# every row, or EVERY_POSITION, the whole call: all-position steering, and every decoding step that
+# steers), or a (batch, seq) bool mask: many positions per row, with padding or a prompt boundary.
 LAST_COLUMN = (slice(None), -1)
 EVERY_POSITION = (slice(None), slice(None))
-SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int] | tuple[slice, slice]
+SteeredIndex = tuple[torch.Tensor, torch.Tensor] | tuple[slice, int] | tuple[slice, slice] | torch.Tensor
 
 
 def check_alpha(alpha: float) -> float:
@@ -100,16 +104,25 @@ def steering_shift(vector: torch.Tensor, alpha: float, rule: str) -> torch.Tenso
     return alpha * v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
 
 
-def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str) -> torch.Tensor:
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The steering update for every row of ``hidden`` (..., d) given its :func:`steering_shift`,
-    computed in float32 and returned in ``hidden``'s dtype."""
+    computed in float32 and returned in ``hidden``'s dtype; with ``out`` (``hidden`` itself may be
+    given, under inference), written there instead, bit for bit the same values."""
     h = hidden.float()
-    if rule == "add":
-        return (h + shift).to(hidden.dtype)
     # Few ops on purpose: each small op costs ~10 us of dispatch on a CPU, and this runs at every layer.
-    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    if rule == "add":
+        if out is None:
+            return (h + shift).to(hidden.dtype)
+        return torch.add(h, shift, out=out) if out.dtype == torch.float32 else out.copy_(h + shift)
+    norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(_TINY)
     shifted = torch.addcdiv(shift, h, norm)  # h / ||h|| + shift
-    return (shifted * (norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True))).to(hidden.dtype)
+    scale = norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
+    if out is None:
+        return (shifted * scale).to(hidden.dtype)
+    return torch.mul(shifted, scale, out=out) if out.dtype == torch.float32 else out.copy_(shifted * scale)
 
 
 def relative_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -225,7 +238,9 @@ class Steering(contextlib.AbstractContextManager):
             raise ValueError(f"steering layers {missing} have no vector; vectors exist for {sorted(self.vectors)}")
         self.layers = chosen
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._compile_setting: tuple[GenerationConfig, bool | None] | None = None  # disable_compile before __enter__
         self._index: SteeredIndex | None = None  # the positions steered in this forward call
+        self._mask_count = 0  # how many positions a mask index steers (counted when measuring the dose)
         self._boundary: torch.Tensor | None = None
         self.steered_calls = {"prefill": 0, "decode": 0}
         # The relative change ||h' - h|| / ||h|| at every steered position, per layer (read with dose.means()).
@@ -270,15 +285,17 @@ class Steering(contextlib.AbstractContextManager):
             last = last_token_index(attention_mask[:, -length:])
         if self._positions == POSITION_RULES["last"]:  # one position per row: no mask
             return torch.arange(batch, device=device), last
+        if self._boundary is None and not (self._positions.before or self._positions.last):
+            return None  # only tokens after the prompt, and this pass holds the prompt alone
         valid = (
             torch.ones(batch, length, dtype=torch.bool, device=device)
             if attention_mask is None
             else attention_mask[:, -length:].bool()
         )
         index = torch.arange(length, device=device).unsqueeze(0)
-        mask = valid & self._positions.steers(index, last.unsqueeze(1))
-        rows, cols = mask.nonzero(as_tuple=True)
-        return (rows, cols) if rows.numel() else None
+        # A mask, not (rows, cols) from nonzero(): no gather and scatter of most of the batch at every
+        # layer, and no wait for the GPU (nonzero() syncs) in every pass.
+        return valid & self._positions.steers(index, last.unsqueeze(1))
 
     def _pre_forward(self, _module, args, kwargs):
         # input_ids / inputs_embeds / attention_mask are the documented inputs of every transformers
@@ -313,6 +330,8 @@ class Steering(contextlib.AbstractContextManager):
             )
         # Found once per forward pass and shared by every layer's hook.
         self._index = None if self.alpha == 0.0 else self._steered_index(input_ids, attention_mask, past_len)
+        if isinstance(self._index, torch.Tensor) and self.dose is not None:
+            self._mask_count = int(self._index.sum())  # the dose's denominator, counted once per pass
         if self._index is not None:
             self.steered_calls["decode" if past_len > 0 else "prefill"] += 1
 
@@ -326,9 +345,14 @@ class Steering(contextlib.AbstractContextManager):
             shift = shifts_on.get(hidden.device)
             if shift is None:
                 shift = shifts_on.setdefault(hidden.device, self._shifts[layer].to(hidden.device))
-            # Only the steered rows are computed (the last prompt token by default), not every position.
             index = self._index
+            if isinstance(index, torch.Tensor):
+                return self._steer_masked(layer, output, hidden, shift, index)
+            # Only the steered rows are computed (the last prompt token by default), not every position.
             before = hidden[index]
+            if self.dose is None and not torch.is_grad_enabled() and not isinstance(index[0], torch.Tensor):
+                apply_shift(before, shift, self.rule, out=before)  # a view: written in place, no copy
+                return None
             steered = apply_shift(before, shift, self.rule)
             if self.dose is not None:  # before the write-back: ``before`` may be a view of ``hidden``
                 self.dose.add(layer, before, steered)
@@ -341,11 +365,37 @@ class Steering(contextlib.AbstractContextManager):
 
         return hook
 
+    def _steer_masked(self, layer, output, hidden, shift, mask):
+        """Every position updated, the unsteered ones then taken back from ``hidden`` (bitwise)."""
+        mask = mask.unsqueeze(-1)
+        inference = not torch.is_grad_enabled()
+        if inference and self.dose is None:  # written in place: no copy of the whole stream
+            torch.where(mask, apply_shift(hidden, shift, self.rule), hidden, out=hidden)
+            return None
+        steered = torch.where(mask, apply_shift(hidden, shift, self.rule), hidden)
+        if self.dose is not None:  # unsteered positions changed by exactly 0
+            self.dose.add_sum(layer, relative_change(hidden.detach(), steered.detach()).sum(), self._mask_count)
+        if inference:
+            hidden.copy_(steered)
+            return None
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
     # --- context manager -----------------------------------------------------------------------
     def __enter__(self) -> Steering:
         if self._handles:
             raise RuntimeError("this Steering context is already active")
         try:
+            # generate() compiles its decoding steps (torch.compile of the model's __call__, kept on the
+            # model) whenever the cache is static and the device an accelerator: on a GPU, a model whose
+            # generation config asks for a static or hybrid cache. A graph compiled while no Steering was
+            # active (an unsteered condition first, as every run evaluates) never calls these hooks, and
+            # torch.compile does not recompile when hooks change: every decoding step of `generated` or
+            # `all` steering would run unsteered, silently (tests/test_steer_phases.py shows it does).
+            # GenerationConfig.disable_compile, a documented field, keeps generate() eager while active.
+            config = getattr(self.model, "generation_config", None)
+            if isinstance(config, GenerationConfig):
+                self._compile_setting = (config, config.disable_compile)
+                config.disable_compile = True
             self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
             for layer in self.layers:
                 self._handles.append(self._blocks[layer].register_forward_hook(self._make_layer_hook(layer)))
@@ -361,4 +411,8 @@ class Steering(contextlib.AbstractContextManager):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._compile_setting is not None:
+            config, setting = self._compile_setting
+            config.disable_compile = setting
+            self._compile_setting = None
         self._index = None
