@@ -10,6 +10,7 @@ MISS by the median, with "?" when the interval still straddles the target (not r
   steer_generate   steered / unsteered batched greedy generation (batch 8)          target <= 1.03
   steer_score      steered / unsteered batched scoring forward pass (batch 8)       target <= 1.03
   steer_all_generate, steer_all_score   the same, steering every position (positions=all)  <= 1.03
+  steer_all_score_dose  every-position scoring with its dose measured, as runs do     (information)
   steer_one_layer_all                   scoring, every position of one middle layer         <= 1.03
   noise_floor_a_a  unsteered scoring / itself: what this machine can resolve        (information)
   capture_layer    capture of layer L (early exit) / full pass with hidden states   target <= 1.1 (L+1)/n
@@ -196,6 +197,8 @@ def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[
     # Built once, as the `unlock` lm-eval model does for a whole evaluation; the timed calls enter it.
     steering = Steering(model, vectors, SteeringSettings(0.1))
     everywhere = Steering(model, vectors, SteeringSettings(0.1, positions="all"))
+    # What a run pays on top: lm-eval evaluations measure the dose (the relative change) at every position.
+    dosed = Steering(model, vectors, SteeringSettings(0.1, positions="all"), measure_dose=True)
     middle = len(vectors) // 2
     one_layer = Steering(model, {middle: vectors[middle]}, SteeringSettings(0.1, positions="all"))
 
@@ -219,6 +222,13 @@ def bench_steering(label: str, loaded, timing: Timing, new_tokens: int) -> list[
         *_steering_rows(label, timing, generate, score, steering, f"batch 8, {new_tokens} new tokens"),
         row(label, "steer_all_generate", timing.ratios(generate(everywhere), generate(None)), 1.03, "every position"),
         row(label, "steer_all_score", timing.ratios(score(everywhere), score(None)), 1.03, "every position"),
+        row(
+            label,
+            "steer_all_score_dose",
+            timing.ratios(score(dosed), score(None)),
+            None,
+            "every position, its dose measured as a run's evaluation measures it",
+        ),
         row(
             label,
             "steer_one_layer_all",

@@ -18,6 +18,10 @@ No hub, no network: every input is built on the spot. In order, each step a row 
                       (CUDA graphs) once the unsteered condition has run: steering every position must
                       still steer every decoding step, equal to the same generation with a dynamic cache;
                       the control (compiling forced back on under Steering) must show the stale graph
+  steer_kernels       where the every-position cost is: one layer's update by each implementation (the
+                      hooks' eager ops, the same without a float32 copy of the bf16 stream, torch.compile'd,
+                      the graph-safe op) beside the 7B-shape forward pass (benchmarks.steer_kernels,
+                      CUDA events); each implementation checked against the hooks' update before it is timed
   bench_tiny          `python -m benchmarks.bench --models tiny` on CUDA (the bench's own rows)
 
 Prints the table and writes it to logs/gpu_check/gpu_check_<time>.md. Without CUDA it exits at once,
@@ -319,6 +323,29 @@ def static_cache_row(device: str, steps: int = 8) -> dict[str, Any]:
     }
 
 
+def kernels_rows(device: str, small: bool) -> list[dict[str, Any]]:
+    """benchmarks.steer_kernels at the 7B shape: one row per steered shape, every implementation's ratio."""
+    from benchmarks.steer_kernels import measure
+
+    width, layers, intermediate = (96, 3, 192) if small else (3584, 28, 18944)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    results = measure(width, layers, intermediate, device, dtype)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    rows = []
+    for shape in dict.fromkeys(r["shape"] for r in results):
+        at = [r for r in results if r["shape"] == shape]
+        rows.append(
+            {
+                "check": "steer_kernels",
+                "result": "ok",
+                "value": shape,
+                "note": f"forward {at[0]['forward_ms']:.1f} ms; {layers} updates, (forward + updates) / forward: "
+                + ", ".join(f"{r['impl']} {r['ratio']:.3f}" for r in at),
+            }
+        )
+    return rows
+
+
 def bench_row(device: str, out: Path, budget: float) -> dict[str, Any]:
     """`make bench`'s harness bench (tiny models) on this device."""
     csv = out / "bench_tiny.csv"
@@ -383,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         timed(rows, "cuda_graph_steer", lambda: cuda_graph_row(3584 if not args.small else 96))
     timed(rows, "bank_graph", lambda: bank_graph_row(device, 3584 if not args.small else 96))
     timed(rows, "static_cache_steer", lambda: static_cache_row(device))
+    timed(rows, "steer_kernels", lambda: kernels_rows(device, args.small))
     timed(rows, "bench_tiny", lambda: bench_row(device, out.parent, args.budget))
     text = render(rows, host)
     out.parent.mkdir(parents=True, exist_ok=True)

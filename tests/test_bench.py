@@ -149,6 +149,7 @@ def test_tiny_bench_writes_every_row_to_csv(tmp_path, monkeypatch):
         "noise_floor_a_a",
         "steer_all_generate",
         "steer_all_score",
+        "steer_all_score_dose",
         "steer_one_layer_all",
         "capture_layer",
     ]
@@ -207,6 +208,7 @@ def test_gpu_check_runs_every_step_on_small_shapes(tmp_path):
         assert f"| {check} |" in table, check
     assert "| bank_graph | ok | 20 runs |" in table, "the compiled bank equals the eager one while its buffers change"
     assert "| static_cache_steer | ok |" in table and "skips the steering (shown)" in table
+    assert table.count("| steer_kernels | ok |") == 4 and "eager, no float32 copy" in table
     assert "verdict:" in table and "| bench_tiny | ok |" in table
 
 
@@ -228,3 +230,23 @@ def test_the_bank_check_catches_a_graph_that_does_not_read_the_buffers():
     failed = gpu_check.bank_graph_row("cpu", 32, rows=16, trials=3, prepare=stale)
     assert failed["result"] == "FAILED" and failed["value"] == "run 1", failed
     assert gpu_check.bank_graph_row("cpu", 32, rows=16, trials=3, prepare=lambda step: step)["result"] == "ok"
+
+
+STEER_KERNELS_SMALL = ["--width", "64", "--layers", "2", "--intermediate", "128", "--dtype", "bfloat16"]
+
+
+def test_steer_kernels_times_every_implementation_of_the_update(capsys):
+    from benchmarks import steer_kernels
+
+    steer_kernels.main(STEER_KERNELS_SMALL)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    names = ("eager ops on a view", "eager, no float32 copy", "torch.compile", "steer_rows op")
+    assert len(lines) == 4 * len(names) and all(sum(name in line for line in lines) == 4 for name in names)
+
+
+def test_steer_kernels_refuses_to_time_an_implementation_that_computes_something_else(monkeypatch):
+    from benchmarks import steer_kernels
+
+    monkeypatch.setattr(steer_kernels, "_promoted", lambda hidden, shift: hidden.add_(shift.to(hidden.dtype)))
+    with pytest.raises(SystemExit, match="eager, no float32 copy does not compute the hooks' update"):
+        steer_kernels.main(STEER_KERNELS_SMALL)

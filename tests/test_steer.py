@@ -123,6 +123,21 @@ def test_apply_shift_into_out_is_bitwise_the_returned_update(dtype, rule):
     assert not torch.equal(written, hidden)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rule", ["norm_preserving", "add"])
+def test_a_low_precision_stream_gets_its_float32_update_rounded_once(dtype, rule):
+    """A bf16/fp16 stream's update is the float32 stream's update rounded once to its dtype, whether
+    returned or written into the view it came from (the last float32 op writes into ``out``)."""
+    gen = torch.Generator().manual_seed(6)
+    hidden = (torch.randn(4, 9, WIDTH, generator=gen) * 3).to(dtype)
+    shift = steering_shift(torch.randn(WIDTH, generator=gen), 0.4, rule)
+    reference = apply_shift(hidden.float(), shift, rule).to(dtype)
+    assert torch.equal(apply_shift(hidden, shift, rule), reference)
+    written = hidden.clone()
+    apply_shift(written[:, -1], shift, rule, out=written[:, -1])
+    assert torch.equal(written[:, -1], reference[:, -1]) and torch.equal(written[:, :-1], hidden[:, :-1])
+
+
 def test_generated_mode_leaves_prompt_logits_untouched(llama, tokenizer, prompts):
     plain, mask = _logits(llama, tokenizer, prompts)
     plain_tokens = _generate(llama, tokenizer, prompts)

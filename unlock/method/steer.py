@@ -110,19 +110,16 @@ _TINY = torch.finfo(torch.float32).tiny
 def apply_shift(hidden: torch.Tensor, shift: torch.Tensor, rule: str, out: torch.Tensor | None = None) -> torch.Tensor:
     """The steering update for every row of ``hidden`` (..., d) given its :func:`steering_shift`,
     computed in float32 and returned in ``hidden``'s dtype; with ``out`` (``hidden`` itself may be
-    given, under inference), written there instead, bit for bit the same values."""
+    given, under inference), written there instead, bit for bit the same values: the last float32
+    op writes into ``out`` and rounds as ``.to(dtype)`` does, with no float32 result to copy back."""
     h = hidden.float()
     # Few ops on purpose: each small op costs ~10 us of dispatch on a CPU, and this runs at every layer.
     if rule == "add":
-        if out is None:
-            return (h + shift).to(hidden.dtype)
-        return torch.add(h, shift, out=out) if out.dtype == torch.float32 else out.copy_(h + shift)
+        return torch.add(h, shift, out=out) if out is not None else (h + shift).to(hidden.dtype)
     norm = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(_TINY)
     shifted = torch.addcdiv(shift, h, norm)  # h / ||h|| + shift
     scale = norm / torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
-    if out is None:
-        return (shifted * scale).to(hidden.dtype)
-    return torch.mul(shifted, scale, out=out) if out.dtype == torch.float32 else out.copy_(shifted * scale)
+    return torch.mul(shifted, scale, out=out) if out is not None else (shifted * scale).to(hidden.dtype)
 
 
 def relative_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
