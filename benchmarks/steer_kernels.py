@@ -118,10 +118,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     print(f"{'shape':<28} {'forward ms':>10} {'impl':<22} {f'{args.layers} updates ms':>13} {'ratio':>7}", flush=True)
-    results = measure(args.width, args.layers, args.intermediate, args.device, dtype)
+    try:
+        results = measure(args.width, args.layers, args.intermediate, args.device, dtype)
+    except WrongUpdate as error:
+        raise SystemExit(f"steer_kernels: {error}") from None
     for r in results:
         print(f"{r['shape']:<28} {r['forward_ms']:10.2f} {r['impl']:<22} {r['updates_ms']:13.3f} {r['ratio']:7.3f}")
     return results
+
+
+class WrongUpdate(RuntimeError):
+    """An implementation gave another update than the hooks': it is not timed (``make gpu-check`` turns
+    this into a FAILED row and goes on; the command line exits with it)."""
 
 
 def _check(name: str, update: Callable[[torch.Tensor], object], target: torch.Tensor, shift: torch.Tensor) -> None:
@@ -131,8 +139,8 @@ def _check(name: str, update: Callable[[torch.Tensor], object], target: torch.Te
     update(got)
     tol = 1e-5 if got.dtype == torch.float32 else 1e-2  # a fused kernel may round a bf16 result the other way
     if not torch.allclose(got.float(), expected.float(), rtol=tol, atol=tol):
-        raise SystemExit(
-            f"steer_kernels: {name} does not compute the hooks' update (max |diff| "
+        raise WrongUpdate(
+            f"{name} does not compute the hooks' update (max |diff| "
             f"{float((got.float() - expected.float()).abs().max()):.2e}); not timed"
         )
 

@@ -250,3 +250,9 @@ def test_steer_kernels_refuses_to_time_an_implementation_that_computes_something
     monkeypatch.setattr(steer_kernels, "_promoted", lambda hidden, shift: hidden.add_(shift.to(hidden.dtype)))
     with pytest.raises(SystemExit, match="eager, no float32 copy does not compute the hooks' update"):
         steer_kernels.main(STEER_KERNELS_SMALL)
+    # In make gpu-check the refusal is a FAILED row of the table, not the end of the check.
+    from benchmarks import gpu_check
+
+    rows: list = []
+    gpu_check.timed(rows, "steer_kernels", lambda: gpu_check.kernels_rows("cpu", small=True))
+    assert rows[0]["result"] == "FAILED" and "does not compute the hooks' update" in rows[0]["note"]
