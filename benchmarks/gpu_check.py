@@ -328,8 +328,7 @@ def kernels_rows(device: str, small: bool) -> list[dict[str, Any]]:
     from benchmarks.steer_kernels import measure
 
     width, layers, intermediate = (96, 3, 192) if small else (3584, 28, 18944)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    results = measure(width, layers, intermediate, device, dtype)
+    results = measure(width, layers, intermediate, device)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     rows = []
     for shape in dict.fromkeys(r["shape"] for r in results):

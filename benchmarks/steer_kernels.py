@@ -75,8 +75,10 @@ def _model(width: int, layers: int, intermediate: int, device: str, dtype: torch
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-def measure(width: int, layers: int, intermediate: int, device: str, dtype: torch.dtype) -> list[dict]:
-    """One row per (shape, implementation): forward ms, ``layers`` updates ms, (forward + updates) / forward."""
+def measure(width: int, layers: int, intermediate: int, device: str, dtype: torch.dtype | None = None) -> list[dict]:
+    """One row per (shape, implementation): forward ms, ``layers`` updates ms, (forward + updates) / forward.
+    ``dtype``: bf16 on CUDA (as the paper's models run there), float32 elsewhere, unless given."""
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     model = _model(width, layers, intermediate, device, dtype)
     shift = steering_shift(torch.randn(width), 0.1, "norm_preserving").to(device)
     compiled = torch.compile(_write_back, dynamic=True)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--intermediate", type=int, default=18944)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), help="default: bfloat16 on CUDA, else float32")
     args = parser.parse_args(argv)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     print(f"{'shape':<28} {'forward ms':>10} {'impl':<22} {f'{args.layers} updates ms':>13} {'ratio':>7}", flush=True)
     try:
         results = measure(args.width, args.layers, args.intermediate, args.device, dtype)

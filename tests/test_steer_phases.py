@@ -106,9 +106,10 @@ def _compiled_generate(model, batch, **kwargs):
 
     compile_config = CompileConfig(backend="eager", mode=None)
     compile_config._compile_all_devices = True
-    return greedy_generate(model, batch, STEPS, cache_implementation="static", compile_config=compile_config, **kwargs)[
-        1
-    ]
+    _, logits = greedy_generate(
+        model, batch, STEPS, cache_implementation="static", compile_config=compile_config, **kwargs
+    )
+    return logits
 
 
 def test_a_graph_compiled_before_steering_cannot_skip_its_decoding_steps(batch):
